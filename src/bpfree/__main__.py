@@ -1,0 +1,3 @@
+from bpfree.cli import main
+
+main()

@@ -1,0 +1,128 @@
+"""The one interface every algorithm implements, and small helpers they share.
+
+The training engine (`bpfree.engine.fit`) drives an algorithm through its *stages* (one stage for
+end-to-end methods, one per layer or block for greedy ones). Per stage it calls `begin_stage`, then
+`train_epoch` and `validate` once per epoch until the stage's epoch budget or the protocol's
+early-stopping rule ends it, restores the stage's best checkpoint, and calls `end_stage`.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bpfree.data import Data, augment_batch
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A phase of training.
+
+    monitor: validation quantity that early stopping watches ("acc": higher is better, "loss": lower).
+    epochs:  a fixed number of epochs without early stopping (e.g. CaFo's DFA phase), or None for
+             the protocol's stopping rule (patience, epoch cap).
+    """
+
+    name: str
+    monitor: str = "acc"
+    epochs: int | None = None
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Analytic multiply-adds per sample of a stage: one training step, one validation pass, and
+    work done once per stage (e.g. caching frozen features for train + val)."""
+
+    train: int
+    eval: int
+    once: int = 0
+
+
+class Algorithm:
+    """Base class. Subclasses set `self.net` (an nn.Module holding every trainable tensor) and
+    implement `stages`, `train_epoch`, `validate`, `predict` and `cost`."""
+
+    net: nn.Module
+
+    def __init__(self, arch: dict, meta: dict, hp: dict, device: torch.device):
+        self.arch, self.meta, self.hp, self.device = arch, meta, hp, torch.device(device)
+        self.n_classes: int = meta["n_classes"]
+        self.shape: tuple[int, ...] = tuple(meta["shape"])
+
+    def stages(self) -> list[Stage]:
+        raise NotImplementedError
+
+    def begin_stage(self, stage: Stage, data: Data, max_epochs: int) -> None:
+        """Called once before a stage's first epoch (`max_epochs` is its epoch budget)."""
+
+    def train_epoch(self, stage: Stage, data: Data, gen: torch.Generator) -> torch.Tensor:
+        """One pass over the training split. Returns the mean training loss as a 0-d tensor on the
+        device (no host synchronisation inside the loop)."""
+        raise NotImplementedError
+
+    def validate(self, stage: Stage, data: Data) -> dict[str, float]:
+        """Validation metrics of the stage: {"acc": percent, "loss": float}."""
+        raise NotImplementedError
+
+    def end_stage(self, stage: Stage, data: Data) -> None:
+        """Called after the stage's best checkpoint is restored (freeze, cache features...)."""
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores (N, C) of the finished model; argmax is the prediction."""
+        raise NotImplementedError
+
+    def cost(self, stage: Stage) -> Cost:
+        raise NotImplementedError
+
+    def predict_macs(self) -> int:
+        """Multiply-adds to predict one sample."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return copy.deepcopy(self.net.state_dict())
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state)
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+    def layer_accuracies(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Optional diagnostic: accuracy (percent) of each layer's or block's own predictor."""
+        return {}
+
+
+def batches(n: int, batch_size: int, gen: torch.Generator, device: torch.device) -> Iterator[torch.Tensor]:
+    """Shuffled index batches over range(n); the last partial batch is kept."""
+    perm = torch.randperm(n, generator=gen, device=gen.device).to(device)
+    yield from perm.split(batch_size)
+
+
+def train_batch(data: Data, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Training images at `idx`, augmented (random crop and flip) where the data set asks for it."""
+    x = data.x_train[idx]
+    return augment_batch(x, gen) if data.augment else x
+
+
+@torch.no_grad()
+def chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int = 8192) -> torch.Tensor:
+    """fn applied to x in chunks of `size` rows (bounds memory of evaluation passes)."""
+    return torch.cat([fn(c) for c in x.split(size)])
+
+
+def accuracy(scores: torch.Tensor, y: torch.Tensor) -> float:
+    """Percent of rows whose argmax equals y."""
+    return 100.0 * (scores.argmax(1) == y).float().mean().item()
+
+
+def scores_metrics(scores: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """{"acc", "loss"} of logits `scores` against labels."""
+    return {"acc": accuracy(scores, y), "loss": torch.nn.functional.cross_entropy(scores, y).item()}
+
+
+def generator(device: torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)

@@ -1,0 +1,53 @@
+"""BP: the end-to-end backpropagation baseline (cross-entropy, AdamW, no schedule)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from bpfree import models
+from bpfree.algorithms.base import Algorithm, Cost, Stage, batches, chunked, scores_metrics, train_batch
+from bpfree.data import Data
+
+
+class BP(Algorithm):
+    """hp: lr, weight_decay, batch_size."""
+
+    def __init__(self, arch: dict, meta: dict, hp: dict, device: torch.device):
+        super().__init__(arch, meta, hp, device)
+        self.net = models.build(arch, self.shape, self.n_classes).to(self.device)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+
+    def stages(self) -> list[Stage]:
+        return [Stage("all", monitor="acc")]
+
+    def train_epoch(self, stage: Stage, data: Data, gen: torch.Generator) -> torch.Tensor:
+        self.net.train()
+        total, n = torch.zeros((), device=self.device), 0
+        for idx in batches(len(data.y_train), self.hp["batch_size"], gen, self.device):
+            loss = F.cross_entropy(self.net(train_batch(data, idx, gen)), data.y_train[idx])
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            total += loss.detach()
+            n += 1
+        return total / n
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        self.net.eval()
+        return chunked(self.net, x)
+
+    def validate(self, stage: Stage, data: Data) -> dict[str, float]:
+        return scores_metrics(self.predict(data.x_val), data.y_val)
+
+    def cost(self, stage: Stage) -> Cost:
+        fwd = self.predict_macs()
+        first = models.in_features(self.shape) * self.arch["widths"][0] if self.arch["type"] == "mlp" else 0
+        # forward + weight gradients + input gradients of every layer but the first
+        return Cost(train=3 * fwd - first, eval=fwd)
+
+    def predict_macs(self) -> int:
+        return models.build_macs(self.arch, self.shape, self.n_classes)
+
+
+ALGORITHM = BP

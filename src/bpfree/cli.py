@@ -1,0 +1,129 @@
+"""`bpfree`: one subcommand per workflow stage, each usable without Snakemake."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EPILOG = """A job's spec is the JSON slice of the config that decides its result; the workflow passes
+it with --spec. By hand, give --config FILE --architecture A --algorithm X instead."""
+
+
+def _spec(args: argparse.Namespace, kind: str) -> dict:
+    from bpfree import config
+
+    if args.spec:
+        text = Path(args.spec[1:]).read_text() if args.spec.startswith("@") else args.spec
+        return json.loads(text)
+    if not (args.config and args.architecture and args.algorithm):
+        raise SystemExit(f"bpfree {kind}: give --spec, or --config with --architecture and --algorithm")
+    cfg = config.load(args.config)
+    fn = config.search_spec if kind == "search" else config.train_spec
+    return fn(cfg, args.architecture, args.algorithm)
+
+
+def _spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spec", help="job spec as JSON, or @FILE")
+    p.add_argument("--config", help="config file (instead of --spec)")
+    p.add_argument("--architecture", help="architecture name in the config (with --config)")
+    p.add_argument("--algorithm", help="algorithm name in the config (with --config)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def cmd_prepare(a: argparse.Namespace) -> None:
+    from bpfree.data import prepare
+
+    meta = prepare(a.dataset, a.data_root or None, a.out)
+    print(json.dumps(meta))
+
+
+def cmd_search(a: argparse.Namespace) -> None:
+    from bpfree import search
+
+    spec = _spec(a, "search")
+    study = None
+    if spec["search"]["n_trials"] > 0:
+        study = search.run_search(spec, a.data, a.journal, n_trials=a.n_trials, threads=a.threads,
+                                  exclusive=not a.shared)
+    if a.best:
+        best = search.write_outputs(spec, study, a.best, a.trials or Path(a.best).with_name("trials.csv"))
+        print(json.dumps(best["params"]))
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from bpfree.train import run_final
+
+    m = run_final(_spec(a, "train"), a.data, a.best, a.seed, a.out_dir, threads=a.threads)
+    print(json.dumps({k: m[k] for k in ("test_accuracy", "epochs", "train_time_s", "energy_j", "energy_method")}))
+
+
+def cmd_report(a: argparse.Namespace) -> None:
+    from bpfree.report import run_report
+
+    df = run_report(a.metrics, a.out_dir)
+    print(f"{len(df)} runs summarised into {a.out_dir}")
+
+
+def cmd_spec(a: argparse.Namespace) -> None:
+    from bpfree import config
+
+    cfg = config.load(a.config)
+    fn = config.search_spec if a.kind == "search" else config.train_spec
+    print(config.dumps(fn(cfg, a.architecture, a.algorithm)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="bpfree", description=__doc__, epilog=EPILOG)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("prepare", help="read, verify, split and save a dataset as tensors")
+    p.add_argument("--dataset", required=True, help="digits, mnist, fashion_mnist, cifar10 or cifar100")
+    p.add_argument("--data-root", default=None, help="folder in torchvision's layout (not needed for digits)")
+    p.add_argument("--out", required=True, help="output file, e.g. resources/data/digits.pt")
+    p.set_defaults(fn=cmd_prepare)
+
+    p = sub.add_parser("search", help="Optuna search of one (dataset, architecture, algorithm)", epilog=EPILOG)
+    _spec_args(p)
+    p.add_argument("--data", required=True, help="prepared dataset (from `bpfree prepare`)")
+    p.add_argument("--journal", required=True, help="Optuna journal file; a rerun resumes it")
+    p.add_argument("--best", help="write the best parameters (JSON) here")
+    p.add_argument("--trials", help="write all trials (CSV) here (default: beside --best)")
+    p.add_argument("--n-trials", type=int, default=None, help="total budget (default: the spec's)")
+    p.add_argument("--shared", action="store_true",
+                   help="other workers share this journal: do not mark running trials as failed")
+    p.set_defaults(fn=cmd_search)
+
+    p = sub.add_parser("train", help="one final run with the best parameters and a seed", epilog=EPILOG)
+    _spec_args(p)
+    p.add_argument("--data", required=True, help="prepared dataset")
+    p.add_argument("--best", required=True, help="best.json from `bpfree search`")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out-dir", required=True, help="writes metrics.json and epochs.csv here")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("report", help="summary.csv, table.md and plots from finished runs")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("metrics", nargs="+", help="metrics.json files of final runs")
+    p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("spec", help="print the spec of a job from a config file")
+    p.add_argument("--config", required=True)
+    p.add_argument("--architecture", required=True)
+    p.add_argument("--algorithm", required=True)
+    p.add_argument("--kind", choices=("search", "train"), default="train")
+    p.set_defaults(fn=cmd_spec)
+
+    args = ap.parse_args(argv)
+    from bpfree.config import ConfigError
+    from bpfree.data import DataError
+
+    try:
+        args.fn(args)
+    except (DataError, ConfigError) as e:
+        print(f"bpfree {args.cmd}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""Datasets: read raw files, verify checksums, make the protocol's fixed split, save as tensors.
+
+Prepared data sets are stored as uint8 (or the native integer range) plus normalisation constants
+and are normalised on the training device when loaded, so that a prepared MNIST is 55 MB, not 220.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
+
+
+class DataError(RuntimeError):
+    """A data file is missing, unreadable or does not match its checksum."""
+
+
+# md5 of the *decoded* (decompressed) content; the .gz files may be recompressed copies.
+IDX_MD5 = {
+    "mnist": {
+        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    },
+    "fashion_mnist": {
+        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+    },
+}
+# md5 of the pickle files as torchvision lists them (these files are never recompressed).
+CIFAR_MD5 = {
+    "cifar10": {
+        "data_batch_1": "c99cafc152244af753f735de768cd75f",
+        "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        "data_batch_4": "634d18415352ddfa80567beed471001a",
+        "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+        "test_batch": "40351d587109b95175f43aff81a1287e",
+    },
+    "cifar100": {
+        "train": "16019d7e3df5f24257cddd939b257f8d",
+        "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+    },
+}
+SUBDIR = {"mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw",
+          "cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+# Protocol: normalisation statistics (paper values) and the fixed number of validation images
+# taken from the end of the official training set.
+NORM = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+}
+N_VAL = {"mnist": 10_000, "fashion_mnist": 6_000, "cifar10": 5_000, "cifar100": 5_000}
+DIGITS_SPLIT = {"val": 360, "test": 360, "seed": 0}  # stratified, fixed
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def _where(dataset: str, root: Path) -> str:
+    return (f"put the {dataset} files under {root / SUBDIR[dataset]} (torchvision's layout) "
+            f"or set data_root in the config to the folder that holds {SUBDIR[dataset].split('/')[0]}/")
+
+
+def _read_checked(path: Path, expected: str | None, dataset: str, root: Path) -> bytes:
+    """Return the decoded bytes of `path` (or `path.gz`), verified against `expected` md5."""
+    candidates = [path, path.with_name(path.name + ".gz")]
+    found = next((p for p in candidates if p.exists()), None)
+    if found is None:
+        raise DataError(f"missing data file {path}[.gz] (expected md5 of content {expected}); "
+                        + _where(dataset, root))
+    try:
+        raw = found.read_bytes()
+        data = gzip.decompress(raw) if found.suffix == ".gz" else raw
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"cannot read {found}: {e} (expected md5 of content {expected}); "
+                        + _where(dataset, root)) from e
+    got = _md5(data)
+    if expected is not None and got != expected:
+        raise DataError(f"corrupt data file {found}: md5 of content is {got}, expected {expected}; "
+                        "delete it and " + _where(dataset, root))
+    return data
+
+
+def _parse_idx(data: bytes, name: str) -> np.ndarray:
+    magic = int.from_bytes(data[0:4], "big")
+    if magic >> 8 != 0x08:  # 0x08 = unsigned byte
+        raise DataError(f"{name}: not an IDX ubyte file (magic {magic:#x})")
+    ndim = magic & 0xFF
+    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _load_idx(dataset: str, root: Path, checksums: dict | None) -> dict[str, np.ndarray]:
+    sums = IDX_MD5[dataset] if checksums is None else checksums
+    d = root / SUBDIR[dataset]
+    arr = {n: _parse_idx(_read_checked(d / n, sums.get(n), dataset, root), n) for n in IDX_MD5[dataset]}
+    return {"x_train": arr["train-images-idx3-ubyte"][:, None], "y_train": arr["train-labels-idx1-ubyte"],
+            "x_test": arr["t10k-images-idx3-ubyte"][:, None], "y_test": arr["t10k-labels-idx1-ubyte"]}
+
+
+def _load_cifar(dataset: str, root: Path, checksums: dict | None) -> dict[str, np.ndarray]:
+    sums = CIFAR_MD5[dataset] if checksums is None else checksums
+    d = root / SUBDIR[dataset]
+    key = b"labels" if dataset == "cifar10" else b"fine_labels"
+
+    def batch(name: str) -> tuple[np.ndarray, np.ndarray]:
+        raw = _read_checked(d / name, sums.get(name), dataset, root)
+        try:
+            entry = pickle.loads(raw, encoding="bytes")
+            x = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            y = np.asarray(entry[key], dtype=np.int64)
+        except Exception as e:  # noqa: BLE001 - any decoding failure is a corrupt file
+            raise DataError(f"corrupt CIFAR pickle {d / name}: {e}; " + _where(dataset, root)) from e
+        return x, y
+
+    names = sorted(n for n in CIFAR_MD5[dataset] if n not in ("test_batch", "test"))
+    parts = [batch(n) for n in names]
+    x_test, y_test = batch("test_batch" if dataset == "cifar10" else "test")
+    return {"x_train": np.concatenate([p[0] for p in parts]), "y_train": np.concatenate([p[1] for p in parts]),
+            "x_test": x_test, "y_test": y_test}
+
+
+def _load_digits() -> dict[str, np.ndarray]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    b = load_digits()
+    x = b.images.astype(np.uint8)[:, None]  # values 0..16
+    y = b.target.astype(np.int64)
+    s = DIGITS_SPLIT
+    x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=s["test"], stratify=y,
+                                                      random_state=s["seed"])
+    x_tr, x_val, y_tr, y_val = train_test_split(x_rest, y_rest, test_size=s["val"], stratify=y_rest,
+                                                random_state=s["seed"])
+    return {"x_train": x_tr, "y_train": y_tr, "x_val": x_val, "y_val": y_val, "x_test": x_test, "y_test": y_test}
+
+
+def prepare(dataset: str, data_root: str | Path | None, out: str | Path,
+            checksums: dict | None = None) -> dict:
+    """Read `dataset`, apply the fixed split, and save it to `out` (torch file). Returns its meta."""
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if dataset == "digits":
+        arr = _load_digits()
+        scale = 16.0
+        xtr = arr["x_train"].astype(np.float64) / scale
+        mean, std = (float(xtr.mean()),), (float(xtr.std()),)  # statistics of the training split
+    else:
+        if data_root is None:
+            raise DataError(f"dataset {dataset!r} needs data_root in the config; " + _where(dataset, Path("<data_root>")))
+        root = Path(data_root)
+        arr = (_load_idx if dataset in IDX_MD5 else _load_cifar)(dataset, root, checksums)
+        n_val = N_VAL[dataset]
+        arr["x_val"], arr["y_val"] = arr["x_train"][-n_val:], arr["y_train"][-n_val:]
+        arr["x_train"], arr["y_train"] = arr["x_train"][:-n_val], arr["y_train"][:-n_val]
+        scale = 255.0
+        mean, std = NORM[dataset]
+    n_classes = int(max(arr["y_train"].max(), arr["y_test"].max()) + 1)
+    meta = {"dataset": dataset, "n_classes": n_classes, "shape": list(arr["x_train"].shape[1:]),
+            "scale": scale, "mean": list(mean), "std": list(std),
+            "augment": dataset.startswith("cifar"),
+            "sizes": {k: int(len(arr[f"y_{k}"])) for k in ("train", "val", "test")}}
+    blob = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arr.items()}
+    blob["meta"] = meta
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(out)
+    return meta
+
+
+@dataclass
+class Data:
+    """A prepared data set, normalised, as float tensors on the training device."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    meta: dict
+
+    @property
+    def n_classes(self) -> int:
+        return self.meta["n_classes"]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.meta["shape"])
+
+    @property
+    def augment(self) -> bool:
+        return bool(self.meta.get("augment", False))
+
+
+def load(path: str | Path, device: torch.device | str = "cpu", limit_train: int | None = None) -> Data:
+    """Load a prepared data set onto `device`, normalised (optionally only the first `limit_train` training images)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"prepared data {path} not found; run `bpfree prepare` (or snakemake) first")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    meta = blob["meta"]
+    c = len(meta["mean"])
+    mean = torch.tensor(meta["mean"], dtype=torch.float32, device=device).view(1, c, 1, 1)
+    std = torch.tensor(meta["std"], dtype=torch.float32, device=device).view(1, c, 1, 1)
+
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        return (x.to(device, torch.float32) / meta["scale"] - mean) / std
+
+    xt, yt = blob["x_train"], blob["y_train"]
+    if limit_train is not None:
+        xt, yt = xt[:limit_train], yt[:limit_train]
+        meta = {**meta, "sizes": {**meta["sizes"], "train": int(len(yt))}}
+    return Data(norm(xt), yt.to(device, torch.long), norm(blob["x_val"]), blob["y_val"].to(device, torch.long),
+                norm(blob["x_test"]), blob["y_test"].to(device, torch.long), meta)
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop (zero padding `pad`) and horizontal flip, on the device, for a batch (N, C, H, W)."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=x.device)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device)[None])  # (n, h)
+    cols = (dx[:, None] + torch.arange(w, device=x.device)[None])  # (n, w)
+    flip = torch.rand(n, generator=gen, device=x.device) < 0.5
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    idx_n = torch.arange(n, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]  # (n, h, w, c)
+    return out.permute(0, 3, 1, 2).contiguous()

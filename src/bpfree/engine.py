@@ -1,0 +1,92 @@
+"""The training engine: drives any algorithm through its stages under the protocol's stopping rule."""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from bpfree.algorithms.base import Algorithm, accuracy, generator
+from bpfree.data import Data
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class Stopping:
+    """The one stopping rule of a comparison: stop a stage after `patience` epochs without an
+    improvement larger than `min_delta` of its monitored validation quantity, or at `max_epochs`."""
+
+    max_epochs: int
+    patience: int
+    min_delta: float = 0.0
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    val_acc: float = float("nan")
+    best_epoch: int = 0
+    epochs: int = 0
+    macs: int = 0  # analytic multiply-adds of the whole training phase
+
+
+def _improved(value: float, best: float | None, monitor: str, min_delta: float) -> bool:
+    if best is None:
+        return True
+    return value > best + min_delta if monitor == "acc" else value < best - min_delta
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def fit(algo: Algorithm, data: Data, stopping: Stopping, seed: int,
+        on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+    """Train `algo` on `data`. `on_epoch(record)` is called after every epoch (progress, metering,
+    pruning: it may raise to stop). Each stage ends with its best-validation checkpoint restored."""
+    gen = generator(algo.device, seed)
+    res = FitResult()
+    n_train, n_val = len(data.y_train), len(data.y_val)
+    for stage in algo.stages():
+        cap = stage.epochs or stopping.max_epochs
+        algo.begin_stage(stage, data, cap)
+        cost = algo.cost(stage)
+        res.macs += cost.once * (n_train + n_val)
+        best, best_state, best_epoch, bad = None, None, 0, 0
+        for epoch in range(1, cap + 1):
+            t0 = time.perf_counter()
+            loss = algo.train_epoch(stage, data, gen)
+            val = algo.validate(stage, data)
+            loss = float(loss)
+            sync(algo.device)
+            seconds = time.perf_counter() - t0
+            res.epochs += 1
+            res.macs += cost.train * n_train + cost.eval * n_val
+            if not math.isfinite(loss):
+                raise Diverged(f"training loss is {loss} in stage {stage.name}, epoch {epoch}")
+            record = {"epoch": res.epochs, "stage": stage.name, "stage_epoch": epoch, "train_loss": loss,
+                      "val_acc": val["acc"], "val_loss": val["loss"], "seconds": seconds}
+            res.history.append(record)
+            if on_epoch is not None:
+                on_epoch(record)
+            if stage.epochs is not None:
+                continue
+            value = val[stage.monitor]
+            if _improved(value, best, stage.monitor, stopping.min_delta):
+                best, best_state, best_epoch, bad = value, algo.state_dict(), res.epochs, 0
+            else:
+                bad += 1
+                if bad >= stopping.patience:
+                    break
+        if best_state is not None:
+            algo.load_state_dict(best_state)
+        res.best_epoch = best_epoch or res.epochs
+        algo.end_stage(stage, data)
+    res.val_acc = accuracy(algo.predict(data.x_val), data.y_val)
+    return res

@@ -1,0 +1,155 @@
+"""Hyperparameter search: one Optuna study per (dataset, architecture, algorithm), stored in a
+journal file so that a killed search resumes with every finished trial kept."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import optuna
+import torch
+
+from bpfree import algorithms, io
+from bpfree.data import Data, load
+from bpfree.engine import Diverged, Stopping, fit
+from bpfree.progress import Progress
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def sample(trial: optuna.Trial, space: dict) -> dict:
+    """Draw one point of a search space from the config."""
+    out = {}
+    for name, p in space.items():
+        kind = p.get("type", "float")
+        if kind == "categorical":
+            out[name] = trial.suggest_categorical(name, p["choices"])
+        elif kind == "int":
+            out[name] = trial.suggest_int(name, int(p["low"]), int(p["high"]), step=int(p.get("step", 1)),
+                                          log=p.get("log", False))
+        else:
+            out[name] = trial.suggest_float(name, p["low"], p["high"], log=p.get("log", False),
+                                            step=p.get("step"))
+    return out
+
+
+def storage(journal: str | Path) -> optuna.storages.JournalStorage:
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    path = str(journal)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+
+
+def make_study(spec: dict, journal: str | Path) -> optuna.Study:
+    s = spec["search"]
+    pruner_cfg = s.get("pruner", {})
+    if pruner_cfg.get("type", "median") == "median":
+        pruner: optuna.pruners.BasePruner = optuna.pruners.MedianPruner(
+            n_startup_trials=pruner_cfg.get("n_startup_trials", 3), n_warmup_steps=pruner_cfg.get("n_warmup_steps", 2))
+    else:
+        pruner = optuna.pruners.NopPruner()
+    sampler = optuna.samplers.TPESampler(seed=s.get("sampler_seed", 0))
+    return optuna.create_study(study_name="search", storage=storage(journal), direction="maximize",
+                               sampler=sampler, pruner=pruner, load_if_exists=True)
+
+
+def fail_stale(study: optuna.Study) -> int:
+    """Mark trials left RUNNING by a killed process as FAIL (they do not count towards the budget).
+    Call only when no other worker is running on this study."""
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        n += 1
+    return n
+
+
+def objective(spec: dict, data: Data, device: torch.device, log: Progress):
+    cls = algorithms.get(spec["impl"])
+    stopping = Stopping(**spec["stopping"])
+    seed0 = spec["search"].get("sampler_seed", 0)
+
+    def run(trial: optuna.Trial) -> float:
+        hp = {**spec["fixed"], **sample(trial, spec["space"])}
+        torch.manual_seed(seed0 + trial.number)
+        algo = cls(spec["arch"], data.meta, hp, device)
+
+        def report(rec: dict) -> None:
+            trial.report(rec["val_acc"], rec["epoch"])
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {rec['epoch']} (val_acc {rec['val_acc']:.2f})")
+
+        try:
+            res = fit(algo, data, stopping, seed=seed0 + trial.number, on_epoch=report)
+        except Diverged as e:
+            trial.set_user_attr("diverged", str(e))
+            raise optuna.TrialPruned(f"diverged: {e}") from e
+        trial.set_user_attr("epochs", res.epochs)
+        if not math.isfinite(res.val_acc):
+            raise optuna.TrialPruned("validation accuracy is not finite")
+        return res.val_acc
+
+    return run
+
+
+def run_search(spec: dict, data_path: str | Path, journal: str | Path, n_trials: int | None = None,
+               threads: int | None = None, exclusive: bool = True) -> optuna.Study:
+    """Run trials until the study holds `n_trials` finished (complete or pruned) trials.
+    `n_trials` defaults to the whole budget. `exclusive`: no other worker shares this study, so
+    trials left running in the journal were killed and are marked failed before resuming."""
+    if threads:
+        torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    device = torch.device(resolve_device(spec["device"]))
+    data = load(data_path, device, spec.get("limit_train"))
+    log = Progress(f"search {data.meta['dataset']}/{spec['architecture']}/{spec['algorithm']}")
+    study = make_study(spec, journal)
+    budget = spec["search"]["n_trials"] if n_trials is None else n_trials
+    if exclusive and (stale := fail_stale(study)):
+        log(f"marked {stale} trial(s) left running by a killed search as failed")
+    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    if done:
+        log(f"resuming study {journal}: {done} of {budget} trials already finished")
+    fn = objective(spec, data, device, log)
+
+    def tell(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+        finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+        value = f"{t.value:.2f}%" if t.value is not None else "-"
+        best = f"{study.best_value:.2f}%" if any(
+            x.state == optuna.trial.TrialState.COMPLETE for x in study.get_trials(deepcopy=False)) else "-"
+        log(f"trial {t.number} {t.state.name.lower()} val_acc {value} params {json.dumps(t.params)}  "
+            f"[{finished}/{budget} finished, best {best}]")
+
+    callbacks = [optuna.study.MaxTrialsCallback(budget, states=FINISHED), tell]
+    if done < budget:
+        study.optimize(fn, n_trials=budget - done, callbacks=callbacks, catch=(torch.OutOfMemoryError,))
+    return study
+
+
+def best_params(spec: dict, study: optuna.Study | None) -> dict:
+    """The hyperparameters the final runs use: fixed settings plus the study's best point."""
+    if study is None:
+        return {"params": dict(spec["fixed"]), "searched": {}, "value": None, "trial": None, "n_trials": 0}
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        raise RuntimeError("no trial of the study completed (all pruned or failed): widen the search "
+                           "space or relax the pruner")
+    b = study.best_trial
+    counts = {s.name.lower(): sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
+    return {"params": {**spec["fixed"], **b.params}, "searched": b.params, "value": b.value,
+            "trial": b.number, "n_trials": len(study.get_trials(deepcopy=False, states=FINISHED)),
+            "trial_states": counts}
+
+
+def write_outputs(spec: dict, study: optuna.Study | None, best_path: str | Path, trials_path: str | Path) -> dict:
+    best = best_params(spec, study)
+    io.write_json(best_path, {**best, "algorithm": spec["algorithm"], "architecture": spec["architecture"]})
+    df = study.trials_dataframe() if study is not None else None
+    io.write_csv(trials_path, df)
+    return best

@@ -1,0 +1,24 @@
+rule train:
+    """One final run: best parameters, one seed, metered; writes metrics.json and epochs.csv."""
+    input:
+        data="resources/data/{dataset}.pt",
+        best="results/search/{dataset}/{architecture}/{algorithm}/best.json",
+        src=algo_src,
+        core=CORE_SRC,
+        meter=str(SRC / "metering.py"),
+    output:
+        metrics="results/runs/{dataset}/{architecture}/{algorithm}/seed{seed}/metrics.json",
+        epochs="results/runs/{dataset}/{architecture}/{algorithm}/seed{seed}/epochs.csv",
+    params:
+        spec=train_spec,
+        out_dir=subpath(output.metrics, parent=True),
+    threads: config["threads"]
+    log:
+        "logs/train/{dataset}/{architecture}/{algorithm}/seed{seed}.log",
+    benchmark:
+        "benchmarks/train/{dataset}/{architecture}/{algorithm}/seed{seed}.tsv"
+    conda:
+        "../envs/bpfree.yaml"
+    shell:
+        "bpfree train --spec {params.spec:q} --data {input.data:q} --best {input.best:q} "
+        "--seed {wildcards.seed} --out-dir {params.out_dir:q} --threads {threads} > {log:q} 2>&1"
