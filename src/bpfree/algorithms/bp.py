@@ -42,7 +42,7 @@ class BP(Algorithm):
 
     def cost(self, stage: Stage) -> Cost:
         fwd = self.predict_macs()
-        first = models.in_features(self.shape) * self.arch["widths"][0] if self.arch["type"] == "mlp" else 0
+        first = models.first_layer_macs(self.arch, self.shape)
         # forward + weight gradients + input gradients of every layer but the first
         return Cost(train=3 * fwd - first, eval=fwd)
 

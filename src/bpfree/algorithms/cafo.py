@@ -1,0 +1,290 @@
+"""CaFo: Cascaded Forward (Zhao et al. 2023) on the 3-block CNN of algorithms.md.
+
+Every block k has its own predictor Flatten -> Linear(flat_k, C) on the block's output. The blocks
+are either frozen at their random initialisation (`block: rand`) or first trained for a fixed
+number of epochs by direct feedback alignment (`block: dfa`) and then frozen; the predictors are
+then trained one after another (one stage per block).
+
+hp (fixed or searched):
+  lr, weight_decay, batch_size   predictor Adam (weight_decay is the ridge of the `mse` solution)
+  block:   "rand" | "dfa"
+  loss:    "ce" (paper) | "mse" (closed-form least squares against one-hot) | "sl" (sparsemax loss)
+  combine: "sum" (paper: argmax of the summed raw outputs) | "softmax-sum" (original CaFo code)
+  dfa_epochs, dfa_lr, dfa_weight_decay   DFA block training (block: dfa only)
+
+Frozen block outputs are computed once per stage for the whole training and validation split
+(block k's from block k-1's cache) and reused by every predictor epoch. Under per-batch
+augmentation (CIFAR) the training images differ every batch, so there the frozen blocks run per
+batch (only the validation features are cached).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bpfree import models
+from bpfree.algorithms.base import Algorithm, Cost, Stage, accuracy, batches, chunked, train_batch
+from bpfree.data import Data
+
+BLOCKS, LOSSES, COMBINE = ("rand", "dfa"), ("ce", "mse", "sl"), ("sum", "softmax-sum")
+
+
+# ---- sparsemax (Martins and Astudillo 2016) --------------------------------------------------------
+
+def sparsemax(z: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of each row of z onto the probability simplex."""
+    zs, _ = z.sort(dim=1, descending=True)
+    k = torch.arange(1, z.shape[1] + 1, device=z.device, dtype=z.dtype)
+    cum = zs.cumsum(1)
+    support = (1 + k * zs > cum).sum(1, keepdim=True)  # size of the support, >= 1
+    tau = (cum.gather(1, support - 1) - 1) / support.to(z.dtype)
+    return (z - tau).clamp_min(0)
+
+
+def sparsemax_loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean sparsemax loss: -z_y + 1/2 sum_{j in S(z)} (z_j^2 - tau^2) + 1/2, written in the
+    equivalent form <z, p> - 1/2 |p|^2 - z_y + 1/2 with p = sparsemax(z). With p detached,
+    autograd gives the exact gradient p - onehot(y) (Danskin: p maximises <z, p> - 1/2 |p|^2)."""
+    p = sparsemax(z.detach())
+    return ((z * p).sum(1) - 0.5 * (p * p).sum(1) - z.gather(1, y[:, None]).squeeze(1) + 0.5).mean()
+
+
+def least_squares(feats: torch.Tensor, y: torch.Tensor, n_classes: int, ridge: float = 0.0,
+                  chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W, b) minimising mean_i |W a_i + b - onehot(y_i)|^2 + ridge |W|^2, solved in float64 from
+    the normal equations accumulated over row chunks (memory d^2, not N d)."""
+    d = feats[0].numel()
+    gram = torch.zeros(d + 1, d + 1, dtype=torch.float64, device=feats.device)
+    rhs = torch.zeros(d + 1, n_classes, dtype=torch.float64, device=feats.device)
+    for a, t in zip(feats.split(chunk), y.split(chunk)):
+        a = torch.cat([a.flatten(1).double(), a.new_ones(len(a), 1, dtype=torch.float64)], 1)
+        gram += a.T @ a
+        rhs += a.T @ F.one_hot(t, n_classes).double()
+    n = len(y)
+    gram /= n
+    rhs /= n
+    gram[:d, :d] += ridge * torch.eye(d, dtype=torch.float64, device=feats.device)  # bias unpenalised
+    # QR with column pivoting (gelsy) also copes with a singular Gram (dead ReLU channels)
+    sol = torch.linalg.lstsq(gram.cpu(), rhs.cpu(), driver="gelsy").solution.to(feats.device)
+    return sol[:d].T.float(), sol[d].float()
+
+
+# ---- the network -----------------------------------------------------------------------------------
+
+class CaFoNet(nn.Module):
+    """Blocks, one predictor per block, and (DFA) the auxiliary head and fixed feedback matrices."""
+
+    def __init__(self, channels: list[int], shape: tuple[int, ...], n_classes: int, dfa: bool):
+        super().__init__()
+        ins = [shape[0], *channels[:-1]]
+        self.blocks = nn.ModuleList(models.conv_block(a, b) for a, b in zip(ins, channels))
+        flat = models.cnn_flat(channels, shape)
+        self.heads = nn.ModuleList(nn.Linear(f, n_classes) for f in flat)
+        if dfa:
+            self.aux = nn.Linear(flat[-1], n_classes)
+            for k, f in enumerate(flat[:-1]):  # B_k: (C, flat_k) Gaussian, rows of unit L2 norm
+                b = torch.randn(n_classes, f)
+                self.register_buffer(f"feedback{k}", b / b.norm(dim=1, keepdim=True))
+
+    def feedback(self, k: int) -> torch.Tensor:
+        return getattr(self, f"feedback{k}")
+
+    def features(self, x: torch.Tensor, upto: int) -> torch.Tensor:
+        """Output of blocks 1..upto+1 (block indices 0..upto)."""
+        for k in range(upto + 1):
+            x = self.blocks[k](x)
+        return x
+
+
+class CaFo(Algorithm):
+    def __init__(self, arch: dict, meta: dict, hp: dict, device: torch.device):
+        super().__init__(arch, meta, hp, device)
+        if arch["type"] != "cnn":
+            raise ValueError(f"cafo needs a cnn architecture, got type {arch['type']!r}")
+        self.block_mode = hp.get("block", "rand")
+        self.loss = hp.get("loss", "ce")
+        self.combine = hp.get("combine", "sum")
+        for key, value, allowed in (("block", self.block_mode, BLOCKS), ("loss", self.loss, LOSSES),
+                                    ("combine", self.combine, COMBINE)):
+            if value not in allowed:
+                raise ValueError(f"cafo: {key} = {value!r}; choose one of {', '.join(allowed)}")
+        self.channels: list[int] = list(arch["channels"])
+        self.K = len(self.channels)
+        self.flat = models.cnn_flat(self.channels, self.shape)
+        self.block_macs = models.cnn_block_macs(self.channels, self.shape)
+        self.net = CaFoNet(self.channels, self.shape, self.n_classes, self.block_mode == "dfa").to(self.device)
+        self._cache: dict[str, torch.Tensor] = {}  # output of the frozen blocks 1..k (current stage)
+        self._cached_upto = -1
+        if self.block_mode == "rand":
+            self._freeze()
+        else:
+            params = [*self.net.blocks.parameters(), *self.net.aux.parameters()]
+            self.dfa_opt = torch.optim.Adam(params, lr=hp["dfa_lr"], weight_decay=hp.get("dfa_weight_decay", 0.0))
+
+    def _freeze(self) -> None:
+        """Blocks fixed from now on; BatchNorm in evaluation mode (running statistics)."""
+        self.net.blocks.requires_grad_(False)
+        self.net.blocks.eval()
+
+    def stages(self) -> list[Stage]:
+        out = [Stage("dfa", monitor="acc", epochs=int(self.hp["dfa_epochs"]))] if self.block_mode == "dfa" else []
+        epochs = 1 if self.loss == "mse" else None  # closed form: one "epoch" solves it
+        return out + [Stage(f"block{k + 1}", monitor="loss", epochs=epochs) for k in range(self.K)]
+
+    @staticmethod
+    def _index(stage: Stage) -> int:
+        return int(stage.name.removeprefix("block")) - 1
+
+    # ---- DFA block training -------------------------------------------------------------------------
+
+    def dfa_backward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Set the DFA gradients of one batch (blocks and aux head); returns the aux CE loss.
+        Each block sees its input detached, so no gradient crosses a block boundary; blocks 1..K-1
+        get the output gradient e B_k, e = (softmax(logits) - onehot(y)) / batch (the error of the
+        mean CE loss); the last block and the aux head get ordinary backprop of the CE loss."""
+        outs, h = [], x
+        for block in self.net.blocks:
+            h = block(h.detach())
+            outs.append(h)
+        logits = self.net.aux(h.flatten(1))
+        loss = F.cross_entropy(logits, y)
+        with torch.no_grad():
+            e = (logits.softmax(1) - F.one_hot(y, self.n_classes).to(logits.dtype)) / len(y)
+            grads = [(e @ self.net.feedback(k)).view_as(outs[k]) for k in range(self.K - 1)]
+        torch.autograd.backward([loss, *outs[:-1]], [None, *grads])
+        return loss.detach()
+
+    def _dfa_epoch(self, data: Data, gen: torch.Generator) -> torch.Tensor:
+        self.net.blocks.train()
+        total, n = torch.zeros((), device=self.device), 0
+        for idx in batches(len(data.y_train), self.hp["batch_size"], gen, self.device):
+            self.dfa_opt.zero_grad(set_to_none=True)
+            total += self.dfa_backward(train_batch(data, idx, gen), data.y_train[idx])
+            self.dfa_opt.step()
+            n += 1
+        return total / n
+
+    # ---- predictors -----------------------------------------------------------------------------
+
+    def begin_stage(self, stage: Stage, data: Data, max_epochs: int) -> None:
+        if stage.name == "dfa":
+            return
+        k = self._index(stage)
+        with torch.no_grad():
+            if self._cached_upto == k - 1 and "val" in self._cache:  # extend the previous block's cache
+                self._cache = {s: chunked(self.net.blocks[k], v) for s, v in self._cache.items()}
+            else:
+                self._cache = {"val": chunked(lambda x: self.net.features(x, k), data.x_val)}
+                if not data.augment:
+                    self._cache["train"] = chunked(lambda x: self.net.features(x, k), data.x_train)
+        self._cached_upto = k
+        self.opt = torch.optim.Adam(self.net.heads[k].parameters(), lr=self.hp["lr"],
+                                    weight_decay=self.hp.get("weight_decay", 0.0))
+
+    def end_stage(self, stage: Stage, data: Data) -> None:
+        if stage.name == "dfa":
+            self._freeze()
+        elif self._index(stage) == self.K - 1:
+            self._cache, self._cached_upto = {}, -1
+
+    def _train_feats(self, k: int, data: Data, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if "train" in self._cache:
+            return self._cache["train"][idx]
+        with torch.no_grad():
+            return self.net.features(train_batch(data, idx, gen), k)
+
+    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.loss == "ce":
+            return F.cross_entropy(out, y)
+        if self.loss == "sl":
+            return sparsemax_loss(out, y)
+        return (out - F.one_hot(y, self.n_classes).to(out.dtype)).pow(2).sum(1).mean()
+
+    def train_epoch(self, stage: Stage, data: Data, gen: torch.Generator) -> torch.Tensor:
+        if stage.name == "dfa":
+            return self._dfa_epoch(data, gen)
+        k = self._index(stage)
+        head = self.net.heads[k]
+        if self.loss == "mse":
+            feats = self._cache.get("train")
+            if feats is None:  # augmented data: one augmented view of every image
+                feats = chunked(lambda x: self.net.features(x, k), train_batch(data, torch.arange(
+                    len(data.y_train), device=self.device), gen))
+            w, b = least_squares(feats, data.y_train, self.n_classes, self.hp.get("weight_decay", 0.0))
+            with torch.no_grad():
+                head.weight.copy_(w)
+                head.bias.copy_(b)
+                return self._loss(chunked(lambda a: head(a.flatten(1)), feats), data.y_train)
+        total, n = torch.zeros((), device=self.device), 0
+        for idx in batches(len(data.y_train), self.hp["batch_size"], gen, self.device):
+            loss = self._loss(head(self._train_feats(k, data, idx, gen).flatten(1)), data.y_train[idx])
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            total += loss.detach()
+            n += 1
+        return total / n
+
+    @torch.no_grad()
+    def validate(self, stage: Stage, data: Data) -> dict[str, float]:
+        if stage.name == "dfa":
+            self.net.blocks.eval()
+            out = chunked(lambda x: self.net.aux(self.net.features(x, self.K - 1).flatten(1)), data.x_val)
+            return {"acc": accuracy(out, data.y_val), "loss": F.cross_entropy(out, data.y_val).item()}
+        k = self._index(stage)
+        out = chunked(lambda a: self.net.heads[k](a.flatten(1)), self._cache["val"])
+        return {"acc": accuracy(out, data.y_val), "loss": self._loss(out, data.y_val).item()}
+
+    # ---- prediction -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw outputs of every predictor, (N, K, C)."""
+        outs, h = [], x
+        for block, head in zip(self.net.blocks, self.net.heads):
+            h = block(h)
+            outs.append(head(h.flatten(1)))
+        return torch.stack(outs, 1)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        self.net.eval()
+        out = chunked(self._outputs, x)
+        return (out.softmax(2) if self.combine == "softmax-sum" else out).sum(1)
+
+    def layer_accuracies(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        self.net.eval()
+        out = chunked(self._outputs, x)
+        return {f"block{k + 1}": accuracy(out[:, k], y) for k in range(self.K)}
+
+    # ---- cost -----------------------------------------------------------------------------------
+
+    def cost(self, stage: Stage) -> Cost:
+        C, bm, flat = self.n_classes, self.block_macs, self.flat
+        if stage.name == "dfa":
+            # forward of every block + conv weight gradients (block inputs are detached: no input
+            # gradient of a first op), aux head forward/weight/input gradient, e B_k projections
+            return Cost(train=2 * sum(bm) + 3 * flat[-1] * C + C * sum(flat[:-1]), eval=sum(bm) + flat[-1] * C)
+        k = self._index(stage)
+        head = flat[k] * C
+        sizes = self.meta.get("sizes", {})
+        n_tr, n_val = sizes.get("train", 1), sizes.get("val", 0)
+        augment = bool(self.meta.get("augment"))
+        # caching block k's output for train + val (from block k-1's cache, or from images at k = 0);
+        # under augmentation only val is cached and the frozen blocks run per training batch
+        once = bm[k] if not augment else round(bm[k] * n_val / (n_tr + n_val))
+        frozen = sum(bm[:k + 1]) if augment else 0
+        if self.loss == "mse":  # Gram matrix and right-hand side, then a (d+1)^3 solve once
+            d = flat[k] + 1
+            once += round(d ** 3 / (n_tr + n_val))
+            return Cost(train=d * d + d * C + head + frozen, eval=head, once=once)
+        return Cost(train=2 * head + frozen, eval=head, once=once)
+
+    def predict_macs(self) -> int:
+        return sum(self.block_macs) + sum(self.flat) * self.n_classes
+
+
+ALGORITHM = CaFo
