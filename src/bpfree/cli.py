@@ -65,6 +65,12 @@ def cmd_report(a: argparse.Namespace) -> None:
     print(f"{len(df)} runs summarised into {a.out_dir}")
 
 
+def cmd_doctor(a: argparse.Namespace) -> None:
+    from bpfree import doctor
+
+    doctor.main(as_json=a.json)
+
+
 def cmd_spec(a: argparse.Namespace) -> None:
     from bpfree import config
 
@@ -106,6 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out-dir", required=True)
     p.add_argument("metrics", nargs="+", help="metrics.json files of final runs")
     p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("doctor", help="which energy-measurement methods this machine offers, the device, versions")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(fn=cmd_doctor)
 
     p = sub.add_parser("spec", help="print the spec of a job from a config file")
     p.add_argument("--config", required=True)

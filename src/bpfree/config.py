@@ -124,7 +124,9 @@ def train_spec(cfg: dict, architecture: str, algorithm: str) -> dict:
     return {"algorithm": algorithm, "impl": entry["impl"], "architecture": architecture,
             "arch": cfg["architectures"][architecture], "fixed": entry.get("fixed", {}),
             "stopping": proto["stopping"], "limit_train": cfg.get("limit_train"),
-            "device": cfg.get("device", "auto"), "metering": proto.get("metering", {})}
+            "device": cfg.get("device", "auto"),
+            # target_fraction only changes the report: keep it out of the spec so editing it reruns no run
+            "metering": {k: v for k, v in proto.get("metering", {}).items() if k != "target_fraction"}}
 
 
 def search_spec(cfg: dict, architecture: str, algorithm: str) -> dict:

@@ -35,18 +35,26 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
     stopping = Stopping(**spec["stopping"])
     m = spec.get("metering", {})
     meter = Meter(device, country=m.get("country_iso_code", "FRA"), idle_seconds=m.get("idle_seconds", 0),
-                  sample_hz=m.get("sample_hz", 10))
+                  sample_hz=m.get("sample_hz", 10), estimate_interval_s=m.get("estimate_interval_s", 1.0))
 
     def on_epoch(rec: dict) -> None:
-        rec["energy_j"] = meter.mark()["energy_j"]
+        meter.mark()  # cheap: final per-epoch joules come from meter.epochs after stop()
         log.epoch(rec, stopping.max_epochs)
 
+    if m.get("idle_seconds", 0):
+        log(f"idle-power baseline: {m['idle_seconds']} s")
     meter.start()
-    res = fit(algo, data, stopping, seed=seed, on_epoch=on_epoch)
-    measured = meter.stop()
+    try:
+        res = fit(algo, data, stopping, seed=seed, on_epoch=on_epoch)
+        measured = meter.stop()
+    finally:
+        meter.close()
+    for rec, per_epoch in zip(res.history, meter.epochs):
+        rec.update(per_epoch)
+    energy = f"{measured['energy_j']:.1f} J" if measured["energy_j"] is not None else "energy unavailable"
     test_acc = accuracy(algo.predict(data.x_test), data.y_test)  # the one test evaluation
     log(f"done: test_acc {test_acc:.2f}%  val_acc {res.val_acc:.2f}%  epochs {res.epochs}  "
-        f"{measured['train_time_s']:.1f}s  {measured['energy_j']:.1f} J ({measured['energy_method']})")
+        f"{measured['train_time_s']:.1f}s  {energy} ({measured['energy_method']})")
     n_train = len(data.y_train)
     metrics = {
         "dataset": data.meta["dataset"], "architecture": spec["architecture"], "algorithm": spec["algorithm"],
@@ -62,5 +70,7 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
     }
     metrics["achieved_gflops"] = metrics["train_flops"] / measured["train_time_s"] / 1e9
     io.write_csv(out_dir / "epochs.csv", pd.DataFrame(res.history))
+    if measured["power_trace"]:
+        io.write_csv(out_dir / measured["power_trace"], pd.DataFrame(meter.trace_rows()))
     io.write_json(out_dir / "metrics.json", metrics)  # last: its presence means the run finished
     return metrics

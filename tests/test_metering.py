@@ -1,0 +1,270 @@
+"""The meter's arithmetic and labels with a fake powercap tree and a fake NVML; the estimate path and
+`bpfree doctor` on this machine (no counters)."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bpfree import doctor, metering
+from bpfree.metering import Curve, Meter, PowerCurve, Rapl, rapl_domains, to_target
+
+MAX_UJ = 262_143_328_850
+
+
+# ---- fakes ------------------------------------------------------------------------------------------
+
+def make_powercap(root: Path) -> Path:
+    """package-0 (with core and dram subzones) and psys, in the sysfs layout."""
+    zones = {"intel-rapl:0": "package-0", "intel-rapl:0:0": "core", "intel-rapl:0:1": "dram",
+             "intel-rapl:1": "psys"}
+    for zone, name in zones.items():
+        z = root / zone
+        z.mkdir(parents=True)
+        (z / "name").write_text(name + "\n")
+        (z / "energy_uj").write_text("0\n")
+        (z / "max_energy_range_uj").write_text(f"{MAX_UJ}\n")
+    return root
+
+
+def set_uj(root: Path, zone: str, value: int) -> None:
+    (root / zone / "energy_uj").write_text(f"{value}\n")
+
+
+class FakeNVMLError(Exception):
+    pass
+
+
+class FakeNVML:
+    """Stand-in for the pynvml calls the meter makes: a GPU drawing `watts` constantly since
+    construction, with or without the total-energy counter."""
+
+    def __init__(self, watts: float = 200.0, counter: bool = True):
+        self.watts, self.counter, self.t0, self.inits = watts, counter, time.perf_counter(), 0
+
+    def nvmlInit(self):
+        self.inits += 1
+
+    def nvmlDeviceGetCount(self):
+        return 1
+
+    def nvmlSystemGetDriverVersion(self):
+        return b"999.99"
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return ("gpu", i)
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        return ("gpu", 0)
+
+    def nvmlDeviceGetName(self, h):
+        return b"Fake H100"
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h):
+        if not self.counter:
+            raise FakeNVMLError("Not Supported")
+        return int(1e9 + self.watts * (time.perf_counter() - self.t0) * 1e3)  # mJ since "driver load"
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        return int(self.watts * 1e3)  # mW
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        return type("U", (), {"gpu": 87, "memory": 40})()
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        return type("M", (), {"used": 1536 * 2**20, "total": 80 * 2**30})()
+
+
+def spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+# ---- curves -------------------------------------------------------------------------------------
+
+def test_curve_interpolates_and_extrapolates_with_last_power():
+    c = Curve()
+    for t, e in [(0.0, 0.0), (1.0, 10.0), (3.0, 30.0)]:
+        c.add(t, e)
+    assert c.at(-1) == 0.0
+    assert c.at(0.5) == pytest.approx(5.0)
+    assert c.at(2.0) == pytest.approx(20.0)
+    assert c.at(4.0) == pytest.approx(40.0)  # 10 W continued past the last reading
+    c.add(2.0, 99.0)  # out of order: ignored
+    assert c.at(3.0) == 30.0
+
+
+def test_power_curve_trapezoid():
+    c = PowerCurve()
+    c.add_power(0.0, 100.0)
+    c.add_power(1.0, 200.0)
+    c.add_power(3.0, 200.0)
+    assert c.at(1.0) == pytest.approx(150.0)
+    assert c.at(3.0) == pytest.approx(550.0)
+
+
+# ---- RAPL ---------------------------------------------------------------------------------------
+
+def test_rapl_domains_map_package_and_dram_only(tmp_path):
+    doms = {d["name"]: d for d in rapl_domains(make_powercap(tmp_path))}
+    assert doms["package-0"]["component"] == "cpu" and doms["dram"]["component"] == "dram"
+    assert doms["core"]["component"] is None and doms["psys"]["component"] is None
+    assert all(d["readable"] and d["max_uj"] == MAX_UJ for d in doms.values())
+    assert rapl_domains(tmp_path / "absent") == [] and rapl_domains(None) == []
+
+
+def test_rapl_counter_wrap_around(tmp_path):
+    root = make_powercap(tmp_path)
+    set_uj(root, "intel-rapl:0", MAX_UJ - 1_000_000)
+    set_uj(root, "intel-rapl:0:1", 5_000_000)
+    r = Rapl(root)
+    assert r.components == ["cpu", "dram"]
+    set_uj(root, "intel-rapl:0", 2_000_000)  # wrapped: 1 J before the wrap + 2 J after
+    set_uj(root, "intel-rapl:0:1", 7_500_000)
+    assert r.read() == pytest.approx({"cpu": 3.0, "dram": 2.5})
+    set_uj(root, "intel-rapl:0", 4_000_000)
+    assert r.read()["cpu"] == pytest.approx(5.0)
+
+
+def test_unreadable_rapl_is_reported_not_used(tmp_path, monkeypatch):
+    root = make_powercap(tmp_path)
+    read = Path.read_text
+
+    def root_only(self, *a, **kw):  # energy_uj is 0400 root on kernels patched for CVE-2020-8694
+        if self.name == "energy_uj":
+            raise PermissionError(13, "Permission denied", str(self))
+        return read(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "read_text", root_only)
+    doms = rapl_domains(root)
+    assert not any(d["readable"] for d in doms) and all("permission" in d["error"] for d in doms)
+    assert Rapl(root).components == []
+
+
+# ---- the meter with counters ---------------------------------------------------------------------
+
+def test_meter_rapl_and_nvml_counter(tmp_path):
+    root = make_powercap(tmp_path)
+    set_uj(root, "intel-rapl:0", MAX_UJ - 1_000_000)
+    nvml = FakeNVML(watts=250.0)
+    m = Meter("cpu", powercap_root=root, nvml=nvml, gpu=0, codecarbon=False, sample_hz=50)
+    m.start()
+    spin(0.15)
+    set_uj(root, "intel-rapl:0", 500_000)  # wrap: 1.5 J in epoch 1
+    set_uj(root, "intel-rapl:0:1", 400_000)
+    m.mark()
+    spin(0.15)
+    set_uj(root, "intel-rapl:0", 3_500_000)  # 3 J in epoch 2
+    set_uj(root, "intel-rapl:0:1", 900_000)
+    m.mark()
+    r = m.stop()
+    assert r["energy_method"] == "mixed: gpu=nvml-counter, cpu=rapl, dram=rapl"
+    assert (r["energy_gpu_method"], r["energy_cpu_method"], r["energy_dram_method"]) == ("nvml-counter", "rapl", "rapl")
+    assert r["energy_cpu_j"] == pytest.approx(4.5) and r["energy_dram_j"] == pytest.approx(0.9)
+    assert r["energy_gpu_j"] == pytest.approx(250.0 * r["train_time_s"], rel=1e-3)
+    assert r["energy_j"] == pytest.approx(r["energy_gpu_j"] + 5.4)
+    e1, e2 = m.epochs
+    assert e1["energy_cpu_j"] == pytest.approx(1.5) and e2["energy_cpu_j"] == pytest.approx(3.0)
+    assert e2["cum_energy_j"] == pytest.approx(e1["energy_j"] + e2["energy_j"])
+    assert e2["elapsed_s"] == pytest.approx(e1["window_s"] + e2["window_s"])
+    assert r["gpu_util_mean_pct"] == 87 and r["gpu_device_memory_peak_mib"] == 1536
+    assert r["power_trace"] == "power_trace.csv" and r["idle_power_w"] is None and r["idle_note"]
+    rows = m.trace_rows()
+    assert len(rows) >= 5 and rows[-1]["gpu_w"] == 250.0 and {"cpu_w", "dram_w"} <= set(rows[-1])
+    assert r["emissions_kg"] is None and r["emissions_method"].startswith("unavailable")
+
+
+def test_meter_nvml_power_fallback_and_idle_baseline():
+    nvml = FakeNVML(watts=120.0, counter=False)
+    m = Meter("cpu", powercap_root=None, nvml=nvml, gpu=0, codecarbon=False, sample_hz=20, idle_seconds=0.2)
+    m.start()
+    spin(0.3)
+    m.mark()
+    r = m.stop()
+    g = r["energy_components"]["gpu"]
+    assert g["method"] == "nvml-power" and r["energy_method"] == "mixed: gpu=nvml-power, cpu=unavailable, dram=unavailable"
+    assert g["j"] == pytest.approx(120.0 * r["train_time_s"], rel=1e-6)
+    assert g["idle_w"] == pytest.approx(120.0) and r["idle_seconds"] == pytest.approx(0.2, abs=0.05)
+    assert g["dynamic_j"] == pytest.approx(0.0, abs=1e-6)
+    # cpu and dram have no counter and no estimate here: labelled, never 0 J
+    for c in ("cpu", "dram"):
+        assert r[f"energy_{c}_j"] is None and r[f"energy_{c}_method"] == "unavailable"
+    assert r["energy_j"] == pytest.approx(g["j"])
+    assert [row["phase"] for row in m.trace_rows()].count("idle") >= 2
+
+
+def test_nothing_measurable_is_none_never_zero():
+    m = Meter("cpu", powercap_root=None, nvml=None, codecarbon=False)
+    m.start()
+    m.mark()
+    r = m.stop()
+    assert r["energy_j"] is None and r["energy_method"] == "unavailable"
+    assert m.epochs[0]["energy_j"] is None
+    assert r["power_trace"] is None and r["power_trace_note"]
+
+
+# ---- this machine: CodeCarbon estimates ----------------------------------------------------------
+
+def test_no_counter_gives_labelled_nonzero_estimates(tmp_path):
+    m = Meter("cpu", country="FRA", idle_seconds=0.3, powercap_root=tmp_path / "no-powercap", nvml=None,
+              output_dir=str(tmp_path / "cc"))
+    m.start()
+    for _ in range(3):
+        spin(0.4)
+        mark = m.mark()
+        assert mark["energy_j"] is not None and mark["energy_j"] > 0
+    r = m.stop()
+    assert r["energy_method"] == "estimate"
+    assert set(r["energy_components"]) == {"cpu", "dram"}
+    for c in ("cpu", "dram"):
+        assert r[f"energy_{c}_method"] == "estimate" and r[f"energy_{c}_j"] > 0
+    assert r["energy_j"] > 0 and r["idle_power_w"] > 0 and r["energy_dynamic_j"] is not None
+    assert r["emissions_kg"] > 0 and "derived" in r["emissions_method"] and "FRA" in r["emissions_method"]
+    assert r["power_trace"] is None and "no power reading" in r["power_trace_note"]
+    assert r["peak_memory_mib"] > 0 and r["peak_memory_method"]
+    assert [e["energy_j"] > 0 for e in m.epochs] == [True] * 3
+    # epochs are apportioned from the same curve as the total: they sum to at most the window
+    assert sum(e["energy_j"] for e in m.epochs) <= r["energy_j"] + 1e-9
+    json.dumps(r)  # everything the run records is JSON
+
+
+# ---- time and energy to target ------------------------------------------------------------------
+
+def test_to_target():
+    df = pd.DataFrame({"epoch": [1, 2, 3], "val_acc": [50.0, 90.0, 95.0], "seconds": [1.0, 1.0, 1.0],
+                       "elapsed_s": [1.1, 2.2, 3.3], "energy_j": [10.0, 10.0, 10.0],
+                       "cum_energy_j": [10.0, 20.0, 30.0]})
+    assert to_target(df, 90.0) == (2.2, 20.0, 2)
+    assert to_target(df, 99.0) is None
+    old = df.drop(columns=["elapsed_s", "cum_energy_j"])
+    assert to_target(old, 94.0) == (3.0, 30.0, 3)
+    assert to_target(old.drop(columns=["energy_j"]), 10.0) == (1.0, None, 1)
+    assert to_target(df.assign(cum_energy_j=[math.nan] * 3), 50.0) == (1.1, None, 1)
+
+
+# ---- doctor --------------------------------------------------------------------------------------
+
+def test_doctor_with_fake_counters(tmp_path):
+    info = doctor.probe(powercap_root=make_powercap(tmp_path), nvml=FakeNVML())
+    assert info["methods"] == {"gpu": "nvml-counter", "cpu": "rapl", "dram": "rapl"}
+    assert info["driver"] == "999.99" and info["gpus"][0]["name"] == "Fake H100"
+    text = doctor.format_report(info)
+    assert "energy counter (nvml-counter) yes" in text and "measured: gpu (nvml-counter), cpu (rapl)" in text
+
+
+def test_doctor_on_this_machine_says_estimates_only(capsys):
+    from bpfree.cli import main
+
+    if metering.rapl_domains() or metering.load_nvml() is not None:
+        pytest.skip("this machine has power counters")
+    main(["doctor"])
+    out = capsys.readouterr().out
+    assert "only CodeCarbon estimates are available" in out
+    assert "cpu = estimate, dram = estimate" in out
+    for name in ("torch", "codecarbon", "optuna", "snakemake", "pynvml", "NVIDIA driver"):
+        assert name in out
