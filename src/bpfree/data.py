@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,13 +174,13 @@ def prepare(dataset: str, data_root: str | Path | None, out: str | Path,
             "scale": scale, "mean": list(mean), "std": list(std),
             "augment": dataset.startswith("cifar"),
             "sizes": {k: int(len(arr[f"y_{k}"])) for k in ("train", "val", "test")}}
-    blob = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arr.items()}
+    blob = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in arr.items()}
     blob["meta"] = meta
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     torch.save(blob, tmp)
-    tmp.replace(out)
+    tmp.replace(out)  # atomic: a killed job never leaves a truncated data file
     return meta
 
 

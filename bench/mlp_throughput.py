@@ -1,0 +1,90 @@
+"""Benchmark: seconds per epoch and achieved GFLOP/s of bp and mf training on MNIST-shaped data,
+beside this machine's matrix-multiply rate measured in the same run (not a test).
+
+    python bench/mlp_throughput.py [--data resources/data/mnist.pt] [--widths 1000 1000] [--threads 2]
+
+Counts only the FLOPs the algorithm must do (2 x the analytic multiply-adds of `Algorithm.cost`:
+no input gradient for the first layer, no forward of frozen layers for cached mf stages).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from bpfree import algorithms
+from bpfree.algorithms.base import generator
+from bpfree.data import Data, load
+
+
+def matmul_rate(m: int, k: int, n: int, seconds: float = 2.0) -> float:
+    """GFLOP/s of an (m x k) @ (k x n) float32 matmul, median over 5 windows."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    for _ in range(3):
+        a @ b
+    rates = []
+    for _ in range(5):
+        t0, reps = time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds / 5:
+            a @ b
+            reps += 1
+        rates.append(2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9)
+    return statistics.median(rates)
+
+
+def fake_mnist(n_train: int = 50_000) -> Data:
+    g = torch.Generator().manual_seed(0)
+    x = lambda n: torch.randn(n, 1, 28, 28, generator=g)  # noqa: E731
+    y = lambda n: torch.randint(0, 10, (n,), generator=g)  # noqa: E731
+    meta = {"dataset": "mnist-shaped", "n_classes": 10, "shape": [1, 28, 28], "augment": False}
+    return Data(x(n_train), y(n_train), x(10_000), y(10_000), x(10), y(10), meta)
+
+
+def epoch_times(impl: str, hp: dict, data: Data, widths: list[int], repeats: int) -> list[tuple[str, float, float]]:
+    """(stage, median seconds per epoch, GFLOP/s) for each stage of `impl`."""
+    algo = algorithms.get(impl)({"type": "mlp", "widths": widths}, data.meta, hp, torch.device("cpu"))
+    gen = generator(torch.device("cpu"), 0)
+    out = []
+    for stage in algo.stages():
+        algo.begin_stage(stage, data, 10)
+        algo.train_epoch(stage, data, gen)  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            float(algo.train_epoch(stage, data, gen))
+            times.append(time.perf_counter() - t0)
+        sec = statistics.median(times)
+        flops = 2 * algo.cost(stage).train * len(data.y_train)
+        out.append((stage.name, sec, flops / sec / 1e9))
+        algo.end_stage(stage, data)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", help="prepared MNIST (default: random MNIST-shaped tensors)")
+    ap.add_argument("--widths", type=int, nargs="+", default=[1000, 1000])
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=128)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    data = load(a.data) if a.data else fake_mnist()
+    bs = a.batch_size
+    print(f"torch {torch.__version__}, {a.threads} threads, data {data.meta['dataset']} "
+          f"({len(data.y_train)} training images), widths {a.widths}, batch {bs}")
+    peak = matmul_rate(2048, 2048, 2048)
+    shaped = matmul_rate(bs, 784, a.widths[0])
+    print(f"matmul rate: {peak:.1f} GFLOP/s (2048^3), {shaped:.1f} GFLOP/s ({bs}x784 @ 784x{a.widths[0]})")
+    rows = [("bp", s) for s in epoch_times("bp", {"lr": 1e-3, "weight_decay": 1e-5, "batch_size": bs}, data, a.widths, a.repeats)]
+    rows += [("mf", s) for s in epoch_times("mf", {"lr": 1e-3, "batch_size": bs}, data, a.widths, a.repeats)]
+    print(f"{'algorithm':<10}{'stage':<8}{'s/epoch':>9}{'GFLOP/s':>9}{'% of 2048^3 matmul':>20}")
+    for alg, (stage, sec, gf) in rows:
+        print(f"{alg:<10}{stage:<8}{sec:9.2f}{gf:9.1f}{100 * gf / peak:19.0f}%")
+
+
+if __name__ == "__main__":
+    main()
