@@ -1,0 +1,273 @@
+"""FF: Forward-Forward (Hinton 2022), as run in the paper (algorithms.md, "FF").
+
+Every hidden layer is trained by its own binary cross-entropy on goodness (sum of squared post-ReLU
+activations) minus its width, positives carrying the true label in the first C inputs, negatives a
+uniformly drawn wrong label. Inputs between layers are detached and RMS-normalised, so no gradient
+crosses a layer boundary. The ReLU is straight-through in training (identity gradient).
+
+Options (hp):
+  lr, weight_decay, batch_size (paper 100),
+  optimizer:    "adamw" or "sgd" (momentum 0.9); one optimiser for all layers;
+  predict:      "goodness" (paper: argmax over labels of the summed goodness of layers 2..L) or
+                "downstream" (a linear classifier, no bias, zero init, on the detached normalised
+                activations of layers 2..L of the neutral-label input);
+  downstream_lr, downstream_weight_decay: when given (or predict = "downstream"), that classifier
+                is trained alongside in its own parameter group, as the paper did;
+  peer_weight (0.03), peer_momentum (0.9).
+The learning rates of both groups decay linearly to zero over the second half of the epoch budget.
+Validation: "acc" of the prediction mode; "loss" is the expected FF loss (sum over layers of the
+BCE, negatives averaged over every wrong label, no peer term) in goodness mode, the classifier's
+cross-entropy in downstream mode.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bpfree import models
+from bpfree.algorithms.base import Algorithm, Cost, Stage, accuracy, batches, chunked, train_batch
+from bpfree.data import Data
+
+EPS = 1e-8  # as the reference implementation: z / (rms(z) + eps)
+
+
+def rms_norm(z: torch.Tensor) -> torch.Tensor:
+    """Divide each row by its root-mean-square (length normalisation)."""
+    return z / (z.pow(2).mean(-1, keepdim=True).sqrt() + EPS)
+
+
+class StraightThroughReLU(torch.autograd.Function):
+    """ReLU forward, identity backward (the reference implementation's ReLU_full_grad)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return grad
+
+
+class FFNet(nn.Module):
+    """Hidden layers, the peer-normalisation running means and the optional downstream classifier."""
+
+    def __init__(self, widths: list[int], n_classes: int, downstream: bool):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        for layer in self.layers:
+            nn.init.normal_(layer.weight, 0.0, layer.weight.shape[0] ** -0.5)  # std 1/sqrt(fan_out)
+            nn.init.zeros_(layer.bias)
+        for i, d in enumerate(widths[1:]):
+            self.register_buffer(f"running{i}", torch.full((d,), 0.5))  # reference init 0.5
+        feats = sum(widths[2:]) if len(widths) > 2 else widths[-1]
+        self.classifier = nn.Linear(feats, n_classes, bias=False) if downstream else None
+        if self.classifier is not None:
+            nn.init.zeros_(self.classifier.weight)
+
+    def running(self, i: int) -> torch.Tensor:
+        return getattr(self, f"running{i}")
+
+
+class ForwardForward(Algorithm):
+    def __init__(self, arch: dict, meta: dict, hp: dict, device: torch.device):
+        super().__init__(arch, meta, hp, device)
+        if arch["type"] != "mlp":
+            raise ValueError(f"ff: needs an mlp architecture, got type {arch['type']!r}")
+        self.widths = models.mlp_widths(arch, self.shape)
+        self.L = len(self.widths) - 1
+        C = self.n_classes
+        if self.widths[0] < C:
+            raise ValueError(f"ff: input size {self.widths[0]} is smaller than the {C} label slots")
+        self.predict_mode = hp.get("predict", "goodness")
+        if self.predict_mode not in ("goodness", "downstream"):
+            raise ValueError(f"ff: unknown predict {self.predict_mode!r}; use goodness or downstream")
+        self.downstream = self.predict_mode == "downstream" or "downstream_lr" in hp
+        if self.downstream and "downstream_lr" not in hp:
+            raise ValueError("ff: predict = downstream needs downstream_lr (and downstream_weight_decay)")
+        self.net = FFNet(self.widths, C, self.downstream).to(self.device)
+        self.first = 1 if self.L > 1 else 0  # goodness of layers 2..L (layer 1 alone if L = 1)
+        groups = [{"params": list(self.net.layers.parameters()), "lr": hp["lr"],
+                   "weight_decay": hp.get("weight_decay", 0.0)}]
+        if self.downstream:
+            groups.append({"params": list(self.net.classifier.parameters()), "lr": hp["downstream_lr"],
+                           "weight_decay": hp.get("downstream_weight_decay", 0.0)})
+        for g in groups:
+            g["base_lr"] = g["lr"]
+        opt = hp.get("optimizer", "adamw")
+        if opt == "adamw":
+            self.opt = torch.optim.AdamW(groups)
+        elif opt == "sgd":
+            self.opt = torch.optim.SGD(groups, momentum=0.9)
+        else:
+            raise ValueError(f"ff: unknown optimizer {opt!r}; use adamw or sgd")
+        self.peer_weight = float(hp.get("peer_weight", 0.03))
+        self.peer_momentum = float(hp.get("peer_momentum", 0.9))
+        self.max_epochs, self.epoch = 100, 0
+
+    def stages(self) -> list[Stage]:
+        return [Stage("all", monitor="acc")]
+
+    def begin_stage(self, stage: Stage, data: Data, max_epochs: int) -> None:
+        self.max_epochs, self.epoch = max_epochs, 0
+
+    def _cooldown(self) -> float:
+        """Reference schedule (0-based epoch e of E): 1 in the first half, then 2(1+E-e)/E."""
+        E, e = self.max_epochs, self.epoch
+        return 2.0 * (1 + E - e) / E if e > E // 2 else 1.0
+
+    # ---- training -----------------------------------------------------------------------------
+
+    def _embed(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Flattened x with the one-hot label in the first C inputs, then length-normalised."""
+        a = x.flatten(1).clone()
+        a[:, :self.n_classes] = F.one_hot(labels, self.n_classes).to(a.dtype)
+        return rms_norm(a)
+
+    def _peer_loss(self, i: int, z_pos: torch.Tensor) -> torch.Tensor:
+        """Update layer i's running mean activity (positives) and return its peer-norm penalty."""
+        buf = self.net.running(i)
+        run = self.peer_momentum * buf + (1 - self.peer_momentum) * z_pos.mean(0)
+        buf.copy_(run.detach())
+        return (run.mean() - run).pow(2).mean()
+
+    def _ff_loss(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(z.pow(2).sum(1) - z.shape[1], target)
+
+    def _neutral_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Detached normalised activations of layers 2..L for the neutral label (1/C everywhere)."""
+        with torch.no_grad():
+            a = x.flatten(1).clone()
+            a[:, :self.n_classes] = 1.0 / self.n_classes
+            z, feats = rms_norm(a), []
+            for i, layer in enumerate(self.net.layers):
+                z = rms_norm(torch.relu(layer(z)))
+                if i >= self.first:
+                    feats.append(z)
+            return torch.cat(feats, 1)
+
+    def train_epoch(self, stage: Stage, data: Data, gen: torch.Generator) -> torch.Tensor:
+        self.net.train()
+        factor = self._cooldown()
+        for g in self.opt.param_groups:
+            g["lr"] = g["base_lr"] * factor
+        C, dev = self.n_classes, self.device
+        total, n = torch.zeros((), device=dev), 0
+        for idx in batches(len(data.y_train), self.hp.get("batch_size", 100), gen, dev):
+            x, y = train_batch(data, idx, gen), data.y_train[idx]
+            B = len(y)
+            wrong = (y + torch.randint(1, C, (B,), generator=gen, device=dev)) % C  # uniform wrong label
+            z = self._embed(x.repeat(2, *([1] * (x.dim() - 1))), torch.cat([y, wrong]))
+            target = torch.cat([torch.ones(B, device=dev), torch.zeros(B, device=dev)])
+            loss = torch.zeros((), device=dev)
+            for i, layer in enumerate(self.net.layers):
+                z = StraightThroughReLU.apply(layer(z))
+                if self.peer_weight > 0:
+                    loss = loss + self.peer_weight * self._peer_loss(i, z[:B])
+                loss = loss + self._ff_loss(z, target)
+                z = rms_norm(z.detach())  # the next layer's loss stays local to it
+            if self.downstream:
+                loss = loss + F.cross_entropy(self.net.classifier(self._neutral_features(x)), y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            total += loss.detach()
+            n += 1
+        self.epoch += 1
+        return total / n
+
+    # ---- inference ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def goodness(self, x: torch.Tensor) -> torch.Tensor:
+        """Goodness (N, C, L) of every layer for every candidate label, with ONE unlabelled pass of
+        layer 1: the RMS of the embedded input does not depend on the label (the one-hot has unit
+        norm), so layer 1's pre-activation for label c is W_1 a_0 / r + b_1 + W_1[:, c] / r."""
+        C = self.n_classes
+        a0 = x.flatten(1).clone()
+        a0[:, :C] = 0
+        r = ((a0.pow(2).sum(1) + 1.0) / a0.shape[1]).sqrt() + EPS  # (N,)
+        W1 = self.net.layers[0].weight
+        h = F.linear(a0 / r[:, None], W1, self.net.layers[0].bias)  # (N, d_1)
+        h = h[:, None, :] + W1[:, :C].T[None] / r[:, None, None]  # (N, C, d_1)
+        return self._goodness_from(h.flatten(0, 1)).view(len(x), C, self.L)
+
+    def _goodness_from(self, h1: torch.Tensor) -> torch.Tensor:
+        """Goodness (M, L) given layer 1's pre-activations (M, d_1)."""
+        z = torch.relu(h1)
+        out = [z.pow(2).sum(1)]
+        for layer in self.net.layers[1:]:
+            z = torch.relu(layer(rms_norm(z)))
+            out.append(z.pow(2).sum(1))
+        return torch.stack(out, 1)
+
+    @torch.no_grad()
+    def goodness_naive(self, x: torch.Tensor) -> torch.Tensor:
+        """The same (N, C, L) by C full labelled passes (reference for tests and the benchmark)."""
+        C = self.n_classes
+        out = []
+        for c in range(C):
+            a = self._embed(x, torch.full((len(x),), c, dtype=torch.long, device=x.device))
+            out.append(self._goodness_from(self.net.layers[0](a)))
+        return torch.stack(out, 1)
+
+    def _chunk(self) -> int:
+        return max(1, 2 ** 22 // (self.n_classes * max(self.widths[1:])))  # ~16 MB per activation
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        self.net.eval()
+        if self.predict_mode == "downstream":
+            return chunked(lambda c: self.net.classifier(self._neutral_features(c)), x)
+        return chunked(lambda c: self.goodness(c)[:, :, self.first:].sum(2), x, self._chunk())
+
+    @torch.no_grad()
+    def validate(self, stage: Stage, data: Data) -> dict[str, float]:
+        self.net.eval()
+        y = data.y_val
+        if self.predict_mode == "downstream":
+            s = self.predict(data.x_val)
+            return {"acc": accuracy(s, y), "loss": F.cross_entropy(s, y).item()}
+        g = chunked(self.goodness, data.x_val, self._chunk())  # (N, C, L)
+        logits = g - torch.tensor(self.widths[1:], device=g.device, dtype=g.dtype)
+        pos = F.one_hot(y, self.n_classes).to(g.dtype)[:, :, None]  # (N, C, 1)
+        bce = F.binary_cross_entropy_with_logits(logits, pos.expand_as(logits), reduction="none")
+        # equal weight to positives and negatives as in a 2B training batch; negatives averaged
+        # over the C-1 wrong labels (the expectation of the uniform draw)
+        l_pos = (bce * pos).sum(1)
+        l_neg = (bce * (1 - pos)).sum(1) / (self.n_classes - 1)
+        loss = (0.5 * (l_pos + l_neg)).mean(0).sum()
+        return {"acc": accuracy(g[:, :, self.first:].sum(2), y), "loss": loss.item()}
+
+    def layer_accuracies(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        self.net.eval()
+        g = chunked(self.goodness, x, self._chunk())
+        return {f"layer{i + 1}": accuracy(g[:, :, i], y) for i in range(self.L)}
+
+    # ---- analytic cost ------------------------------------------------------------------------
+
+    def _layer_macs(self) -> list[int]:
+        w = self.widths
+        return [w[i] * w[i + 1] for i in range(self.L)]
+
+    def _downstream_macs(self) -> int:
+        return sum(self._layer_macs()) + self.net.classifier.in_features * self.n_classes
+
+    def cost(self, stage: Stage) -> Cost:
+        layer = sum(self._layer_macs())
+        # per training sample: a positive and a negative row, each forward + weight gradient of
+        # every layer (no input gradients: inputs are detached)
+        train = 2 * 2 * layer
+        if self.downstream:  # neutral forward, classifier forward + weight gradient
+            train += layer + 2 * self.net.classifier.in_features * self.n_classes
+        return Cost(train=train, eval=self.predict_macs())
+
+    def predict_macs(self) -> int:
+        if self.predict_mode == "downstream":
+            return self._downstream_macs()
+        m, C = self._layer_macs(), self.n_classes
+        # one unlabelled pass of layer 1, C column additions, C passes of layers 2..L
+        return m[0] + C * self.widths[1] + C * sum(m[1:])
+
+
+ALGORITHM = ForwardForward

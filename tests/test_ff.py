@@ -1,0 +1,124 @@
+"""Forward-Forward: fast prediction, locality of the losses, straight-through ReLU, peer
+normalisation, and that it learns on digits."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bpfree import data as D
+from bpfree.algorithms.base import accuracy
+from bpfree.algorithms.ff import ForwardForward, StraightThroughReLU, rms_norm
+from bpfree.engine import Stopping, fit
+
+META = {"n_classes": 10, "shape": [1, 8, 8]}
+HP = {"lr": 1e-3, "weight_decay": 0.0, "batch_size": 16}
+
+
+def make(widths=(32, 24, 16), **hp) -> ForwardForward:
+    torch.manual_seed(0)
+    return ForwardForward({"type": "mlp", "widths": list(widths)}, META, {**HP, **hp}, "cpu")
+
+
+def test_fast_goodness_equals_full_labelled_passes():
+    algo = make()
+    x = torch.randn(50, 1, 8, 8)
+    fast, naive = algo.goodness(x), algo.goodness_naive(x)
+    assert fast.shape == naive.shape == (50, 10, 3)
+    torch.testing.assert_close(fast, naive, rtol=1e-4, atol=1e-4)
+    assert torch.equal(algo.predict(x).argmax(1), naive[:, :, 1:].sum(2).argmax(1))
+
+
+def test_each_layer_loss_sends_no_gradient_to_earlier_layers():
+    algo = make()
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    z = algo._embed(x, y)
+    outs = []
+    for layer in algo.net.layers:  # the training forward: detached, normalised inputs
+        z = StraightThroughReLU.apply(layer(z))
+        outs.append(z)
+        z = rms_norm(z.detach())
+    target = torch.ones(8)
+    params = list(algo.net.layers.parameters())
+    for i, z in enumerate(outs):
+        grads = torch.autograd.grad(algo._ff_loss(z, target), params, allow_unused=True)
+        for j, layer in enumerate(algo.net.layers):
+            gw, gb = grads[2 * j], grads[2 * j + 1]
+            if j == i:
+                assert gw is not None and gw.abs().sum() > 0
+            else:
+                assert gw is None and gb is None, f"layer {i + 1}'s loss reached layer {j + 1}"
+
+
+def test_straight_through_relu():
+    x = torch.tensor([-2.0, -0.5, 0.0, 1.5], requires_grad=True)
+    out = StraightThroughReLU.apply(x)
+    assert torch.equal(out, torch.relu(x.detach()))
+    g = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    out.backward(g)
+    assert torch.equal(x.grad, g)  # negative inputs pass the gradient too
+
+
+def test_peer_normalisation_term_matches_hand_computation():
+    algo = make()
+    z = torch.rand(6, 32, requires_grad=True)
+    before = algo.net.running(0).clone()  # 0.5 everywhere at init
+    loss = algo._peer_loss(0, z)
+    run = 0.9 * before + 0.1 * z.detach().mean(0)
+    expected = ((run.mean() - run) ** 2).mean()
+    torch.testing.assert_close(loss.detach(), expected)
+    torch.testing.assert_close(algo.net.running(0), run)  # the running mean was updated
+    loss.backward()  # the gradient flows through the batch's mean activity
+    d = 0.1 * (2 * (run - run.mean()) / 32) / 6
+    torch.testing.assert_close(z.grad, d.expand(6, -1))
+
+
+def test_bce_logit_is_goodness_minus_width():
+    algo = make()
+    z = torch.rand(4, 32)
+    t = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    expected = F.binary_cross_entropy_with_logits(z.pow(2).sum(1) - 32, t)
+    torch.testing.assert_close(algo._ff_loss(z, t), expected)
+
+
+def test_cooldown_schedule():
+    algo = make()
+    algo.max_epochs = 10
+    factors = []
+    for e in range(10):
+        algo.epoch = e
+        factors.append(algo._cooldown())
+    assert factors[:6] == [1.0] * 6 and factors[-1] == pytest.approx(0.4)
+    assert all(a >= b for a, b in zip(factors, factors[1:]))
+
+
+def test_downstream_needs_its_lr():
+    with pytest.raises(ValueError, match="downstream_lr"):
+        make(predict="downstream")
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ff") / "d.pt"
+    D.prepare("digits", None, path)
+    return D.load(path)
+
+
+def test_ff_learns_digits(digits):
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    algo = ForwardForward({"type": "mlp", "widths": [256, 256]}, digits.meta,
+                          {"lr": 3e-3, "weight_decay": 1e-4, "batch_size": 32}, "cpu")
+    res = fit(algo, digits, Stopping(max_epochs=30, patience=30), seed=0)
+    acc = accuracy(algo.predict(digits.x_test), digits.y_test)
+    assert acc > 85.0, f"test accuracy {acc:.1f}% (history {res.history[-3:]})"
+
+
+def test_ff_downstream_mode_learns_digits(digits):
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    algo = ForwardForward({"type": "mlp", "widths": [128, 128]}, digits.meta,
+                          {"lr": 3e-3, "weight_decay": 1e-4, "batch_size": 32, "predict": "downstream",
+                           "downstream_lr": 1e-2, "downstream_weight_decay": 1e-3}, "cpu")
+    fit(algo, digits, Stopping(max_epochs=10, patience=10), seed=0)
+    assert accuracy(algo.predict(digits.x_test), digits.y_test) > 80.0
