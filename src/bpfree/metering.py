@@ -245,7 +245,9 @@ def codecarbon_tracker(country: str, output_dir: str, interval_s: float = 1.0) -
             with self.bp_lock:
                 super()._measure_power_and_energy()
                 t = self._last_measured_time
-                t0, e0 = self.snapshots[-1] if self.snapshots else (self._start_time, dict.fromkeys(COMPONENTS, 0.0))
+                if not self.snapshots:  # the origin of the curve: nothing consumed at start()
+                    self.snapshots.append((self._start_time, dict.fromkeys(COMPONENTS, 0.0)))
+                t0, e0 = self.snapshots[-1]
                 p = {"cpu": self._cpu_power.W, "dram": self._ram_power.W, "gpu": self._gpu_power.W}
                 self.snapshots.append((t, {c: e0[c] + p[c] * (t - t0) for c in COMPONENTS}))
 
@@ -413,8 +415,6 @@ class Meter:
         self._open()
         if self.tracker is not None:
             self.tracker.start()
-            with self.tracker.bp_lock:
-                self.tracker.snapshots.append((self.tracker._start_time, dict.fromkeys(COMPONENTS, 0.0)))
         self._sample()
         self._thread = threading.Thread(target=self._run_sampler, name="bpfree-meter", daemon=True)
         self._thread.start()
