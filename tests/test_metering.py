@@ -224,6 +224,10 @@ def test_no_counter_gives_labelled_nonzero_estimates(tmp_path):
     for c in ("cpu", "dram"):
         assert r[f"energy_{c}_method"] == "estimate" and r[f"energy_{c}_j"] > 0
     assert r["energy_j"] > 0 and r["idle_power_w"] > 0 and r["energy_dynamic_j"] is not None
+    for c in ("cpu", "dram"):  # cumulative energy never decreases, so no component idles below 0 W
+        assert r["energy_components"][c]["idle_w"] >= 0
+        e = m.curves[c].e
+        assert all(b >= a for a, b in zip(e, e[1:]))
     assert r["emissions_kg"] > 0 and "derived" in r["emissions_method"] and "FRA" in r["emissions_method"]
     assert r["power_trace"] is None and "no power reading" in r["power_trace_note"]
     assert r["peak_memory_mib"] > 0 and r["peak_memory_method"]
