@@ -198,6 +198,18 @@ def test_meter_nvml_power_fallback_and_idle_baseline():
     assert [row["phase"] for row in m.trace_rows()].count("idle") >= 2
 
 
+def test_gpu_without_nvml_is_unavailable_not_zero():
+    class NoDriver(FakeNVML):
+        def nvmlInit(self):
+            raise FakeNVMLError("Driver Not Loaded")
+
+    m = Meter("cpu", powercap_root=None, nvml=NoDriver(), gpu=0, codecarbon=False)
+    m.start()
+    r = m.stop()
+    assert r["energy_gpu_j"] is None and r["energy_gpu_method"] == "unavailable"
+    assert "gpu_name" not in r
+
+
 def test_nothing_measurable_is_none_never_zero():
     m = Meter("cpu", powercap_root=None, nvml=None, codecarbon=False)
     m.start()

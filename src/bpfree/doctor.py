@@ -80,8 +80,7 @@ def probe(powercap_root: str | Path | None = metering.POWERCAP, nvml: Any = "aut
     methods = {"gpu": None, "cpu": "rapl" if "cpu" in rapl_ok else "estimate" if cc else "unavailable",
                "dram": "rapl" if "dram" in rapl_ok else "estimate" if cc else "unavailable"}
     if gpu0 is not None:
-        methods["gpu"] = "nvml-counter" if gpu0["counter"] else "nvml-power" if gpu0["power"] else (
-            "estimate" if cc else "unavailable")
+        methods["gpu"] = "nvml-counter" if gpu0["counter"] else "nvml-power" if gpu0["power"] else "unavailable"
     info["methods"] = {k: v for k, v in methods.items() if v is not None}
     measured = [c for c, m in info["methods"].items() if m not in ("estimate", "unavailable")]
     info["verdict"] = ("only CodeCarbon estimates are available on this machine (no GPU energy counter, no "

@@ -338,8 +338,8 @@ class Meter:
                 self.methods["gpu"], self.curves["gpu"] = "nvml-counter", Curve()
             elif self.gpu and self.gpu.power:
                 self.methods["gpu"], self.curves["gpu"] = "nvml-power", PowerCurve()
-            else:
-                self.methods["gpu"] = "estimate"  # CodeCarbon's GPU figure (it needs NVML too: may be unavailable)
+            else:  # CodeCarbon's GPU figure needs NVML too: it would be a silent 0 J
+                self.methods["gpu"] = UNAVAILABLE
         self.rapl = Rapl(self.powercap_root)
         for c in self.rapl.components:
             self.methods[c], self.curves[c] = "rapl", Curve()
@@ -366,7 +366,8 @@ class Meter:
             gpu_w = util = mem = None
             if self.gpu is not None:
                 if self.methods.get("gpu") == "nvml-counter" and edge:
-                    self.curves["gpu"].add(t, self.gpu.energy_j())
+                    if (e := Gpu._try(self.gpu.energy_j)) is not None:  # a failed read: interpolated instead
+                        self.curves["gpu"].add(t, e)
                 if self.gpu.power:
                     gpu_w = Gpu._try(self.gpu.power_w)
                     if gpu_w is not None and self.methods.get("gpu") == "nvml-power":
