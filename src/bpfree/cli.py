@@ -61,7 +61,14 @@ def cmd_train(a: argparse.Namespace) -> None:
 def cmd_report(a: argparse.Namespace) -> None:
     from bpfree.report import run_report
 
-    df = run_report(a.metrics, a.out_dir)
+    stats = None
+    if a.statistics:
+        text = Path(a.statistics[1:]).read_text() if a.statistics.startswith("@") else a.statistics
+        stats = json.loads(text)
+    try:
+        df = run_report(a.metrics, a.out_dir, statistics=stats)
+    except ValueError as e:  # a bad statistics setting or an incomplete metrics.json, named in e
+        raise SystemExit(f"bpfree report: error: {e}") from None
     print(f"{len(df)} runs summarised into {a.out_dir}")
 
 
@@ -110,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("report", help="summary.csv, table.md and plots from finished runs")
     p.add_argument("--out-dir", required=True)
+    p.add_argument("--statistics", help="the config's protocol.statistics as JSON, or @FILE (bootstrap "
+                   "resamples, seed, confidence, target_fraction; defaults otherwise)")
     p.add_argument("metrics", nargs="+", help="metrics.json files of final runs")
     p.set_defaults(fn=cmd_report)
 

@@ -43,6 +43,11 @@ def validate(cfg: dict) -> None:
     check(cfg)
 
 
+# Settings only `protocol` may hold: an algorithm entry naming one would break the fair comparison.
+PROTOCOL_KEYS = {"seed", "seeds", "stopping", "max_epochs", "patience", "min_delta", "n_trials", "sampler_seed",
+                 "pruner", "split", "limit_train"}
+
+
 def _is_lr(name: str) -> bool:
     return name == "lr" or name.endswith("_lr") or name.startswith("lr_")
 
@@ -67,6 +72,9 @@ def check(cfg: dict) -> None:
                 raise ConfigError(f"comparisons[{i}].datasets: {d!r} is not in datasets {cfg['datasets']}")
     for name, entry in algos.items():
         key = f"algorithms.{name}"
+        for p in sorted(PROTOCOL_KEYS & {*entry.get("fixed", {}), *entry.get("space", {})}):
+            raise ConfigError(f"{key}: {p!r} belongs under protocol (the same for every algorithm), "
+                              "not to one algorithm's fixed settings or search space")
         try:
             algorithms.source_file(entry["impl"])
         except ValueError as e:

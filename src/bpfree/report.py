@@ -1,104 +1,464 @@
-"""Aggregation: one tidy row per final run, a Markdown table of means and deltas against bp, plots."""
+"""Aggregation of finished final runs into the files a reviewer reads.
+
+Written into `out_dir`:
+  summary.csv    one row per run            cells.csv     n, mean, sd of every metric per cell
+  deltas.csv     paired deltas against bp with bootstrap intervals and their status
+  to_target.csv  time and energy of each run to the target accuracy
+  table.md/.html absolute table, the published values beside ours
+  deltas.md/.html delta table in the published layout, and each published claim checked
+  plots/         accuracy_vs_energy, learning_curves, layer_accuracy, to_target, energy_components
+"""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from bpfree import io
+from bpfree import io, published, stats
+from bpfree.stats import CELL, StatsConfig
 
-CELL = ["dataset", "architecture", "algorithm"]
 COLUMNS = ["dataset", "architecture", "algorithm", "seed", "test_accuracy", "val_accuracy", "train_time_s",
-           "epochs", "best_epoch", "energy_j", "energy_method", "emissions_kg", "peak_memory_mib",
-           "peak_memory_method", "n_params", "train_flops", "predict_flops", "achieved_gflops", "device"]
+           "epochs", "best_epoch", "energy_j", "energy_dynamic_j", "energy_method", "emissions_kg",
+           "peak_memory_mib", "peak_memory_method", "n_params", "train_flops", "predict_flops", "achieved_gflops",
+           "device"]
+NESTED = ("hyperparameters", "energy_components", "layer_test_accuracy")
+PLOTS = ("accuracy_vs_energy", "learning_curves", "layer_accuracy", "to_target", "energy_components")
+PUBLISHED_ENERGY = "published, method not stated"
+DASH = "–"
 
 
-def summarize(metric_files: list[str | Path]) -> pd.DataFrame:
-    rows = [io.read_json(f) for f in metric_files]
-    df = pd.DataFrame(rows)
+# ---- loading ------------------------------------------------------------------------------------
+
+def load_runs(metric_files: list[str | Path]) -> list[dict]:
+    runs = []
+    for f in metric_files:
+        m = io.read_json(f)
+        missing = [k for k in ("dataset", "architecture", "algorithm", "seed", "test_accuracy") if k not in m]
+        if missing:
+            raise ValueError(f"{f}: metrics.json lacks {', '.join(missing)}")
+        m["_path"] = str(f)
+        runs.append(m)
+    return runs
+
+
+def summarize(metric_files: list[str | Path] | list[dict]) -> pd.DataFrame:
+    """One flat row per run (nested fields dropped), sorted by cell and seed."""
+    rows = metric_files if metric_files and isinstance(metric_files[0], dict) else load_runs(metric_files)
+    df = pd.DataFrame(rows).drop(columns=["_path", *NESTED], errors="ignore")
     cols = [c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]
-    flat = df[cols].drop(columns=[c for c in ("hyperparameters", "energy_components", "layer_test_accuracy")
-                                  if c in df.columns])
-    return flat.sort_values(CELL + ["seed"]).reset_index(drop=True)
+    return df[cols].sort_values(CELL + ["seed"]).reset_index(drop=True)
 
 
-def _mean_sd(s: pd.Series, fmt: str) -> str:
-    if len(s) < 2:
-        return f"{s.mean():{fmt}} (n=1)"
-    return f"{s.mean():{fmt}} ± {s.std(ddof=1):{fmt}}"
+def read_curves(runs: list[dict]) -> dict[tuple, pd.DataFrame]:
+    """epochs.csv of each run (beside its metrics.json), keyed by (dataset, architecture, algorithm, seed)."""
+    curves = {}
+    for m in runs:
+        f = Path(m["_path"]).parent / "epochs.csv"
+        if f.exists():
+            curves[(m["dataset"], m["architecture"], m["algorithm"], m["seed"])] = pd.read_csv(f)
+    return curves
 
 
-def table(df: pd.DataFrame) -> str:
-    """Markdown: per cell mean ± sd (n) of accuracy, time, energy, memory, and the delta of the
-    mean against bp on the same dataset and architecture."""
-    lines = ["| dataset | architecture | algorithm | n | test accuracy (%) | Δacc vs bp (pp) | train time (s) "
-             "| Δtime vs bp | energy (J) | energy method | peak memory (MiB) |",
-             "|" + "---|" * 11]
-    for (d, a, alg), g in df.groupby(CELL, sort=True):
-        ref = df[(df.dataset == d) & (df.architecture == a) & (df.algorithm == "bp")]
-        if alg == "bp" or ref.empty:
-            dacc = dtime = "–"
-        else:
-            dacc = f"{g.test_accuracy.mean() - ref.test_accuracy.mean():+.2f}"
-            dtime = f"{100 * (g.train_time_s.mean() / ref.train_time_s.mean() - 1):+.0f} %"
-        methods = ", ".join(sorted(set(g.energy_method)))
-        lines.append(f"| {d} | {a} | {alg} | {len(g)} | {_mean_sd(g.test_accuracy, '.2f')} | {dacc} | "
-                     f"{_mean_sd(g.train_time_s, '.1f')} | {dtime} | {_mean_sd(g.energy_j, '.0f')} | {methods} | "
-                     f"{_mean_sd(g.peak_memory_mib, '.0f')} |")
+def components(runs: list[dict]) -> pd.DataFrame:
+    """Long table: one row per run and energy component, with its method."""
+    rows = []
+    for m in runs:
+        for comp, v in (m.get("energy_components") or {}).items():
+            j = v.get("j") if isinstance(v, dict) else v
+            method = v.get("method", m.get("energy_method", "?")) if isinstance(v, dict) else m.get("energy_method", "?")
+            rows.append({**{k: m[k] for k in CELL}, "seed": m["seed"], "component": comp, "energy_j": j,
+                         "method": method})
+    return pd.DataFrame(rows, columns=[*CELL, "seed", "component", "energy_j", "method"])
+
+
+def layer_accuracies(runs: list[dict]) -> pd.DataFrame:
+    rows = [{**{k: m[k] for k in CELL}, "seed": m["seed"], "layer": layer, "test_accuracy": acc}
+            for m in runs for layer, acc in (m.get("layer_test_accuracy") or {}).items()]
+    return pd.DataFrame(rows, columns=[*CELL, "seed", "layer", "test_accuracy"])
+
+
+# ---- formatting ---------------------------------------------------------------------------------
+
+def _num(x: float, fmt: str) -> str:
+    return DASH if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:{fmt}}"
+
+
+def fmt_mean_sd(n: int, mean: float, sd: float, fmt: str) -> str:
+    if n == 0 or not math.isfinite(mean):
+        return DASH
+    if n < 2:
+        return f"{mean:{fmt}} (n=1, no sd)"
+    return f"{mean:{fmt}} ± {sd:{fmt}} (n={n})"
+
+
+def fmt_delta(row: pd.Series | dict | None) -> str:
+    """'+0.12 [-0.05, +0.30] pp, not resolved at n = 5' and the like."""
+    if row is None:
+        return DASH
+    unit = " pp" if row["unit"] == "pp" else " %"
+    fmt = "+.2f" if row["unit"] == "pp" else "+.1f"
+    if not math.isfinite(row["estimate"]):
+        return row["status"]
+    text = f"{row['estimate']:{fmt}}{unit}"
+    if math.isfinite(row["ci_low"]):
+        text += f" [{row['ci_low']:{fmt}}, {row['ci_high']:{fmt}}]"
+    if row["status"] != "resolved":
+        text += f", {row['status']}"
+    return text
+
+
+def verdict(row: pd.Series | dict | None, published_value: float) -> str:
+    """What our paired interval says about a published delta."""
+    if published_value is None or not math.isfinite(published_value):
+        return "no published value"
+    if row is None or not math.isfinite(row["estimate"]):
+        return "not compared: " + (row["status"] if row is not None else "no run of ours")
+    if not row["resolved"]:
+        return f"cannot resolve: {row['status']}"
+    inside = row["ci_low"] <= published_value <= row["ci_high"]
+    if published_value == 0:
+        return "contradicts (published 0, ours resolved)"
+    same = (row["estimate"] > 0) == (published_value > 0)
+    where = "published value inside our interval" if inside else "published value outside our interval"
+    return f"{'supports the sign' if same else 'contradicts the sign'} ({where})"
+
+
+def markdown(df: pd.DataFrame) -> str:
+    def cell(v) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+    lines = ["| " + " | ".join(map(cell, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 
-def plot_accuracy_energy(df: pd.DataFrame, path: str | Path) -> None:
+def html_page(title: str, parts: list[tuple[str, pd.DataFrame | str]]) -> str:
+    """A standalone HTML page of headed tables or paragraphs (the report embeds it)."""
+    import html
+
+    body = []
+    for head, part in parts:
+        if head:
+            body.append(f"<h3>{html.escape(head)}</h3>")
+        body.append(part.to_html(index=False, escape=True, border=0) if isinstance(part, pd.DataFrame)
+                    else "".join(f"<p>{html.escape(p)}</p>" for p in part.split("\n\n") if p.strip()))
+    style = ("body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#eee}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body><h2>{html.escape(title)}</h2>{''.join(body)}</body></html>\n")
+
+
+# ---- tables -------------------------------------------------------------------------------------
+
+def _pub_lookup(pub: pd.DataFrame, keys: dict) -> pd.Series | None:
+    sel = pub
+    for k, v in keys.items():
+        sel = sel[sel[k] == v]
+    return sel.iloc[0] if len(sel) else None
+
+
+def absolute_table(cells: pd.DataFrame, runs: pd.DataFrame, pub: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: ours (mean ± sd, n) beside the published value of the same cell."""
+    rows = []
+    for c in cells.itertuples(index=False):
+        g = runs[(runs.dataset == c.dataset) & (runs.architecture == c.architecture) & (runs.algorithm == c.algorithm)]
+        p = _pub_lookup(pub, {"dataset": c.dataset, "architecture": c.architecture, "algorithm": c.algorithm})
+
+        def ours(m: str, fmt: str) -> str:
+            return fmt_mean_sd(*stats.mean_sd(g[m]), fmt) if m in g else DASH
+
+        def theirs(col: str, fmt: str, scale: float = 1.0) -> str:
+            return DASH if p is None else _num(float(p[col]) * scale, fmt)
+        methods = ", ".join(sorted(set(g.energy_method.dropna()))) if "energy_method" in g else "?"
+        rows.append({
+            "dataset": c.dataset, "architecture": c.architecture, "algorithm": c.algorithm,
+            "seeds": c.seeds + (" (a seed repeats!)" if c.duplicate_seeds else ""),
+            "test accuracy (%)": ours("test_accuracy", ".2f"),
+            "published accuracy (%)": DASH if p is None else
+            f"{p.test_acc_mean:.2f} ± {p.test_acc_sd:.2f} (n={p.n_runs}, {p.source})",
+            "train time (s)": ours("train_time_s", ".1f"), "published time (s)": theirs("train_time_s", ".1f"),
+            "energy (J)": ours("energy_j", ".1f"), "energy method": methods,
+            "dynamic energy (J)": ours("energy_dynamic_j", ".1f"),
+            "published energy (J)": theirs("energy_wh", ".0f", 3600.0),
+            "peak memory (MiB)": ours("peak_memory_mib", ".0f"), "published memory (MiB)": theirs("peak_mem_mib", ".0f"),
+            "epochs": ours("epochs", ".1f"), "published epochs": theirs("epochs", ".1f"),
+        })
+    return pd.DataFrame(rows)
+
+
+DELTA_COLUMNS = {"test_accuracy": "delta_acc_pp", "train_time_s": "delta_time_pct", "energy_j": "delta_energy_pct",
+                 "peak_memory_mib": "delta_mem_pct"}
+
+
+def delta_table(dl: pd.DataFrame, runs: pd.DataFrame, pub: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The published layout (family, dataset, architecture, variant, then each delta) with ours and
+    our interval beside the published figure; and one row per published claim with its verdict."""
+    rows, claims = [], []
+    for (d, a, alg), g in dl.groupby(CELL, sort=True):
+        by_metric = {r.metric: r._asdict() for r in g.itertuples(index=False)}
+        p = _pub_lookup(pub, {"dataset": d, "architecture": a, "variant": alg})
+        impl = runs.loc[(runs.algorithm == alg), "impl"].iloc[0] if "impl" in runs else alg
+        row = {"family": p.family if p is not None else impl, "dataset": d, "architecture": a, "variant": alg,
+               "n pairs": max((r["n_pairs"] for r in by_metric.values()), default=0)}
+        for m, col in (("test_accuracy", "delta_acc_pp"), ("train_time_s", "delta_time_pct"),
+                       ("energy_j", "delta_energy_pct"), ("energy_dynamic_j", None),
+                       ("peak_memory_mib", "delta_mem_pct")):
+            if m == "energy_dynamic_j" and m not in by_metric:
+                continue
+            label = col or "delta_dynamic_energy_pct"
+            row[f"{label} ours [95% CI]"] = fmt_delta(by_metric.get(m))
+            if col:
+                pv = float(p[col]) if p is not None else float("nan")
+                row[f"{label} published"] = _num(pv, "+.2f")
+                if p is not None:
+                    claims.append({"dataset": d, "architecture": a, "variant": alg, "delta": col,
+                                   "published": f"{pv:+.2f}", "ours [95% CI]": fmt_delta(by_metric.get(m)),
+                                   "verdict": verdict(by_metric.get(m), pv)})
+        rows.append(row)
+    return pd.DataFrame(rows), pd.DataFrame(claims, columns=["dataset", "architecture", "variant", "delta", "published",
+                                                             "ours [95% CI]", "verdict"])
+
+
+def notes(runs: pd.DataFrame, cells: pd.DataFrame, dl: pd.DataFrame, cfg: StatsConfig) -> str:
+    """Plain-text caveats under the tables: measurement methods, repeated seeds, unpaired cells,
+    settings that differ inside a comparison."""
+    out = [f"Deltas are paired by seed: bootstrap {cfg.confidence:.0%} percentile interval over "
+           f"{cfg.resamples} resamples of the common seeds (seed {cfg.seed}). Accuracy in percentage points "
+           "(difference of means), time, energy and memory in percent (ratio of means minus 1). An interval "
+           "that contains 0 is 'not resolved at n = k', never 'equal'."]
+    if "energy_method" in runs:
+        where = f" on {', '.join(sorted(set(runs.device.astype(str))))}" if "device" in runs else ""
+        out.append("Our energy: " + ", ".join(sorted(set(runs.energy_method.dropna()))) + where + ".")
+    out.append(f"Published energy: {PUBLISHED_ENERGY}, converted from Wh to J; published runs used an A100 GPU, "
+               "3 runs per cell with some seeds duplicated, per-algorithm patience and unequal tuning budgets.")
+    dup = cells[cells.duplicate_seeds]
+    for c in dup.itertuples(index=False):
+        out.append(f"WARNING: a seed repeats in {c.dataset}/{c.architecture}/{c.algorithm} (seeds {c.seeds}): "
+                   "that cell is not compared.")
+    for r in dl.drop_duplicates(CELL).itertuples(index=False):
+        if r.n_pairs < 2 or r.note:
+            out.append(f"{r.dataset}/{r.architecture}/{r.algorithm} vs bp: {r.status}"
+                       + (f"; {r.note}" if r.note else ""))
+    for col in ("epoch_cap", "patience", "limit_train", "n_train"):
+        if col in runs:
+            for (d, a), g in runs.groupby(["dataset", "architecture"]):
+                vals = set(g[col].dropna().tolist())
+                if len(vals) > 1:
+                    out.append(f"WARNING: {col} differs inside {d}/{a}: {sorted(vals)}; the comparison is not fair.")
+    return "\n\n".join(o for o in out if o)
+
+
+# ---- plots --------------------------------------------------------------------------------------
+
+def _plt():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
-    datasets = sorted(df.dataset.unique())
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
+
+def _save(fig, path: str | Path) -> None:
+    fig.tight_layout()
+    io.save_figure(fig, path, dpi=110)
+    _plt().close(fig)
+
+
+def _empty(path: str | Path, text: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+    _save(fig, path)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the (energy, accuracy) points no other point beats on both (less energy, more
+    accuracy), in order of increasing energy."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def plot_accuracy_energy(runs: pd.DataFrame, path: str | Path) -> None:
+    plt = _plt()
+    datasets = sorted(runs.dataset.unique())
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.2), squeeze=False)
     for ax, d in zip(axes[0], datasets):
-        sub = df[df.dataset == d]
-        for (arch, alg), g in sub.groupby(["architecture", "algorithm"]):
-            ax.scatter(g.energy_j, g.test_accuracy, label=f"{alg} ({arch})", alpha=0.8)
-        methods = ", ".join(sorted(set(sub.energy_method)))
-        ax.set(title=d, xlabel=f"energy of training (J, {methods})", ylabel="test accuracy (%)")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    io.save_figure(fig, path, dpi=120)
-    plt.close(fig)
+        sub = runs[runs.dataset == d]
+        pts, labels = [], []
+        for k, ((arch, alg), g) in enumerate(sub.groupby(["architecture", "algorithm"])):
+            ax.scatter(g.energy_j, g.test_accuracy, color=f"C{k}", alpha=0.35, s=14)
+            e, acc = g.energy_j.mean(), g.test_accuracy.mean()
+            ax.errorbar(e, acc, xerr=g.energy_j.std(ddof=1) if len(g) > 1 else None,
+                        yerr=g.test_accuracy.std(ddof=1) if len(g) > 1 else None, fmt="o", color=f"C{k}",
+                        capsize=3, label=f"{alg} ({arch}), n={len(g)}")
+            pts.append((e, acc))
+            labels.append(alg)
+        front = pareto_front(pts)
+        fx, fy = [pts[i][0] for i in front], [pts[i][1] for i in front]
+        ax.step(fx, fy, where="post", color="k", lw=1, ls="--", label="Pareto front (cell means)")
+        ax.scatter(fx, fy, s=120, facecolors="none", edgecolors="k")
+        methods = ", ".join(sorted(set(sub.energy_method.dropna()))) if "energy_method" in sub else "?"
+        ax.set(title=d, xlabel=f"training energy (J, {methods})", ylabel="test accuracy (%)")
+        ax.legend(fontsize=7)
+    _save(fig, path)
 
 
-def plot_learning_curves(df: pd.DataFrame, curves: dict[tuple, pd.DataFrame], path: str | Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = sorted({(r.dataset, r.architecture) for r in df.itertuples()})
-    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
-    for ax, (d, a) in zip(axes[0], groups):
-        algs = sorted(df[(df.dataset == d) & (df.architecture == a)].algorithm.unique())
+def plot_learning_curves(runs: pd.DataFrame, curves: dict[tuple, pd.DataFrame], path: str | Path) -> None:
+    """Validation accuracy against epoch (left) and against cumulative joules (right)."""
+    plt = _plt()
+    groups = sorted({(r.dataset, r.architecture) for r in runs.itertuples()})
+    fig, axes = plt.subplots(len(groups), 2, figsize=(11, 3.6 * len(groups)), squeeze=False)
+    methods = ", ".join(sorted(set(runs.energy_method.dropna()))) if "energy_method" in runs else "?"
+    for row, (d, a) in zip(axes, groups):
+        algs = sorted(runs[(runs.dataset == d) & (runs.architecture == a)].algorithm.unique())
         for k, alg in enumerate(algs):
-            for (dd, aa, al, seed), c in curves.items():
-                if (dd, aa, al) == (d, a, alg):
-                    ax.plot(c.epoch, c.val_acc, color=f"C{k}", alpha=0.7,
-                            label=alg if seed == min(s for (x, y, z, s) in curves if (x, y, z) == (d, a, alg)) else None)
-        ax.set(title=f"{d} / {a}", xlabel="epoch (all stages)", ylabel="validation accuracy (%)")
+            keys = sorted(key for key in curves if key[:3] == (d, a, alg))
+            for j, key in enumerate(keys):
+                c = curves[key]
+                lab = f"{alg} ({len(keys)} seeds)" if j == 0 else None
+                row[0].plot(c.epoch, c.val_acc, color=f"C{k}", alpha=0.6, lw=1, label=lab)
+                joules = c.cum_energy_j if "cum_energy_j" in c else c.energy_j.cumsum() if "energy_j" in c else None
+                if joules is not None:
+                    row[1].plot(joules, c.val_acc, color=f"C{k}", alpha=0.6, lw=1, label=lab)
+        row[0].set(title=f"{d} / {a}", xlabel="epoch (all stages)", ylabel="validation accuracy (%)")
+        row[1].set(title=f"{d} / {a}", xlabel=f"cumulative training energy (J, {methods})",
+                   ylabel="validation accuracy (%)")
+        for ax in row:
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_layer_accuracy(layers: pd.DataFrame, runs: pd.DataFrame, path: str | Path) -> None:
+    """Test accuracy of each layer's or block's own predictor (mean ± sd over seeds)."""
+    if layers.empty:
+        _empty(path, "No algorithm in these runs reports per-layer or per-block accuracy\n"
+                     "(MF, FF and CaFo do; bp has a single output).")
+        return
+    plt = _plt()
+    cells = sorted({tuple(k) for k in layers[CELL].itertuples(index=False)})
+    ncol = min(4, len(cells))
+    nrow = math.ceil(len(cells) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.5 * ncol, 3.8 * nrow), squeeze=False)
+    for ax in axes.flat[len(cells):]:
+        ax.axis("off")
+    for ax, (d, a, alg) in zip(axes.flat, cells):
+        g = layers[(layers.dataset == d) & (layers.architecture == a) & (layers.algorithm == alg)]
+        order = list(dict.fromkeys(g.layer))
+        agg = g.groupby("layer").test_accuracy.agg(["mean", "std", "count"]).reindex(order)
+        ax.bar(range(len(order)), agg["mean"], yerr=agg["std"].fillna(0), capsize=3, color="C2")
+        ax.set_xticks(range(len(order)), order, rotation=30, fontsize=8)
+        final = runs[(runs.dataset == d) & (runs.architecture == a) & (runs.algorithm == alg)].test_accuracy.mean()
+        ax.axhline(final, color="k", ls="--", lw=1, label=f"final prediction {final:.2f} %")
+        lo = max(0.0, min(float(np.nanmin(agg["mean"])), final) - 5)
+        ax.set(title=f"{alg}: {d} / {a} (n={int(agg['count'].max())})", ylabel="test accuracy (%)",
+               ylim=(lo, 100))
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    io.save_figure(fig, path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
-def run_report(metric_files: list[str | Path], out_dir: str | Path) -> pd.DataFrame:
-    """Write summary.csv, table.md and the plots into `out_dir` (the epochs.csv of each run is read
-    from beside its metrics.json)."""
+def plot_to_target(tt: pd.DataFrame, fraction: float, path: str | Path) -> None:
+    """Seconds and joules until the validation accuracy first reaches the target (mean ± sd over
+    the seeds that reach it; the count above each bar)."""
+    plt = _plt()
+    groups = sorted({(r.dataset, r.architecture) for r in tt.itertuples()})
+    fig, axes = plt.subplots(len(groups), 2, figsize=(10, 3.6 * len(groups)), squeeze=False)
+    for row, (d, a) in zip(axes, groups):
+        g = tt[(tt.dataset == d) & (tt.architecture == a)]
+        target = g.target_acc.iloc[0]
+        algs = sorted(g.algorithm.unique())
+        for ax, col, unit in ((row[0], "seconds", "s"), (row[1], "energy_j", "J")):
+            if not np.isfinite(target):
+                ax.axis("off")
+                ax.text(0.5, 0.5, f"{d} / {a}: no bp cell, so no target", ha="center", va="center")
+                continue
+            for k, alg in enumerate(algs):
+                ga = g[g.algorithm == alg]
+                reached = ga[ga.reached.astype(bool)]
+                mean = reached[col].mean() if len(reached) else 0.0
+                sd = reached[col].std(ddof=1) if len(reached) > 1 else 0.0
+                ax.bar(k, mean, yerr=sd, capsize=3, color=f"C{k}")
+                ax.annotate(f"{len(reached)}/{len(ga)} reached", (k, mean), ha="center", va="bottom",
+                            fontsize=8, xytext=(0, 3), textcoords="offset points")
+            ax.set_xticks(range(len(algs)), algs)
+            ax.set(title=f"{d} / {a}: target {target:.2f} % ({fraction:g} x bp)",
+                   ylabel=f"to target ({unit})")
+    _save(fig, path)
+
+
+def plot_energy_components(comp: pd.DataFrame, path: str | Path) -> None:
+    """Mean energy per component of each cell, stacked, each component labelled with its method."""
+    if comp.empty:
+        _empty(path, "No run reports energy by component.")
+        return
+    plt = _plt()
+    datasets = sorted(comp.dataset.unique())
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
+    keys = sorted({(r.component, r.method) for r in comp.itertuples()})
+    colors = {k: f"C{i}" for i, k in enumerate(keys)}
+    for ax, d in zip(axes[0], datasets):
+        sub = comp[comp.dataset == d]
+        cells = sorted({(r.architecture, r.algorithm) for r in sub.itertuples()})
+        mean = sub.groupby(["architecture", "algorithm", "component", "method"]).energy_j.mean()
+        bottom = np.zeros(len(cells))
+        for key in keys:
+            vals = np.array([mean.get((a, alg, *key), 0.0) for a, alg in cells])
+            if not vals.any():
+                continue
+            ax.bar(range(len(cells)), vals, bottom=bottom, color=colors[key], label=f"{key[0]} ({key[1]})")
+            bottom += vals
+        ax.set_xticks(range(len(cells)), [f"{alg}\n{a}" for a, alg in cells], fontsize=8)
+        ax.set(title=d, ylabel="training energy, mean over seeds (J)")
+        ax.legend(fontsize=8, title="component (method)", title_fontsize=8)
+    _save(fig, path)
+
+
+# ---- entry point --------------------------------------------------------------------------------
+
+def run_report(metric_files: list[str | Path], out_dir: str | Path,
+               statistics: StatsConfig | dict | None = None) -> pd.DataFrame:
+    """Write every table and plot listed in the module docstring into `out_dir`; returns the
+    per-run summary. `statistics` is the config's `protocol.statistics` (defaults otherwise)."""
+    cfg = statistics if isinstance(statistics, StatsConfig) else StatsConfig.from_dict(statistics)
     out = Path(out_dir)
-    df = summarize(metric_files)
-    curves = {}
-    for f in metric_files:
-        m = io.read_json(f)
-        curves[(m["dataset"], m["architecture"], m["algorithm"], m["seed"])] = pd.read_csv(Path(f).parent / "epochs.csv")
-    io.write_csv(out / "summary.csv", df)
-    io.write_text(out / "table.md", table(df))
-    plot_accuracy_energy(df, out / "plots" / "accuracy_vs_energy.png")
-    plot_learning_curves(df, curves, out / "plots" / "learning_curves.png")
-    return df
+    raw = load_runs(metric_files)
+    if not raw:
+        raise ValueError("report: no metrics.json given")
+    runs = summarize(raw)
+    curves = read_curves(raw)
+    cells = stats.cell_summary(runs)
+    dl = stats.deltas(runs, cfg)
+    tt = stats.to_target_table(runs, curves, cfg.target_fraction)
+    pub_results, pub_deltas = published.load("results"), published.load("deltas")
+
+    io.write_csv(out / "summary.csv", runs)
+    io.write_csv(out / "cells.csv", cells)
+    io.write_csv(out / "deltas.csv", dl)
+    io.write_csv(out / "to_target.csv", tt)
+
+    absolute = absolute_table(cells, runs, pub_results)
+    dtable, claims = delta_table(dl, runs, pub_deltas)
+    note = notes(runs, cells, dl, cfg)
+    io.write_text(out / "table.md", "# Results per cell, published values beside ours\n\n" + markdown(absolute)
+                  + "\n" + note + "\n")
+    io.write_text(out / "table.html", html_page("Results per cell, published values beside ours",
+                                                [("", absolute), ("Notes", note)]))
+    dparts = [("Deltas against bp, paired by seed (layout of the published table)", dtable),
+              ("Published claims checked against our intervals", claims), ("Notes", note)]
+    io.write_text(out / "deltas.md", "\n".join(
+        f"## {h}\n\n" + (markdown(p) if isinstance(p, pd.DataFrame) else p + "\n") for h, p in dparts))
+    io.write_text(out / "deltas.html", html_page("Deltas against bp", dparts))
+
+    plots = out / "plots"
+    plot_accuracy_energy(runs, plots / "accuracy_vs_energy.png")
+    plot_learning_curves(runs, curves, plots / "learning_curves.png")
+    plot_layer_accuracy(layer_accuracies(raw), runs, plots / "layer_accuracy.png")
+    plot_to_target(tt, cfg.target_fraction, plots / "to_target.png")
+    plot_energy_components(components(raw), plots / "energy_components.png")
+    return runs

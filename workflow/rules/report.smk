@@ -2,16 +2,84 @@ localrules:
     report,
 
 
+REPORT = "../report"  # captions, relative to this file
+
+
+def statistics_json(wildcards):
+    """protocol.statistics, with the time-to-target fraction of protocol.metering."""
+    stats = dict(config["protocol"].get("statistics") or {})
+    metering = config["protocol"].get("metering") or {}
+    if "target_fraction" in metering:
+        stats["target_fraction"] = metering["target_fraction"]
+    return bpcfg.dumps(stats)
+
+
 rule report:
-    """summary.csv (one row per final run), table.md and the plots."""
+    """Per-run summary, per-cell statistics, paired deltas against bp, the tables with the
+    published values beside ours, and the plots; all of them go into `snakemake --report`."""
     input:
         metrics=final_runs(),
-        src=str(SRC / "report.py"),
+        src=[str(SRC / f) for f in ("report.py", "stats.py")],
+        published=[
+            str(SRC / "published" / f"published_{t}.csv") for t in ("results", "deltas")
+        ],
     output:
-        summary="results/summary.csv",
+        summary=report(
+            "results/summary.csv", caption=f"{REPORT}/summary.rst", category="3. Data"
+        ),
+        cells=report("results/cells.csv", caption=f"{REPORT}/cells.rst", category="3. Data"),
+        deltas=report(
+            "results/deltas.csv", caption=f"{REPORT}/deltas_csv.rst", category="3. Data"
+        ),
+        to_target=report(
+            "results/to_target.csv", caption=f"{REPORT}/to_target_csv.rst", category="3. Data"
+        ),
         table="results/table.md",
-        energy_plot="results/plots/accuracy_vs_energy.png",
-        curves_plot="results/plots/learning_curves.png",
+        delta_table="results/deltas.md",
+        table_html=report(
+            "results/table.html",
+            caption=f"{REPORT}/table.rst",
+            category="1. Tables",
+            labels={"table": "absolute, beside published"},
+        ),
+        deltas_html=report(
+            "results/deltas.html",
+            caption=f"{REPORT}/deltas.rst",
+            category="1. Tables",
+            labels={"table": "paired deltas against bp"},
+        ),
+        energy_plot=report(
+            "results/plots/accuracy_vs_energy.png",
+            caption=f"{REPORT}/accuracy_vs_energy.rst",
+            category="2. Figures",
+            labels={"figure": "accuracy vs energy"},
+        ),
+        curves_plot=report(
+            "results/plots/learning_curves.png",
+            caption=f"{REPORT}/learning_curves.rst",
+            category="2. Figures",
+            labels={"figure": "learning curves"},
+        ),
+        layer_plot=report(
+            "results/plots/layer_accuracy.png",
+            caption=f"{REPORT}/layer_accuracy.rst",
+            category="2. Figures",
+            labels={"figure": "per-layer accuracy"},
+        ),
+        target_plot=report(
+            "results/plots/to_target.png",
+            caption=f"{REPORT}/to_target.rst",
+            category="2. Figures",
+            labels={"figure": "time and energy to target"},
+        ),
+        components_plot=report(
+            "results/plots/energy_components.png",
+            caption=f"{REPORT}/energy_components.rst",
+            category="2. Figures",
+            labels={"figure": "energy by component"},
+        ),
+    params:
+        statistics=statistics_json,
     log:
         "logs/report.log",
     benchmark:
@@ -19,4 +87,4 @@ rule report:
     conda:
         "../envs/bpfree.yaml"
     shell:
-        "bpfree report --out-dir results {input.metrics:q} > {log:q} 2>&1"
+        "bpfree report --out-dir results --statistics {params.statistics:q} {input.metrics:q} > {log:q} 2>&1"
