@@ -5,7 +5,7 @@ rule prepare:
     output:
         "resources/data/{dataset}.pt",
     params:
-        data_root=lambda w: config["data_root"] or "",
+        data_root=data_root,
     log:
         "logs/prepare/{dataset}.log",
     benchmark:

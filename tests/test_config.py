@@ -1,0 +1,99 @@
+"""Config validation: bad values are rejected with a message that names the key and the value."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from bpfree import config
+from bpfree.config import ConfigError
+
+from conftest import ROOT
+
+
+@pytest.fixture
+def cfg() -> dict:
+    with open(ROOT / "config" / "config.yaml") as f:
+        return yaml.safe_load(f)
+
+
+def test_default_config_is_valid_and_gets_defaults(cfg):
+    config.validate(cfg)
+    assert cfg["protocol"]["stopping"]["min_delta"] == 0.0 or "min_delta" in cfg["protocol"]["stopping"]
+    assert cfg["protocol"]["search"]["pruner"]["type"] in ("median", "none")
+    assert config.cells(cfg)  # something to run
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    config.load(path)
+
+
+def test_unknown_algorithm_is_named(cfg):
+    cfg["comparisons"][0]["algorithms"].append("backprop2")
+    with pytest.raises(ConfigError, match=r"comparisons\[0\]\.algorithms: unknown algorithm 'backprop2'"):
+        config.validate(cfg)
+
+
+def test_unknown_implementation_is_named(cfg):
+    cfg["algorithms"]["mf"]["impl"] = "nosuchalgo"
+    with pytest.raises(ConfigError, match=r"algorithms\.mf\.impl = 'nosuchalgo'"):
+        config.validate(cfg)
+
+
+def test_unknown_dataset_is_named(cfg):
+    cfg["datasets"] = ["digits", "svhn"]
+    with pytest.raises(ConfigError, match="svhn"):
+        config.validate(cfg)
+
+
+def test_negative_learning_rate_bound_is_named(cfg):
+    cfg["algorithms"]["mf"]["space"]["lr"]["low"] = -0.001
+    with pytest.raises(ConfigError, match=r"algorithms\.mf\.space\.lr\.low = -0\.001"):
+        config.validate(cfg)
+
+
+def test_inverted_bounds_and_fixed_lr(cfg):
+    bad = copy.deepcopy(cfg)
+    bad["algorithms"]["bp"]["space"]["weight_decay"].update(low=1e-2, high=1e-4)
+    with pytest.raises(ConfigError, match=r"algorithms\.bp\.space\.weight_decay\.low = 0\.01 is above"):
+        config.validate(bad)
+    cfg["algorithms"]["bp"]["fixed"]["lr"] = 0
+    with pytest.raises(ConfigError, match=r"algorithms\.bp\.fixed\.lr = 0"):
+        config.validate(cfg)
+
+
+def test_algorithm_entries_cannot_override_the_protocol(cfg):
+    """Fairness: budget, stopping rule and seeds can only be set once, under protocol."""
+    for key, value in [("n_trials", 100), ("stopping", {"patience": 50}), ("seeds", [7])]:
+        bad = copy.deepcopy(cfg)
+        bad["algorithms"]["mf"][key] = value
+        with pytest.raises(ConfigError, match=key):
+            config.validate(bad)
+
+
+def test_schema_errors_name_the_key(cfg):
+    cfg["protocol"]["stopping"]["patience"] = 0
+    with pytest.raises(ConfigError, match="patience"):
+        config.validate(cfg)
+
+
+def test_digits_only_without_data_root(cfg):
+    cfg["datasets"] = ["mnist"]
+    with pytest.raises(ConfigError, match="data_root = null"):
+        config.validate(cfg)
+
+
+def test_specs_carry_what_changes_results(cfg):
+    config.validate(cfg)
+    arch = cfg["comparisons"][0]["architecture"]
+    s = config.search_spec(cfg, arch, "mf")
+    t = config.train_spec(cfg, arch, "mf")
+    assert s["space"] == cfg["algorithms"]["mf"]["space"] and "space" not in t
+    assert s["stopping"] == t["stopping"] == cfg["protocol"]["stopping"]
+    changed = copy.deepcopy(cfg)
+    changed["algorithms"]["mf"]["space"]["lr"]["high"] = 0.5
+    assert config.search_spec(changed, arch, "mf") != s
+    assert config.search_spec(changed, arch, "bp") == config.search_spec(cfg, arch, "bp")
+    assert config.train_spec(changed, arch, "mf") == t
