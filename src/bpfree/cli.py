@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -38,14 +39,35 @@ def cmd_prepare(a: argparse.Namespace) -> None:
     print(json.dumps(meta))
 
 
+def _pin_gpu(spec: dict) -> None:
+    """On a multi-GPU machine without CUDA_VISIBLE_DEVICES, take one free GPU (bpfree.gpuslots)."""
+    from bpfree import gpuslots
+
+    gpu = gpuslots.pin(spec.get("device", "auto"))
+    if gpu is not None:
+        print(f"bpfree: pinned to GPU {gpu} (CUDA_VISIBLE_DEVICES={gpu})", file=sys.stderr, flush=True)
+
+
 def cmd_search(a: argparse.Namespace) -> None:
     from bpfree import search
 
     spec = _spec(a, "search")
     study = None
-    if spec["search"]["n_trials"] > 0:
+    if spec["search"]["n_trials"] > 0 and a.collect:
+        study = search.collect(spec, a.journal)
+    elif spec["search"]["n_trials"] > 0:
+        if not a.data:
+            raise SystemExit("bpfree search: --data is required (unless --collect)")
+        if a.worker is not None and not 0 <= a.worker < a.workers:
+            raise SystemExit(f"bpfree search: --worker {a.worker} is not in 0..{a.workers - 1} (--workers {a.workers})")
+        _pin_gpu(spec)
         study = search.run_search(spec, a.data, a.journal, n_trials=a.n_trials, threads=a.threads,
-                                  exclusive=not a.shared)
+                                  exclusive=not a.shared and a.workers == 1, worker=a.worker, workers=a.workers)
+    if a.worker_out:
+        from bpfree import io, provenance
+
+        summary = search.worker_summary(study, a.worker or 0, a.workers) if study is not None else {}
+        io.write_json(a.worker_out, {**summary, "provenance": provenance.collect(spec)})
     if a.best:
         best = search.write_outputs(spec, study, a.best, a.trials or Path(a.best).with_name("trials.csv"))
         print(json.dumps(best["params"]))
@@ -54,7 +76,10 @@ def cmd_search(a: argparse.Namespace) -> None:
 def cmd_train(a: argparse.Namespace) -> None:
     from bpfree.train import run_final
 
-    m = run_final(_spec(a, "train"), a.data, a.best, a.seed, a.out_dir, threads=a.threads)
+    spec = _spec(a, "train")
+    _pin_gpu(spec)
+    every = None if a.checkpoint_every < 0 else a.checkpoint_every
+    m = run_final(spec, a.data, a.best, a.seed, a.out_dir, threads=a.threads, checkpoint_every=every)
     print(json.dumps({k: m[k] for k in ("test_accuracy", "epochs", "train_time_s", "energy_j", "energy_method")}))
 
 
@@ -98,13 +123,19 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("search", help="Optuna search of one (dataset, architecture, algorithm)", epilog=EPILOG)
     _spec_args(p)
-    p.add_argument("--data", required=True, help="prepared dataset (from `bpfree prepare`)")
+    p.add_argument("--data", help="prepared dataset (from `bpfree prepare`); not needed with --collect")
     p.add_argument("--journal", required=True, help="Optuna journal file; a rerun resumes it")
     p.add_argument("--best", help="write the best parameters (JSON) here")
     p.add_argument("--trials", help="write all trials (CSV) here (default: beside --best)")
     p.add_argument("--n-trials", type=int, default=None, help="total budget (default: the spec's)")
     p.add_argument("--shared", action="store_true",
                    help="other workers share this journal: do not mark running trials as failed")
+    p.add_argument("--worker", type=int, default=None,
+                   help="index of this worker (0..K-1) of a parallel search; its killed trials are failed on restart")
+    p.add_argument("--workers", type=int, default=1, help="K, the number of workers sharing the journal")
+    p.add_argument("--worker-out", help="write this worker's summary (JSON) here")
+    p.add_argument("--collect", action="store_true",
+                   help="run no trial: check the finished study (every worker done) and write --best/--trials")
     p.set_defaults(fn=cmd_search)
 
     p = sub.add_parser("train", help="one final run with the best parameters and a seed", epilog=EPILOG)
@@ -113,6 +144,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--best", required=True, help="best.json from `bpfree search`")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out-dir", required=True, help="writes metrics.json and epochs.csv here")
+    p.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
+                   default=float(os.environ.get("BPFREE_CHECKPOINT_EVERY", 60)),
+                   help="save OUT_DIR/checkpoint.pt after an epoch when this many seconds passed since the "
+                        "last save (0: every epoch; negative: never); a rerun resumes from it "
+                        "(default: $BPFREE_CHECKPOINT_EVERY or 60)")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("report", help="summary.csv, table.md and plots from finished runs")

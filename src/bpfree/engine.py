@@ -4,11 +4,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 
 from bpfree.algorithms.base import Algorithm, accuracy, generator
+from bpfree.checkpoint import Checkpoint, algo_state, load_algo_state, load_rng_state, rng_state
 from bpfree.data import Data
 
 
@@ -47,19 +48,37 @@ def sync(device: torch.device) -> None:
 
 
 def fit(algo: Algorithm, data: Data, stopping: Stopping, seed: int,
-        on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+        on_epoch: Callable[[dict], None] | None = None, checkpoint: Checkpoint | None = None) -> FitResult:
     """Train `algo` on `data`. `on_epoch(record)` is called after every epoch (progress, metering,
-    pruning: it may raise to stop). Each stage ends with its best-validation checkpoint restored."""
+    pruning: it may raise to stop). Each stage ends with its best-validation checkpoint restored.
+    `checkpoint` (bpfree.checkpoint): resume from its saved state if it holds one, save after
+    epochs (see Checkpoint.every_s); the caller deletes it once the results are written."""
     gen = generator(algo.device, seed)
     res = FitResult()
     n_train, n_val = len(data.y_train), len(data.y_val)
-    for stage in algo.stages():
+    resume = checkpoint.load() if checkpoint is not None else None
+    if resume is not None:
+        res = FitResult(**resume["result"])
+        load_algo_state(algo, resume["algo"], partial=True)  # weights first: replayed end_stage calls use them
+    for si, stage in enumerate(algo.stages()):
         cap = stage.epochs or stopping.max_epochs
+        if resume is not None and si < resume["stage"]:  # finished before the kill: replay its side effects
+            algo.begin_stage(stage, data, cap)
+            algo.end_stage(stage, data)
+            continue
         algo.begin_stage(stage, data, cap)
         cost = algo.cost(stage)
-        res.macs += cost.once * (n_train + n_val)
-        best, best_state, best_epoch, bad = None, None, 0, 0
-        for epoch in range(1, cap + 1):
+        first = 1
+        if resume is not None:  # the stage the run was in when it was killed
+            load_algo_state(algo, resume["algo"])
+            load_rng_state(gen, resume["rng"])
+            best, best_state, best_epoch, bad = (resume["early"][k] for k in ("best", "best_state", "best_epoch", "bad"))
+            first = cap + 1 if resume["early"]["done"] else resume["stage_epoch"] + 1
+            resume = None
+        else:
+            res.macs += cost.once * (n_train + n_val)
+            best, best_state, best_epoch, bad = None, None, 0, 0
+        for epoch in range(first, cap + 1):
             t0 = time.perf_counter()
             loss = algo.train_epoch(stage, data, gen)
             val = algo.validate(stage, data)
@@ -75,15 +94,21 @@ def fit(algo: Algorithm, data: Data, stopping: Stopping, seed: int,
             res.history.append(record)
             if on_epoch is not None:
                 on_epoch(record)
-            if stage.epochs is not None:
-                continue
-            value = val[stage.monitor]
-            if _improved(value, best, stage.monitor, stopping.min_delta):
-                best, best_state, best_epoch, bad = value, algo.state_dict(), res.epochs, 0
-            else:
-                bad += 1
-                if bad >= stopping.patience:
-                    break
+            done = epoch == cap
+            if stage.epochs is None:
+                value = val[stage.monitor]
+                if _improved(value, best, stage.monitor, stopping.min_delta):
+                    best, best_state, best_epoch, bad = value, algo.state_dict(), res.epochs, 0
+                else:
+                    bad += 1
+                    done = done or bad >= stopping.patience
+            if checkpoint is not None and checkpoint.due():
+                checkpoint.save({
+                    "stage": si, "stage_epoch": epoch, "result": asdict(res), "algo": algo_state(algo),
+                    "rng": rng_state(gen), "early": {"best": best, "best_state": best_state,
+                                                     "best_epoch": best_epoch, "bad": bad, "done": done}})
+            if done:
+                break
         if best_state is not None:
             algo.load_state_dict(best_state)
         res.best_epoch = best_epoch or res.epochs

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -60,14 +63,38 @@ def make_study(spec: dict, journal: str | Path) -> optuna.Study:
                                sampler=sampler, pruner=pruner, load_if_exists=True)
 
 
-def fail_stale(study: optuna.Study) -> int:
+def fail_stale(study: optuna.Study, owners: Callable[[str | None], bool] | None = None) -> int:
     """Mark trials left RUNNING by a killed process as FAIL (they do not count towards the budget).
-    Call only when no other worker is running on this study."""
+    `owners(worker)` picks the trials (by their `worker` user attribute) known to be dead; None
+    picks every running trial: call it so only when no other worker is running on this study."""
     n = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-        n += 1
+        if owners is None or owners(t.user_attrs.get("worker")):
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            n += 1
     return n
+
+
+def _claim(study: optuna.Study, journal: str | Path, budget: int, owner: str) -> optuna.Trial | None:
+    """Start a trial if the study holds fewer than `budget` finished or running trials, else None.
+
+    Counting and creating happen under one lock (beside the journal, NFS-safe like the journal's
+    own), so K workers together start exactly `budget` trials. A worker sets its owner tag before
+    releasing the lock: an untagged running trial seen under the lock was killed in between."""
+    from optuna.storages.journal import JournalFileOpenLock
+
+    lock = JournalFileOpenLock(f"{journal}.slots")
+    lock.acquire()
+    try:
+        fail_stale(study, owners=lambda w: w is None)
+        used = len(study.get_trials(deepcopy=False, states=(*FINISHED, optuna.trial.TrialState.RUNNING)))
+        if used >= budget:
+            return None
+        trial = study.ask()
+        trial.set_user_attr("worker", owner)
+        return trial
+    finally:
+        lock.release()
 
 
 def objective(spec: dict, data: Data, device: torch.device, log: Progress):
@@ -99,19 +126,33 @@ def objective(spec: dict, data: Data, device: torch.device, log: Progress):
 
 
 def run_search(spec: dict, data_path: str | Path, journal: str | Path, n_trials: int | None = None,
-               threads: int | None = None, exclusive: bool = True) -> optuna.Study:
+               threads: int | None = None, exclusive: bool = True, worker: int | None = None,
+               workers: int = 1) -> optuna.Study:
     """Run trials until the study holds `n_trials` finished (complete or pruned) trials.
     `n_trials` defaults to the whole budget. `exclusive`: no other worker shares this study, so
-    trials left running in the journal were killed and are marked failed before resuming."""
+    trials left running in the journal were killed and are marked failed before resuming.
+
+    Parallel search: K processes run this with worker = 0..K-1 (workers = K) on one journal. They
+    share the budget through `_claim` (no trial is started beyond it). A worker's trials carry its
+    index; on (re)start worker k fails the running trials tagged k, or tagged >= K: Snakemake and
+    SLURM never run two copies of one worker job, so those were left by a killed process. Optuna's
+    heartbeats would do this by clock, but JournalStorage (Optuna 5) does not implement them."""
     if threads:
         torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     device = torch.device(resolve_device(spec["device"]))
     data = load(data_path, device, spec.get("limit_train"))
-    log = Progress(f"search {data.meta['dataset']}/{spec['architecture']}/{spec['algorithm']}")
+    tag = "" if worker is None else f" worker {worker}/{workers}"
+    log = Progress(f"search {data.meta['dataset']}/{spec['architecture']}/{spec['algorithm']}{tag}")
     study = make_study(spec, journal)
     budget = spec["search"]["n_trials"] if n_trials is None else n_trials
-    if exclusive and (stale := fail_stale(study)):
+    if worker is None:
+        owner = f"{socket.gethostname()}:{os.getpid()}"
+        dead = None if exclusive else (lambda w: False)
+    else:
+        owner = str(worker)
+        dead = None if exclusive else (lambda w: w is not None and w.isdigit() and (int(w) == worker or int(w) >= workers))
+    if stale := fail_stale(study, owners=dead):
         log(f"marked {stale} trial(s) left running by a killed search as failed")
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     if done:
@@ -126,9 +167,25 @@ def run_search(spec: dict, data_path: str | Path, journal: str | Path, n_trials:
         log(f"trial {t.number} {t.state.name.lower()} val_acc {value} params {json.dumps(t.params)}  "
             f"[{finished}/{budget} finished, best {best}]")
 
-    callbacks = [optuna.study.MaxTrialsCallback(budget, states=FINISHED), tell]
-    if done < budget:
-        study.optimize(fn, n_trials=budget - done, callbacks=callbacks, catch=(torch.OutOfMemoryError,))
+    failures = 0
+    while (trial := _claim(study, journal, budget, owner)) is not None:
+        try:
+            value = fn(trial)
+        except optuna.TrialPruned:
+            frozen = study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        except torch.OutOfMemoryError as e:  # a failed trial frees its slot: another point is drawn
+            trial.set_user_attr("error", str(e)[:500])
+            frozen = study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            failures += 1
+        except BaseException:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        else:
+            frozen = study.tell(trial, value)
+        tell(study, frozen)
+        if failures > budget:
+            raise RuntimeError(f"{failures} trials failed (out of memory) in this search worker; "
+                               "reduce the batch size or the architecture")
     return study
 
 
@@ -149,7 +206,35 @@ def best_params(spec: dict, study: optuna.Study | None) -> dict:
 
 def write_outputs(spec: dict, study: optuna.Study | None, best_path: str | Path, trials_path: str | Path) -> dict:
     best = best_params(spec, study)
-    io.write_json(best_path, {**best, "algorithm": spec["algorithm"], "architecture": spec["architecture"]})
+    from bpfree import provenance
+
+    io.write_json(best_path, {**best, "algorithm": spec["algorithm"], "architecture": spec["architecture"],
+                              "provenance": provenance.collect(spec)})
     df = study.trials_dataframe() if study is not None else None
     io.write_csv(trials_path, df)
     return best
+
+
+def worker_summary(study: optuna.Study, worker: int, workers: int) -> dict:
+    """What one worker of a parallel search contributed (its job's output)."""
+    mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == str(worker)]
+    return {"worker": worker, "workers": workers,
+            "finished_trials": sorted(t.number for t in mine if t.state in FINISHED),
+            "failed_trials": sorted(t.number for t in mine if t.state == optuna.trial.TrialState.FAIL),
+            "study_finished": len(study.get_trials(deepcopy=False, states=FINISHED))}
+
+
+def collect(spec: dict, journal: str | Path) -> optuna.Study:
+    """The finished study, after every worker has stopped: trials still running belong to killed
+    workers and are marked failed. Fails if the study holds fewer finished trials than its budget."""
+    if not Path(journal).exists():
+        raise RuntimeError(f"no study journal at {journal}: run the search workers first")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = make_study(spec, journal)
+    fail_stale(study)
+    budget = spec["search"]["n_trials"]
+    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    if done < budget:
+        raise RuntimeError(f"study {journal} holds {done} finished trials, its budget is {budget}: "
+                           "a worker was killed; rerun the workflow to finish the search")
+    return study

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bpfree import algorithms, io
+from bpfree import algorithms, checkpoint, io, provenance
 from bpfree.algorithms.base import accuracy
 from bpfree.data import load
 from bpfree.engine import Stopping, fit
@@ -16,10 +16,17 @@ from bpfree.metering import Meter
 from bpfree.progress import Progress
 from bpfree.search import resolve_device
 
+# Besides the algorithm's module, the code a run's trajectory depends on (a checkpoint written by
+# another version of these is not resumed).
+CORE_SOURCES = [Path(__file__).with_name(f) for f in ("engine.py", "models.py", "data.py", "checkpoint.py")] + [
+    Path(__file__).parent / "algorithms" / "base.py"]
+
 
 def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: int, out_dir: str | Path,
-              threads: int | None = None) -> dict:
-    """Train once and write `metrics.json` and `epochs.csv` into `out_dir`. Returns the metrics."""
+              threads: int | None = None, checkpoint_every: float | None = None) -> dict:
+    """Train once and write `metrics.json` and `epochs.csv` into `out_dir`. Returns the metrics.
+    `checkpoint_every` (seconds, 0 = every epoch; None = off): save `checkpoint.pt` in `out_dir`
+    after epochs and resume from it when rerun after a kill; deleted once the results are written."""
     if threads:
         torch.set_num_threads(threads)
     out_dir = Path(out_dir)
@@ -37,19 +44,38 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
     meter = Meter(device, country=m.get("country_iso_code", "FRA"), idle_seconds=m.get("idle_seconds", 0),
                   sample_hz=m.get("sample_hz", 10), estimate_interval_s=m.get("estimate_interval_s", 1.0))
 
+    ckpt = None
+    if checkpoint_every is not None:
+        run_key = checkpoint.key(spec, hp, seed, data.meta, torch.__version__, str(device),
+                                 files=[algorithms.source_file(spec["impl"]), *CORE_SOURCES])
+        ckpt = checkpoint.Checkpoint(out_dir / "checkpoint.pt", run_key, every_s=checkpoint_every, log=log)
+    # what processes killed after a checkpoint metered (provisional per-epoch marks), and this one
+    earlier = {"train_time_s": 0.0, "energy_j": 0.0, "segments": 0}
+    if ckpt is not None and (state := ckpt.load()) is not None:
+        earlier.update(state["extra"])
+    segment_j: list[float | None] = [0.0]
+
     def on_epoch(rec: dict) -> None:
-        meter.mark()  # cheap: final per-epoch joules come from meter.epochs after stop()
+        mark = meter.mark()  # cheap: final per-epoch joules come from meter.epochs after stop()
+        if ckpt is not None:  # saved with the next checkpoint
+            e = mark["energy_j"]
+            segment_j[0] = None if e is None or segment_j[0] is None else segment_j[0] + e
+            ckpt.extra = {"train_time_s": earlier["train_time_s"] + mark["elapsed_s"],
+                          "energy_j": None if earlier["energy_j"] is None or segment_j[0] is None
+                          else earlier["energy_j"] + segment_j[0],
+                          "segments": earlier["segments"] + 1}
         log.epoch(rec, stopping.max_epochs)
 
     if m.get("idle_seconds", 0):
         log(f"idle-power baseline: {m['idle_seconds']} s")
     meter.start()
     try:
-        res = fit(algo, data, stopping, seed=seed, on_epoch=on_epoch)
+        res = fit(algo, data, stopping, seed=seed, on_epoch=on_epoch, checkpoint=ckpt)
         measured = meter.stop()
     finally:
         meter.close()
-    for rec, per_epoch in zip(res.history, meter.epochs):
+    # after a resume the first epochs were metered by the killed process: this window covers the rest
+    for rec, per_epoch in zip(res.history[len(res.history) - len(meter.epochs):], meter.epochs):
         rec.update(per_epoch)
     energy = f"{measured['energy_j']:.1f} J" if measured["energy_j"] is not None else "energy unavailable"
     test_acc = accuracy(algo.predict(data.x_test), data.y_test)  # the one test evaluation
@@ -69,8 +95,23 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
         **measured,
     }
     metrics["achieved_gflops"] = metrics["train_flops"] / measured["train_time_s"] / 1e9
+    metrics["resumed"] = None
+    if ckpt is not None and ckpt.resumed_from is not None:
+        e, seg = earlier["energy_j"], measured["energy_j"]
+        metrics["resumed"] = {
+            "from_epoch": ckpt.resumed_from["epoch"], "segments": earlier["segments"] + 1,
+            "note": "train_time_s, energy_j and their components cover only the epochs after the resume; "
+                    "the earlier_* values are the killed processes' provisional per-epoch marks",
+            "earlier_train_time_s": earlier["train_time_s"], "earlier_energy_j": e,
+            "total_train_time_s": earlier["train_time_s"] + measured["train_time_s"],
+            "total_energy_j": None if e is None or seg is None else e + seg}
+    metrics["checkpoint"] = None if ckpt is None else {"saves": ckpt.saves, "seconds": ckpt.seconds,
+                                                        "every_s": ckpt.every_s}
+    metrics["provenance"] = provenance.collect(spec, device, hyperparameters=hp, seed=seed)
     io.write_csv(out_dir / "epochs.csv", pd.DataFrame(res.history))
     if measured["power_trace"]:
         io.write_csv(out_dir / measured["power_trace"], pd.DataFrame(meter.trace_rows()))
     io.write_json(out_dir / "metrics.json", metrics)  # last: its presence means the run finished
+    if ckpt is not None:
+        ckpt.delete()
     return metrics

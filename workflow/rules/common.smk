@@ -2,6 +2,7 @@ from snakemake.utils import validate
 import bpfree.config as bpcfg
 from bpfree import algorithms as bpalg
 from pathlib import Path
+import hashlib
 
 
 validate(config, "../schemas/config.schema.yaml")
@@ -14,11 +15,25 @@ SRC = Path(workflow.basedir) / "src" / "bpfree"
 CORE_SRC = [str(SRC / f) for f in ("engine.py", "models.py", "algorithms/base.py", "data.py")]
 
 
+# Cheap steps run where Snakemake runs (on a cluster: the submit host), not as cluster jobs:
+# data preparation here; the best-parameters step and the report declare themselves.
+localrules:
+    prepare,
+
+
 wildcard_constraints:
     dataset="|".join(sorted({c[0] for c in CELLS})),
     architecture="[A-Za-z0-9][A-Za-z0-9_.-]*",
     algorithm="[A-Za-z0-9][A-Za-z0-9_.-]*",
     seed=r"\d+",
+    worker=r"\d+",
+
+
+def data_root(wildcards):
+    """data_root of the config; a relative path is taken from the repository root, so that
+    `snakemake --directory runs/X` finds the same data."""
+    root = config.get("data_root")
+    return str((Path(workflow.basedir) / root).resolve()) if root else ""
 
 
 def algo_src(wildcards):
@@ -36,10 +51,24 @@ def train_spec(wildcards):
 
 
 def journal(wildcards):
-    """One Optuna journal per search spec: a changed space or budget starts a fresh study, an
-    unchanged one resumes (the journal is not an output, so Snakemake never deletes it)."""
+    """One Optuna journal per search spec and code version: a changed space, budget or algorithm
+    source starts a fresh study (trials of other code are not reused), an unchanged one resumes,
+    also after a mere `touch` (the journal is not an output, so Snakemake never deletes it)."""
     spec = bpcfg.search_spec(config, wildcards.architecture, wildcards.algorithm)
-    return f"results/search/{wildcards.dataset}/{wildcards.architecture}/{wildcards.algorithm}/study-{bpcfg.spec_hash(spec)}.journal"
+    code = hashlib.sha256(b"".join(Path(f).read_bytes() for f in [algo_src(wildcards), *CORE_SRC]))
+    key = bpcfg.spec_hash({"spec": spec, "code": code.hexdigest()})
+    return f"results/search/{wildcards.dataset}/{wildcards.architecture}/{wildcards.algorithm}/study-{key}.journal"
+
+
+WORKERS = config["protocol"]["search"]["workers"]
+
+
+def search_workers(wildcards):
+    """The K worker jobs of a study (none when the search is skipped: n_trials = 0)."""
+    if config["protocol"]["search"]["n_trials"] == 0:
+        return []
+    d = f"results/search/{wildcards.dataset}/{wildcards.architecture}/{wildcards.algorithm}"
+    return [f"{d}/workers/{k}.json" for k in range(WORKERS)]
 
 
 def final_runs():

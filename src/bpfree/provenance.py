@@ -1,0 +1,90 @@
+"""Where a result came from: code version, software, hardware and the exact job spec, recorded in
+every run's JSON so that a number can be traced back (and a mixed-version table detected)."""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import socket
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("bpfree", "torch", "numpy", "optuna", "codecarbon", "pandas", "snakemake", "scikit-learn", "nvidia-ml-py")
+
+
+def spec_sha256(obj: object) -> str:
+    """Hash of a JSON-able object (the resolved job spec), key order ignored."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+@lru_cache(maxsize=1)
+def git() -> dict:
+    """Commit of the source tree and whether tracked files differ from it (None: not a checkout)."""
+    commit = _git("rev-parse", "HEAD")
+    if commit is None:
+        return {"git_commit": None, "git_dirty": None}
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for p in PACKAGES:
+        try:
+            out[p] = importlib.metadata.version(p)
+        except importlib.metadata.PackageNotFoundError:
+            out[p] = None
+    out["torch_cuda"] = torch.version.cuda
+    return out
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        v = pynvml.nvmlSystemGetDriverVersion()
+        return v.decode() if isinstance(v, bytes) else str(v)
+    except Exception:
+        pass
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        return out.stdout.splitlines()[0].strip() if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.TimeoutExpired, IndexError):
+        return None
+
+
+def hardware(device: torch.device | str) -> dict:
+    device = torch.device(device)
+    out = {"device_type": device.type, "host": socket.gethostname(), "platform": platform.platform(),
+           "cpu": platform.processor() or platform.machine(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+           "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    if device.type == "cuda":
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        out.update(device_name=torch.cuda.get_device_name(idx), driver=_nvidia_driver(),
+                   cudnn=torch.backends.cudnn.version())
+    else:
+        out.update(device_name=out["cpu"] or "cpu", driver=None)
+    return out
+
+
+def collect(spec: dict, device: torch.device | str = "cpu", **extra: object) -> dict:
+    """Everything above plus the hash of the resolved spec (and of `extra`, e.g. hyperparameters
+    and seed): two results with the same `run_sha256` came from the same inputs."""
+    return {**git(), "packages": versions(), **hardware(device), "spec_sha256": spec_sha256(spec),
+            "run_sha256": spec_sha256({"spec": spec, **extra})}
