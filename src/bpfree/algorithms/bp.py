@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from bpfree import models
-from bpfree.algorithms.base import Algorithm, Cost, Stage, batches, chunked, scores_metrics, train_batch
+from bpfree.algorithms.base import Algorithm, adam, Cost, Stage, batches, chunked, scores_metrics, train_batch
 from bpfree.data import Data
 
 
@@ -15,7 +15,7 @@ class BP(Algorithm):
     def __init__(self, arch: dict, meta: dict, hp: dict, device: torch.device):
         super().__init__(arch, meta, hp, device)
         self.net = models.build(arch, self.shape, self.n_classes).to(self.device)
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+        self.opt = adam(self.net.parameters(), hp["lr"], hp["weight_decay"], decoupled=True)
 
     def stages(self) -> list[Stage]:
         return [Stage("all", monitor="acc")]

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bpfree import models
-from bpfree.algorithms.base import (Algorithm, Cost, Stage, accuracy, batches, chunked, scores_metrics,
+from bpfree.algorithms.base import (Algorithm, adam, Cost, Stage, accuracy, batches, chunked, scores_metrics,
                                     train_batch)
 from bpfree.data import Data
 
@@ -60,7 +60,7 @@ class MonoForward(Algorithm):
             self.opt = self._adam(self.net.parameters())
 
     def _adam(self, params) -> torch.optim.Optimizer:
-        return torch.optim.Adam(params, lr=self.hp["lr"], weight_decay=self.hp.get("weight_decay", 0.0))
+        return adam(params, self.hp["lr"], self.hp.get("weight_decay", 0.0))
 
     def stages(self) -> list[Stage]:
         if self.mode == "greedy":
