@@ -1,0 +1,112 @@
+"""Crash safety through the workflow: SIGKILL (Snakemake and its job together, as a node failure or
+a scancel does) a search after some trials finished, and a final run mid-training; the rerun keeps
+every finished trial and reaches the budget, and the killed run resumes from its checkpoint to the
+same result as an uninterrupted run."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from bpfree import search
+from cluster_helpers import BIN, TINY, env, make_repo, snakemake
+
+pytestmark = pytest.mark.slow
+CELL = "results/search/digits/tiny/bp"
+RUN = "results/runs/digits/tiny/bp/seed0"
+
+
+def _kill_when(root: Path, target: str, log: Path, ready, extra_env: dict | None = None, limit: float = 300) -> None:
+    """Start `snakemake target` in its own process group; SIGKILL the whole group once
+    `ready(log text)` holds. Fails if the workflow ends before that."""
+    p = subprocess.Popen([str(BIN / "snakemake"), "--nolock", "--cores", "1", target], cwd=root,
+                         env={**env(), **(extra_env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    t0 = time.monotonic()
+    try:
+        while not (log.exists() and ready(log.read_text())):
+            assert p.poll() is None, f"the workflow ended before the kill point; log:\n{log.read_text() if log.exists() else ''}"
+            assert time.monotonic() - t0 < limit, "kill point not reached"
+            time.sleep(0.05)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+
+
+def _journal(root: Path) -> Path:
+    (j,) = (root / CELL).glob("study-*.journal")
+    return j
+
+
+def test_killed_search_resumes_and_keeps_finished_trials(tmp_path):
+    cfg = copy.deepcopy(TINY)
+    cfg["comparisons"][0]["algorithms"] = ["bp"]
+    cfg["protocol"]["search"] = {"n_trials": 8, "workers": 1}
+    cfg["protocol"]["stopping"] = {"max_epochs": 10, "patience": 10}
+    cfg["algorithms"]["bp"]["fixed"]["batch_size"] = 32
+    root = make_repo(tmp_path / "repo", cfg)
+    log = root / "logs/search/digits/tiny/bp/worker0.log"
+    _kill_when(root, f"{CELL}/best.json", log, lambda text: len(re.findall(r"\] trial \d+ (complete|pruned)", text)) >= 2)
+
+    study = optuna.load_study(study_name="search", storage=search.storage(_journal(root)))
+    before = {t.number: (t.state, t.params, t.value) for t in study.get_trials() if t.state in search.FINISHED}
+    running = [t.number for t in study.get_trials() if t.state == optuna.trial.TrialState.RUNNING]
+    assert 2 <= len(before) < 8, "the kill came too late to test a resume"
+    assert not (root / f"{CELL}/best.json").exists()
+
+    snakemake(root, "--cores", "1", f"{CELL}/best.json")
+    study = optuna.load_study(study_name="search", storage=search.storage(_journal(root)))
+    after = {t.number: t for t in study.get_trials()}
+    for n, (state, params, value) in before.items():  # every finished trial kept as it was
+        assert (after[n].state, after[n].params, after[n].value) == (state, params, value)
+    for n in running:  # the trial the kill interrupted is failed, not counted
+        assert after[n].state == optuna.trial.TrialState.FAIL
+    assert sum(t.state in search.FINISHED for t in after.values()) == 8
+    assert not any(t.state == optuna.trial.TrialState.RUNNING for t in after.values())
+    best = json.loads((root / f"{CELL}/best.json").read_text())
+    assert best["n_trials"] == 8 and best["trial_states"]["fail"] == len(running)
+    assert "marked" in (root / "logs/search/digits/tiny/bp/worker0.log").read_text() or not running
+
+
+def test_killed_final_run_resumes_from_its_checkpoint(tmp_path):
+    cfg = copy.deepcopy(TINY)
+    cfg["comparisons"][0]["algorithms"] = ["bp"]
+    cfg["algorithms"]["bp"] = {"impl": "bp", "fixed": {"batch_size": 32, "lr": 3e-3, "weight_decay": 1e-4}}
+    cfg["protocol"]["search"] = {"n_trials": 0}
+    cfg["protocol"]["stopping"] = {"max_epochs": 30, "patience": 30}  # runs every epoch
+    root = make_repo(tmp_path / "repo", cfg)
+    every_epoch = {"BPFREE_CHECKPOINT_EVERY": "0"}
+    log = root / "logs/train/digits/tiny/bp/seed0.log"
+    _kill_when(root, f"{RUN}/metrics.json", log, lambda text: "epoch   5/" in text, extra_env=every_epoch)
+    assert (root / f"{RUN}/checkpoint.pt").exists() and not (root / f"{RUN}/metrics.json").exists()
+
+    snakemake(root, "--cores", "1", f"{RUN}/metrics.json", extra_env=every_epoch)
+    m = json.loads((root / f"{RUN}/metrics.json").read_text())
+    assert m["resumed"] is not None and m["resumed"]["from_epoch"] >= 4 and m["epochs"] == 30
+    assert not (root / f"{RUN}/checkpoint.pt").exists()
+    resumed = pd.read_csv(root / f"{RUN}/epochs.csv")
+    assert list(resumed.epoch) == list(range(1, 31))
+    assert m["provenance"]["git_commit"] is not None or m["provenance"]["git_dirty"] is None
+    assert len(m["provenance"]["spec_sha256"]) == 64
+
+    # the same run without interruption (outside Snakemake) reaches the same result, epoch by epoch
+    ref = tmp_path / "ref"
+    spec = subprocess.run([str(BIN / "bpfree"), "spec", "--config", str(root / "config/config.yaml"),
+                           "--architecture", "tiny", "--algorithm", "bp"], env=env(), capture_output=True,
+                          text=True, check=True).stdout
+    subprocess.run([str(BIN / "bpfree"), "train", "--spec", spec, "--data", str(root / "resources/data/digits.pt"),
+                    "--best", str(root / f"{CELL}/best.json"), "--seed", "0", "--out-dir", str(ref), "--threads", "1",
+                    "--checkpoint-every", "-1"], env=env(), capture_output=True, text=True, check=True)
+    plain = pd.read_csv(ref / "epochs.csv")
+    assert (plain.train_loss.values == resumed.train_loss.values).all()
+    assert (plain.val_acc.values == resumed.val_acc.values).all()
+    assert json.loads((ref / "metrics.json").read_text())["test_accuracy"] == m["test_accuracy"]
