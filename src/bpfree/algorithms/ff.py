@@ -95,10 +95,10 @@ class ForwardForward(Algorithm):
         for g in groups:
             g["base_lr"] = g["lr"]
         opt = hp.get("optimizer", "adamw")
-        if opt == "adamw":
-            self.opt = torch.optim.AdamW(groups)
+        if opt == "adamw":  # fused: on a CPU the unfused update costs as much as a layer's matmuls
+            self.opt = torch.optim.AdamW(groups, fused=True)
         elif opt == "sgd":
-            self.opt = torch.optim.SGD(groups, momentum=0.9)
+            self.opt = torch.optim.SGD(groups, momentum=0.9, fused=True)
         else:
             raise ValueError(f"ff: unknown optimizer {opt!r}; use adamw or sgd")
         self.peer_weight = float(hp.get("peer_weight", 0.03))
