@@ -54,7 +54,10 @@ def cmd_search(a: argparse.Namespace) -> None:
     spec = _spec(a, "search")
     study = None
     if spec["search"]["n_trials"] > 0 and a.collect:
-        study = search.collect(spec, a.journal)
+        try:
+            study = search.collect(spec, a.journal)
+        except RuntimeError as e:  # no journal, or fewer finished trials than the budget: named in e
+            raise SystemExit(f"bpfree search: error: {e}") from None
     elif spec["search"]["n_trials"] > 0:
         if not a.data:
             raise SystemExit("bpfree search: --data is required (unless --collect)")
@@ -67,7 +70,7 @@ def cmd_search(a: argparse.Namespace) -> None:
         from bpfree import io, provenance
 
         summary = search.worker_summary(study, a.worker or 0, a.workers) if study is not None else {}
-        io.write_json(a.worker_out, {**summary, "provenance": provenance.collect(spec)})
+        io.write_json(a.worker_out, {**summary, "provenance": provenance.collect(spec, search.resolve_device(spec["device"]))})
     if a.best:
         best = search.write_outputs(spec, study, a.best, a.trials or Path(a.best).with_name("trials.csv"))
         print(json.dumps(best["params"]))

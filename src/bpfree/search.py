@@ -235,6 +235,7 @@ def collect(spec: dict, journal: str | Path) -> optuna.Study:
     budget = spec["search"]["n_trials"]
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     if done < budget:
-        raise RuntimeError(f"study {journal} holds {done} finished trials, its budget is {budget}: "
-                           "a worker was killed; rerun the workflow to finish the search")
+        raise RuntimeError(f"study {journal} holds {done} finished trials, its budget is {budget}: a worker "
+                           f"stopped early; delete {Path(journal).parent / 'workers'} and run the workflow again "
+                           "(the study resumes)")
     return study
