@@ -165,3 +165,10 @@ def test_to_target_table_uses_fraction_of_bp_mean():
 def test_stats_config_refuses_bad_values(bad):
     with pytest.raises(ValueError):
         StatsConfig.from_dict(bad)
+
+
+def test_metric_missing_on_one_side_is_not_measured_rather_than_unpaired():
+    nan = float("nan")
+    d = paired_delta(pd.Series([nan, nan], index=[0, 1]), pd.Series([1.0, 2.0], index=[0, 1]), "energy_dynamic_j",
+                     "pct", CFG)
+    assert d.status == "not measured: no value in ours" and math.isnan(d.estimate)

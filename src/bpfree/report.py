@@ -47,6 +47,8 @@ def summarize(metric_files: list[str | Path] | list[dict]) -> pd.DataFrame:
     """One flat row per run (nested fields dropped), sorted by cell and seed."""
     rows = metric_files if metric_files and isinstance(metric_files[0], dict) else load_runs(metric_files)
     df = pd.DataFrame(rows).drop(columns=["_path", *NESTED], errors="ignore")
+    nested = [c for c in df.columns if df[c].map(lambda v: isinstance(v, (dict, list))).any()]
+    df = df.drop(columns=nested)  # provenance, checkpoint...: kept in metrics.json, not flat
     cols = [c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]
     return df[cols].sort_values(CELL + ["seed"]).reset_index(drop=True)
 
@@ -230,6 +232,9 @@ def notes(runs: pd.DataFrame, cells: pd.DataFrame, dl: pd.DataFrame, cfg: StatsC
     if "energy_method" in runs:
         where = f" on {', '.join(sorted(set(runs.device.astype(str))))}" if "device" in runs else ""
         out.append("Our energy: " + ", ".join(sorted(set(runs.energy_method.dropna()))) + where + ".")
+    if "energy_dynamic_j" not in runs or runs.energy_dynamic_j.isna().all():
+        why = "; ".join(sorted(set(runs.idle_note.dropna()))) if "idle_note" in runs else "no idle baseline"
+        out.append(f"Dynamic energy (total minus idle power x time) not available: {why}.")
     out.append(f"Published energy: {PUBLISHED_ENERGY}, converted from Wh to J; published runs used an A100 GPU, "
                "3 runs per cell with some seeds duplicated, per-algorithm patience and unequal tuning budgets.")
     dup = cells[cells.duplicate_seeds]

@@ -117,6 +117,9 @@ def paired_delta(ours: pd.Series, ref: pd.Series, metric: str, unit: str,
             dup = sorted(set(s.index[s.index.duplicated()].tolist()))
             return Delta(metric, unit, 0, status=f"not compared: seed {dup} repeats in the {name} cell")
     ours, ref = ours[np.isfinite(ours.astype(float))], ref[np.isfinite(ref.astype(float))]
+    missing = [name for name, s in (("ours", ours), ("bp", ref)) if s.empty]
+    if missing:
+        return Delta(metric, unit, 0, status=f"not measured: no value in {' or '.join(missing)}")
     common = sorted(set(ours.index) & set(ref.index))
     left_out = sorted(set(ours.index) ^ set(ref.index))
     note = f"seeds without a pair left out: {left_out}" if left_out else ""

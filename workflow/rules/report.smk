@@ -5,15 +5,6 @@ localrules:
 REPORT = "../report"  # captions, relative to this file
 
 
-def statistics_json(wildcards):
-    """protocol.statistics, with the time-to-target fraction of protocol.metering."""
-    stats = dict(config["protocol"].get("statistics") or {})
-    metering = config["protocol"].get("metering") or {}
-    if "target_fraction" in metering:
-        stats["target_fraction"] = metering["target_fraction"]
-    return bpcfg.dumps(stats)
-
-
 rule report:
     """Per-run summary, per-cell statistics, paired deltas against bp, the tables with the
     published values beside ours, and the plots; all of them go into `snakemake --report`."""
@@ -79,7 +70,17 @@ rule report:
             labels={"figure": "energy by component"},
         ),
     params:
-        statistics=statistics_json,
+        # protocol.statistics, with the time-to-target fraction of protocol.metering
+        statistics=lambda w: bpcfg.dumps(
+            {
+                **(config["protocol"].get("statistics") or {}),
+                **{
+                    k: v
+                    for k, v in (config["protocol"].get("metering") or {}).items()
+                    if k == "target_fraction"
+                },
+            }
+        ),
     log:
         "logs/report.log",
     benchmark:
