@@ -228,7 +228,8 @@ class Gpu:
 
 def codecarbon_tracker(country: str, output_dir: str, interval_s: float = 1.0) -> Any:
     """CodeCarbon's offline tracker (no network), recording after each of its measurements the
-    cumulative CPU, RAM and GPU energy of its power model, so that marks never pay for a measurement."""
+    cumulative CPU, RAM and GPU energy of its power model, so that marks never pay for a measurement.
+    Relies on CodeCarbon 3.3 internals (checked by tests/test_metering.py)."""
     os.environ.setdefault("CODECARBON_LOG_LEVEL", "error")
     logging.getLogger("codecarbon").setLevel(logging.ERROR)
     from codecarbon import OfflineEmissionsTracker
@@ -253,6 +254,17 @@ def codecarbon_tracker(country: str, output_dir: str, interval_s: float = 1.0) -
 
         def measure_now(self) -> None:
             self._measure_power_and_energy()
+
+        def take_over(self) -> bool:
+            """Stop CodeCarbon's two timer threads (a new thread per tick, and a 1 Hz utilisation
+            monitor that process mode does not need: its CPU power is the process's CPU-time delta
+            over the interval); the meter's sampler then calls measure_now(). False if not possible."""
+            scheds = [getattr(self, "_scheduler", None), getattr(self, "_scheduler_monitor_power", None)]
+            if any(s is None or not hasattr(s, "stop") for s in scheds) or self._tracking_mode != "process":
+                return False
+            for sc in scheds:
+                sc.stop()
+            return True
 
     os.makedirs(output_dir, exist_ok=True)  # CodeCarbon fails silently without it
     return Tracker(country_iso_code=country, output_dir=output_dir, output_methods=[], log_level="error",
@@ -323,6 +335,7 @@ class Meter:
         self._rss_peak_sampled = 0.0
         self._rss_start = float("nan")
         self._snap_i = 0
+        self._drive_tracker = False
 
     # -- sources ---------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -387,9 +400,13 @@ class Meter:
 
     def _run_sampler(self) -> None:
         period = 1.0 / self.sample_hz
+        next_estimate = time.perf_counter() + self.estimate_interval_s
         while not self._stop_evt.wait(period):
             try:
                 self._sample()
+                if self._drive_tracker and time.perf_counter() >= next_estimate:
+                    self.tracker.measure_now()
+                    next_estimate = time.perf_counter() + self.estimate_interval_s
             except Exception as e:  # a failing reading must not kill the run; it shows as missing samples
                 logging.getLogger(__name__).warning("meter sample failed: %s", e)
 
@@ -416,6 +433,7 @@ class Meter:
         self._open()
         if self.tracker is not None:
             self.tracker.start()
+            self._drive_tracker = self.tracker.take_over()
         self._sample()
         self._thread = threading.Thread(target=self._run_sampler, name="bpfree-meter", daemon=True)
         self._thread.start()
