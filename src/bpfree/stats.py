@@ -7,6 +7,7 @@ A delta is computed only over the seeds both cells share. Its `status` says what
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -19,6 +20,11 @@ REFERENCE = "bp"
 DELTA_METRICS = {"test_accuracy": "pp", "train_time_s": "pct", "energy_j": "pct", "energy_dynamic_j": "pct",
                  "peak_memory_mib": "pct"}
 NOT_METRICS = {"seed", "threads", "limit_train"}  # numeric columns that are settings, not outcomes
+# A plain percentile interval undercovers at the small n of final runs (nominal 95 %: about 83 % at
+# n = 5 on normal data); the expanded percentile interval (Hesterberg 2015) widens its quantiles
+# to those a t interval would use: about 91 % at n = 5, 95 % from n = 10. No bootstrap interval
+# can reach beyond the observed values, so at n <= 4 none reaches its nominal coverage.
+INTERVALS = ("expanded-percentile", "percentile")
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,7 @@ class StatsConfig:
     resamples: int = 10000
     seed: int = 0
     confidence: float = 0.95
+    interval: str = "expanded-percentile"
     target_fraction: float = 0.99
 
     @classmethod
@@ -41,6 +48,8 @@ class StatsConfig:
             raise ValueError(f"statistics.resamples = {cfg.resamples}: use at least 100")
         if not 0 < cfg.confidence < 1:
             raise ValueError(f"statistics.confidence = {cfg.confidence}: must lie in (0, 1)")
+        if cfg.interval not in INTERVALS:
+            raise ValueError(f"statistics.interval = {cfg.interval!r}: choose one of {', '.join(INTERVALS)}")
         if not 0 < cfg.target_fraction <= 1:
             raise ValueError(f"statistics.target_fraction = {cfg.target_fraction}: must lie in (0, 1]")
         return cfg
@@ -84,14 +93,25 @@ def _delta_stat(a: np.ndarray, b: np.ndarray, unit: str) -> np.ndarray:
         return 100.0 * (a.mean(axis=-1) / b.mean(axis=-1) - 1.0)
 
 
-def bootstrap_ci(a, b, unit: str, resamples: int = 10000, seed: int = 0,
-                 confidence: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of the paired delta: the same resampled seed indices for `a` and `b`."""
+def tail_probability(n: int, confidence: float, interval: str = "expanded-percentile") -> float:
+    """Lower quantile level of the interval: (1 - confidence) / 2, or for the expanded percentile
+    interval Phi(-sqrt(n / (n - 1)) t_{n-1}(1 - (1 - confidence) / 2))."""
+    alpha = (1.0 - confidence) / 2
+    if interval == "percentile" or n < 2:
+        return alpha
+    from scipy.stats import norm, t
+
+    return float(norm.cdf(-math.sqrt(n / (n - 1)) * t.ppf(1.0 - alpha, n - 1)))
+
+
+def bootstrap_ci(a, b, unit: str, resamples: int = 10000, seed: int = 0, confidence: float = 0.95,
+                 interval: str = "expanded-percentile") -> tuple[float, float]:
+    """Bootstrap interval of the paired delta: the same resampled seed indices for `a` and `b`."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     idx = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
     stats = _delta_stat(a[idx], b[idx], unit)
-    alpha = (1.0 - confidence) / 2
-    lo, hi = np.quantile(stats, [alpha, 1.0 - alpha])
+    p = tail_probability(len(a), confidence, interval)
+    lo, hi = np.quantile(stats, [p, 1.0 - p])
     return float(lo), float(hi)
 
 
@@ -133,7 +153,7 @@ def paired_delta(ours: pd.Series, ref: pd.Series, metric: str, unit: str,
     if n == 1:
         d.status = "single seed (n = 1): no interval"
         return d
-    d.ci_low, d.ci_high = bootstrap_ci(a, b, unit, cfg.resamples, cfg.seed, cfg.confidence)
+    d.ci_low, d.ci_high = bootstrap_ci(a, b, unit, cfg.resamples, cfg.seed, cfg.confidence, cfg.interval)
     d.resolved = not d.ci_low <= 0.0 <= d.ci_high
     d.status = "resolved" if d.resolved else f"not resolved at n = {n}"
     return d
