@@ -35,7 +35,7 @@ def test_compared_algorithms_share_the_protocol(path):
         first = comp["algorithms"][0]
         for alg in comp["algorithms"][1:]:
             for key in SHARED_SPEC:
-                assert specs[alg][key] == specs[first][key], f"{path.name} comparisons[{i}]: {key} differs {first}/{alg}"
+                assert specs[alg][key] == specs[first][key], f"{path.name} comparisons[{i}]: {key}, {first} vs {alg}"
             assert trains[alg]["metering"] == trains[first]["metering"]
         search = specs[first]["search"]
         assert {"n_trials", "sampler_seed", "pruner"} <= set(search), "budget, sampler and pruner come from protocol"

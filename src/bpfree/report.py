@@ -68,8 +68,8 @@ def components(runs: list[dict]) -> pd.DataFrame:
     rows = []
     for m in runs:
         for comp, v in (m.get("energy_components") or {}).items():
-            j = v.get("j") if isinstance(v, dict) else v
-            method = v.get("method", m.get("energy_method", "?")) if isinstance(v, dict) else m.get("energy_method", "?")
+            v = v if isinstance(v, dict) else {"j": v}
+            j, method = v.get("j"), v.get("method", m.get("energy_method", "?"))
             rows.append({**{k: m[k] for k in CELL}, "seed": m["seed"], "component": comp, "energy_j": j,
                          "method": method})
     return pd.DataFrame(rows, columns=[*CELL, "seed", "component", "energy_j", "method"])
@@ -183,20 +183,19 @@ def absolute_table(cells: pd.DataFrame, runs: pd.DataFrame, pub: pd.DataFrame) -
             "energy (J)": ours("energy_j", ".1f"), "energy method": methods,
             "dynamic energy (J)": ours("energy_dynamic_j", ".1f"),
             "published energy (J)": theirs("energy_wh", ".0f", 3600.0),
-            "peak memory (MiB)": ours("peak_memory_mib", ".0f"), "published memory (MiB)": theirs("peak_mem_mib", ".0f"),
+            "peak memory (MiB)": ours("peak_memory_mib", ".0f"),
+            "published memory (MiB)": theirs("peak_mem_mib", ".0f"),
             "epochs": ours("epochs", ".1f"), "published epochs": theirs("epochs", ".1f"),
         })
     return pd.DataFrame(rows)
 
 
-DELTA_COLUMNS = {"test_accuracy": "delta_acc_pp", "train_time_s": "delta_time_pct", "energy_j": "delta_energy_pct",
-                 "peak_memory_mib": "delta_mem_pct"}
-
-
-def delta_table(dl: pd.DataFrame, runs: pd.DataFrame, pub: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def delta_table(dl: pd.DataFrame, runs: pd.DataFrame, pub: pd.DataFrame,
+                confidence: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The published layout (family, dataset, architecture, variant, then each delta) with ours and
     our interval beside the published figure; and one row per published claim with its verdict."""
     rows, claims = [], []
+    ci = f"{confidence:.0%} CI"
     for (d, a, alg), g in dl.groupby(CELL, sort=True):
         by_metric = {r.metric: r._asdict() for r in g.itertuples(index=False)}
         p = _pub_lookup(pub, {"dataset": d, "architecture": a, "variant": alg})
@@ -209,17 +208,17 @@ def delta_table(dl: pd.DataFrame, runs: pd.DataFrame, pub: pd.DataFrame) -> tupl
             if m == "energy_dynamic_j" and m not in by_metric:
                 continue
             label = col or "delta_dynamic_energy_pct"
-            row[f"{label} ours [95% CI]"] = fmt_delta(by_metric.get(m))
+            row[f"{label} ours [{ci}]"] = fmt_delta(by_metric.get(m))
             if col:
                 pv = float(p[col]) if p is not None else float("nan")
                 row[f"{label} published"] = _num(pv, "+.2f")
                 if p is not None:
                     claims.append({"dataset": d, "architecture": a, "variant": alg, "delta": col,
-                                   "published": f"{pv:+.2f}", "ours [95% CI]": fmt_delta(by_metric.get(m)),
+                                   "published": f"{pv:+.2f}", f"ours [{ci}]": fmt_delta(by_metric.get(m)),
                                    "verdict": verdict(by_metric.get(m), pv)})
         rows.append(row)
     return pd.DataFrame(rows), pd.DataFrame(claims, columns=["dataset", "architecture", "variant", "delta", "published",
-                                                             "ours [95% CI]", "verdict"])
+                                                             f"ours [{ci}]", "verdict"])
 
 
 def notes(runs: pd.DataFrame, cells: pd.DataFrame, dl: pd.DataFrame, cfg: StatsConfig) -> str:
@@ -451,7 +450,7 @@ def run_report(metric_files: list[str | Path], out_dir: str | Path,
     io.write_csv(out / "to_target.csv", tt)
 
     absolute = absolute_table(cells, runs, pub_results)
-    dtable, claims = delta_table(dl, runs, pub_deltas)
+    dtable, claims = delta_table(dl, runs, pub_deltas, cfg.confidence)
     note = notes(runs, cells, dl, cfg)
     io.write_text(out / "table.md", "# Results per cell, published values beside ours\n\n" + markdown(absolute)
                   + "\n" + note + "\n")
