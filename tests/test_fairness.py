@@ -85,3 +85,13 @@ def test_schema_refuses_repeated_seeds():
     cfg["protocol"]["seeds"] = [0, 1, 1]
     with pytest.raises(ConfigError):
         config.validate(copy.deepcopy(cfg))
+
+
+def test_one_split_per_dataset_for_every_algorithm_trial_and_seed():
+    """The prepared data file (which holds the fixed split) depends on the dataset alone: searches
+    and final runs of every algorithm read the same file."""
+    rules = {p.stem: p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk")}
+    assert '"resources/data/{dataset}.pt"' in rules["data"]
+    for name in ("search", "train"):
+        data_inputs = [line for line in rules[name].splitlines() if "resources/data/" in line]
+        assert data_inputs and all('"resources/data/{dataset}.pt"' in line for line in data_inputs), name
