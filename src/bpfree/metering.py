@@ -25,6 +25,7 @@ exact; power samples and CodeCarbon readings are interpolated linearly, i.e. app
 from __future__ import annotations
 
 import bisect
+import gc
 import logging
 import os
 import resource
@@ -332,6 +333,7 @@ class Meter:
         self.tracker = None
         self._closed = False
         self._rss_hwm = False
+        self._period = 1.0 / self.sample_hz
         self._rss_peak_sampled = 0.0
         self._rss_start = float("nan")
         self._snap_i = 0
@@ -398,15 +400,25 @@ class Meter:
                 self._samples.append((t, gpu_w, util, mem, rapl))
             return t
 
+    def _sampler_period(self) -> float:
+        """1 / sample_hz where there is something to sample (GPU, RAPL, RSS without VmHWM); else
+        the sampler only drives CodeCarbon: waking at 10 Hz for nothing costs GIL hand-offs that,
+        on a loaded machine, showed as a few % of a tiny epoch's wall time."""
+        if (self.gpu is not None or (self.rapl is not None and self.rapl.zones) or not self._rss_hwm
+                or not self._drive_tracker):
+            return 1.0 / self.sample_hz
+        return self.estimate_interval_s
+
     def _run_sampler(self) -> None:
-        period = 1.0 / self.sample_hz
+        period = self._period = self._sampler_period()
         next_estimate = time.perf_counter() + self.estimate_interval_s
         while not self._stop_evt.wait(period):
             try:
                 self._sample()
-                if self._drive_tracker and time.perf_counter() >= next_estimate:
+                now = time.perf_counter()
+                if self._drive_tracker and now >= next_estimate - 0.5 * period:  # slack: wakes are not exact
                     self.tracker.measure_now()
-                    next_estimate = time.perf_counter() + self.estimate_interval_s
+                    next_estimate = now + self.estimate_interval_s
             except Exception as e:  # a failing reading must not kill the run; it shows as missing samples
                 logging.getLogger(__name__).warning("meter sample failed: %s", e)
 
@@ -434,6 +446,7 @@ class Meter:
         if self.tracker is not None:
             self.tracker.start()
             self._drive_tracker = self.tracker.take_over()
+        self._rss_hwm = reset_peak_rss()  # reset again at the window start; here: is it supported?
         self._sample()
         self._thread = threading.Thread(target=self._run_sampler, name="bpfree-meter", daemon=True)
         self._thread.start()
@@ -444,6 +457,7 @@ class Meter:
             if self.tracker is not None:
                 self.tracker.measure_now()  # close CodeCarbon's interval at the end of the idle phase
             self._edge("idle_end")
+        gc.collect()  # CodeCarbon's set-up leaves garbage: collect it before, not inside, the window
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self._rss_start = rss_mib()
@@ -550,7 +564,7 @@ class Meter:
         out.update(self._emissions(energy, label))
         out.update(peak)
         out.update(self._gpu_summary(t_end))
-        out["meter_sample_hz"] = self.sample_hz
+        out["meter_sample_hz"] = 1.0 / self._period
         out["meter_samples"] = len(self._samples)
         self.epochs = self._epoch_records()
         return out
