@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bpfree import models
-from bpfree.algorithms.base import Algorithm, Cost, Stage, accuracy, batches, chunked, train_batch
+from bpfree.algorithms.base import Algorithm, Cost, Stage, accuracy, adam, batches, chunked, train_batch
 from bpfree.data import Data
 
 BLOCKS, LOSSES, COMBINE = ("rand", "dfa"), ("ce", "mse", "sl"), ("sum", "softmax-sum")
@@ -122,7 +122,7 @@ class CaFo(Algorithm):
             self._freeze()
         else:
             params = [*self.net.blocks.parameters(), *self.net.aux.parameters()]
-            self.dfa_opt = torch.optim.Adam(params, lr=hp["dfa_lr"], weight_decay=hp.get("dfa_weight_decay", 0.0))
+            self.dfa_opt = adam(params, hp["dfa_lr"], hp.get("dfa_weight_decay", 0.0))
 
     def _freeze(self) -> None:
         """Blocks fixed from now on; BatchNorm in evaluation mode (running statistics)."""
@@ -181,8 +181,8 @@ class CaFo(Algorithm):
                 if not data.augment:
                     self._cache["train"] = chunked(lambda x: self.net.features(x, k), data.x_train)
         self._cached_upto = k
-        self.opt = torch.optim.Adam(self.net.heads[k].parameters(), lr=self.hp["lr"],
-                                    weight_decay=self.hp.get("weight_decay", 0.0))
+        if self.loss != "mse":  # the closed-form predictor needs no optimiser (nor lr)
+            self.opt = adam(self.net.heads[k].parameters(), self.hp["lr"], self.hp.get("weight_decay", 0.0))
 
     def end_stage(self, stage: Stage, data: Data) -> None:
         if stage.name == "dfa":
