@@ -173,6 +173,7 @@ def test_meter_rapl_and_nvml_counter(tmp_path):
     assert e2["cum_energy_j"] == pytest.approx(e1["energy_j"] + e2["energy_j"])
     assert e2["elapsed_s"] == pytest.approx(e1["window_s"] + e2["window_s"])
     assert r["gpu_util_mean_pct"] == 87 and r["gpu_device_memory_peak_mib"] == 1536
+    assert r["meter_sample_hz"] == 50  # a GPU to trace: the configured rate
     assert r["power_trace"] == "power_trace.csv" and r["idle_power_w"] is None and r["idle_note"]
     rows = m.trace_rows()
     assert len(rows) >= 5 and rows[-1]["gpu_w"] == 250.0 and {"cpu_w", "dram_w"} <= set(rows[-1])
@@ -233,6 +234,8 @@ def test_no_counter_gives_labelled_nonzero_estimates(tmp_path):
     r = m.stop()
     assert m._drive_tracker  # CodeCarbon's own timers replaced by the sampler (its 3.3 internals)
     assert len(m.tracker.snapshots) >= 3  # origin, about one reading per second, the final one
+    if metering.reset_peak_rss():  # nothing to sample: the sampler wakes only to read CodeCarbon
+        assert r["meter_sample_hz"] == 1.0
     assert r["energy_method"] == "estimate"
     assert set(r["energy_components"]) == {"cpu", "dram"}
     for c in ("cpu", "dram"):
