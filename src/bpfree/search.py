@@ -50,7 +50,9 @@ def storage(journal: str | Path) -> optuna.storages.JournalStorage:
     return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
 
 
-def make_study(spec: dict, journal: str | Path) -> optuna.Study:
+def make_study(spec: dict, journal: str | Path, worker: int | None = None) -> optuna.Study:
+    """Create or load the study. Worker k > 0 of a parallel search seeds its sampler with
+    sampler_seed + k: equal seeds would make the workers draw the same points."""
     s = spec["search"]
     pruner_cfg = s.get("pruner", {})
     if pruner_cfg.get("type", "median") == "median":
@@ -58,7 +60,7 @@ def make_study(spec: dict, journal: str | Path) -> optuna.Study:
             n_startup_trials=pruner_cfg.get("n_startup_trials", 3), n_warmup_steps=pruner_cfg.get("n_warmup_steps", 2))
     else:
         pruner = optuna.pruners.NopPruner()
-    sampler = optuna.samplers.TPESampler(seed=s.get("sampler_seed", 0))
+    sampler = optuna.samplers.TPESampler(seed=s.get("sampler_seed", 0) + (worker or 0))
     return optuna.create_study(study_name="search", storage=storage(journal), direction="maximize",
                                sampler=sampler, pruner=pruner, load_if_exists=True)
 
@@ -144,7 +146,7 @@ def run_search(spec: dict, data_path: str | Path, journal: str | Path, n_trials:
     data = load(data_path, device, spec.get("limit_train"))
     tag = "" if worker is None else f" worker {worker}/{workers}"
     log = Progress(f"search {data.meta['dataset']}/{spec['architecture']}/{spec['algorithm']}{tag}")
-    study = make_study(spec, journal)
+    study = make_study(spec, journal, worker)
     budget = spec["search"]["n_trials"] if n_trials is None else n_trials
     if worker is None:
         owner = f"{socket.gethostname()}:{os.getpid()}"
