@@ -223,10 +223,26 @@ def test_early_stopping_restores_best_checkpoint():
 
 
 def test_min_delta_and_epoch_cap():
-    res = fit(Scripted([50, 50.05, 50.1, 50.15]), tiny_data(c=2), Stopping(max_epochs=4, patience=2, min_delta=0.2), seed=0)
-    assert res.epochs == 3 and res.best_epoch == 1
+    algo = Scripted([50, 50.05, 50.1, 50.15])
+    res = fit(algo, tiny_data(c=2), Stopping(max_epochs=4, patience=2, min_delta=0.2), seed=0)
+    assert res.epochs == 3  # no improvement above min_delta for 2 epochs ...
+    assert res.best_epoch == 3 and algo.net.weight.item() == 3  # ... but the best epoch is restored
     res = fit(Scripted([1, 2, 3, 4, 5]), tiny_data(c=2), Stopping(max_epochs=4, patience=2), seed=0)
     assert res.epochs == 4 and res.best_epoch == 4
+
+
+def test_stage_can_stop_on_loss_and_restore_best_accuracy():
+    """mf's rule: stop on the validation loss (paper), restore the best validation accuracy."""
+    class LossStopped(Scripted):
+        def stages(self):
+            return [Stage("layer1", monitor="loss", restore="acc")]
+
+        def validate(self, stage, data):
+            return {"acc": self.script[self.t - 1], "loss": [0.5, 0.4, 0.45, 0.46, 0.47][self.t - 1]}
+
+    algo = LossStopped([90, 91, 93, 92, 80])
+    res = fit(algo, tiny_data(c=2), Stopping(max_epochs=10, patience=3), seed=0)
+    assert res.epochs == 5 and res.best_epoch == 3 and algo.net.weight.item() == 3
 
 
 def test_divergence_is_reported_not_hidden():

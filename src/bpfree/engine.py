@@ -50,7 +50,9 @@ def sync(device: torch.device) -> None:
 def fit(algo: Algorithm, data: Data, stopping: Stopping, seed: int,
         on_epoch: Callable[[dict], None] | None = None, checkpoint: Checkpoint | None = None) -> FitResult:
     """Train `algo` on `data`. `on_epoch(record)` is called after every epoch (progress, metering,
-    pruning: it may raise to stop). Each stage ends with its best-validation checkpoint restored.
+    pruning: it may raise to stop). A stage stops when its `monitor` has not improved by
+    `min_delta` for `patience` epochs, and ends with the checkpoint that was best by its `restore`
+    quantity (default: the monitor) restored.
     `checkpoint` (bpfree.checkpoint): resume from its saved state if it holds one, save after
     epochs (see Checkpoint.every_s); the caller deletes it once the results are written."""
     gen = generator(algo.device, seed)
@@ -72,12 +74,14 @@ def fit(algo: Algorithm, data: Data, stopping: Stopping, seed: int,
         if resume is not None:  # the stage the run was in when it was killed
             load_algo_state(algo, resume["algo"])
             load_rng_state(gen, resume["rng"])
-            best, best_state, best_epoch, bad = (resume["early"][k] for k in ("best", "best_state", "best_epoch", "bad"))
+            best, kept, best_state, best_epoch, bad = (
+                resume["early"][k] for k in ("best", "kept", "best_state", "best_epoch", "bad"))
             first = cap + 1 if resume["early"]["done"] else resume["stage_epoch"] + 1
             resume = None
         else:
             res.macs += cost.once * (n_train + n_val)
-            best, best_state, best_epoch, bad = None, None, 0, 0
+            best, kept, best_state, best_epoch, bad = None, None, None, 0, 0
+        keep = stage.restore or stage.monitor
         for epoch in range(first, cap + 1):
             t0 = time.perf_counter()
             loss = algo.train_epoch(stage, data, gen)
@@ -96,16 +100,17 @@ def fit(algo: Algorithm, data: Data, stopping: Stopping, seed: int,
                 on_epoch(record)
             done = epoch == cap
             if stage.epochs is None:
-                value = val[stage.monitor]
-                if _improved(value, best, stage.monitor, stopping.min_delta):
-                    best, best_state, best_epoch, bad = value, algo.state_dict(), res.epochs, 0
+                if _improved(val[stage.monitor], best, stage.monitor, stopping.min_delta):
+                    best, bad = val[stage.monitor], 0
                 else:
                     bad += 1
                     done = done or bad >= stopping.patience
+                if _improved(val[keep], kept, keep, 0.0):
+                    kept, best_state, best_epoch = val[keep], algo.state_dict(), res.epochs
             if checkpoint is not None and checkpoint.due():
                 checkpoint.save({
                     "stage": si, "stage_epoch": epoch, "result": asdict(res), "algo": algo_state(algo),
-                    "rng": rng_state(gen), "early": {"best": best, "best_state": best_state,
+                    "rng": rng_state(gen), "early": {"best": best, "kept": kept, "best_state": best_state,
                                                      "best_epoch": best_epoch, "bad": bad, "done": done}})
             if done:
                 break

@@ -22,6 +22,7 @@ class Stage:
     """A phase of training.
 
     monitor: validation quantity that early stopping watches ("acc": higher is better, "loss": lower).
+    restore: validation quantity whose best epoch is restored when the stage ends (default: monitor).
     epochs:  a fixed number of epochs without early stopping (e.g. CaFo's DFA phase), or None for
              the protocol's stopping rule (patience, epoch cap).
     """
@@ -29,6 +30,7 @@ class Stage:
     name: str
     monitor: str = "acc"
     epochs: int | None = None
+    restore: str | None = None
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,9 @@ class MonoForward(Algorithm):
 
     def stages(self) -> list[Stage]:
         if self.mode == "greedy":
-            return [Stage(f"layer{i + 1}", monitor="loss") for i in range(self.L)]
+            # the paper stops on the validation local loss; the protocol restores the checkpoint
+            # with the best validation accuracy (of the layer's own predictor G_i)
+            return [Stage(f"layer{i + 1}", monitor="loss", restore="acc") for i in range(self.L)]
         return [Stage("all", monitor="acc")]
 
     @staticmethod
