@@ -71,6 +71,8 @@ def test_killed_search_resumes_and_keeps_finished_trials(tmp_path):
     for n in running:  # the trial the kill interrupted is failed, not counted
         assert after[n].state == optuna.trial.TrialState.FAIL
     assert sum(t.state in search.FINISHED for t in after.values()) == 8
+    points = [json.dumps(t.params, sort_keys=True) for t in after.values() if t.state in search.FINISHED]
+    assert len(set(points)) == 8, "the resumed search drew an earlier trial's point again"
     assert not any(t.state == optuna.trial.TrialState.RUNNING for t in after.values())
     best = json.loads((root / f"{CELL}/best.json").read_text())
     assert best["n_trials"] == 8 and best["trial_states"]["fail"] == len(running)

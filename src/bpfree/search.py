@@ -147,6 +147,10 @@ def run_search(spec: dict, data_path: str | Path, journal: str | Path, n_trials:
     tag = "" if worker is None else f" worker {worker}/{workers}"
     log = Progress(f"search {data.meta['dataset']}/{spec['architecture']}/{spec['algorithm']}{tag}")
     study = make_study(spec, journal, worker)
+    if n_before := len(study.get_trials(deepcopy=False)):
+        # resuming: a sampler seeded as at the start would draw the first trials' points again
+        study.sampler = optuna.samplers.TPESampler(
+            seed=spec["search"].get("sampler_seed", 0) + (worker or 0) + 100_003 * n_before)
     budget = spec["search"]["n_trials"] if n_trials is None else n_trials
     if worker is None:
         owner = f"{socket.gethostname()}:{os.getpid()}"
