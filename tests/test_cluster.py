@@ -72,6 +72,7 @@ def test_fake_sbatch_sees_the_training_resources(tmp_path):
     (root / f"{CELL}/bp/best.json").write_text('{"params": {"lr": 0.001, "weight_decay": 0.0, "batch_size": 128}}')
     log = tmp_path / "sbatch.log"
     out = snakemake(root, "--profile", "profiles/slurm", "--allowed-rules", "train", "--retries", "0",
+                    "--slurm-init-seconds-before-status-checks", "1",
                     f"{RUNS}/bp/seed0/metrics.json", f"{RUNS}/bp/seed1/metrics.json", check=False,
                     extra_env={"PATH": f"{fake}{os.pathsep}{env()['PATH']}", "FAKE_SLURM_LOG": str(log)})
     assert out.returncode != 0  # the fake sbatch refuses
