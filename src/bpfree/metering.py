@@ -312,7 +312,7 @@ class Meter:
     def __init__(self, device: torch.device | str, country: str = "FRA", idle_seconds: float = 0.0,
                  sample_hz: float = 10.0, output_dir: str | None = None, *,
                  powercap_root: str | Path | None = POWERCAP, nvml: Any = "auto", gpu: Any = "auto",
-                 estimate_interval_s: float = 1.0, codecarbon: bool = True):
+                 estimate_interval_s: float = 5.0, codecarbon: bool = True):
         self.device = torch.device(device)
         self.country, self.idle_seconds, self.sample_hz = country, float(idle_seconds), float(sample_hz)
         if self.sample_hz <= 0:
