@@ -68,6 +68,9 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
 
     if m.get("idle_seconds", 0):
         log(f"idle-power baseline: {m['idle_seconds']} s")
+    # The first fused optimiser of a process imports torch._dynamo (seconds): do it outside the
+    # window, since greedy algorithms build their optimisers inside it (in begin_stage).
+    torch.optim.Adam([torch.zeros(1, device=device, requires_grad=True)], fused=True)
     meter.start()
     try:
         res = fit(algo, data, stopping, seed=seed, on_epoch=on_epoch, checkpoint=ckpt)
