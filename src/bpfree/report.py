@@ -225,7 +225,7 @@ def notes(runs: pd.DataFrame, cells: pd.DataFrame, dl: pd.DataFrame, cfg: StatsC
     """Plain-text caveats under the tables: measurement methods, repeated seeds, unpaired cells,
     settings that differ inside a comparison."""
     out = [f"Deltas are paired by seed: bootstrap {cfg.confidence:.0%} {cfg.interval} interval over "
-           f"{cfg.resamples} resamples of the common seeds (seed {cfg.seed}). Accuracy in percentage points "
+           f"{cfg.resamples} resamples of the common seeds (bootstrap seed {cfg.seed}). Accuracy in percentage points "
            "(difference of means), time, energy and memory in percent (ratio of means minus 1). An interval "
            "that contains 0 is 'not resolved at n = k', never 'equal'. At small n no bootstrap interval "
            "reaches its nominal coverage (on normal data the expanded percentile interval covers about 91 % "
