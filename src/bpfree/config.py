@@ -13,7 +13,6 @@ from pathlib import Path
 import yaml
 
 from bpfree import algorithms
-from bpfree.data import DATASETS
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"

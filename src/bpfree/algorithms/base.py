@@ -104,6 +104,23 @@ def batches(n: int, batch_size: int, gen: torch.Generator, device: torch.device)
     yield from perm.split(batch_size)
 
 
+def minibatch_epoch(opt: torch.optim.Optimizer, loss_fn: Callable[[torch.Tensor], torch.Tensor], n: int,
+                    batch_size: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """One shuffled pass over range(n): per index batch, `loss_fn(idx)` gives the loss (a loss
+    without a graph means loss_fn set the gradients itself), then one optimiser step. Returns the
+    mean loss as a 0-d device tensor: no host synchronisation inside the loop."""
+    total, steps = torch.zeros((), device=device), 0
+    for idx in batches(n, batch_size, gen, device):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(idx)
+        if loss.requires_grad:
+            loss.backward()
+        opt.step()
+        total += loss.detach()
+        steps += 1
+    return total / steps
+
+
 def train_batch(data: Data, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Training images at `idx`, augmented (random crop and flip) where the data set asks for it."""
     x = data.x_train[idx]

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from bpfree import models
-from bpfree.algorithms.base import Algorithm, adam, Cost, Stage, batches, chunked, scores_metrics, train_batch
+from bpfree.algorithms.base import (Algorithm, Cost, Stage, adam, chunked, minibatch_epoch, scores_metrics,
+                                    train_batch)
 from bpfree.data import Data
 
 
@@ -22,15 +23,9 @@ class BP(Algorithm):
 
     def train_epoch(self, stage: Stage, data: Data, gen: torch.Generator) -> torch.Tensor:
         self.net.train()
-        total, n = torch.zeros((), device=self.device), 0
-        for idx in batches(len(data.y_train), self.hp["batch_size"], gen, self.device):
-            loss = F.cross_entropy(self.net(train_batch(data, idx, gen)), data.y_train[idx])
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            total += loss.detach()
-            n += 1
-        return total / n
+        return minibatch_epoch(
+            self.opt, lambda idx: F.cross_entropy(self.net(train_batch(data, idx, gen)), data.y_train[idx]),
+            len(data.y_train), self.hp["batch_size"], gen, self.device)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,14 +19,13 @@ batch (only the validation features are cached).
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bpfree import models
-from bpfree.algorithms.base import Algorithm, Cost, Stage, accuracy, adam, batches, chunked, train_batch
+from bpfree.algorithms.base import Algorithm, Cost, Stage, accuracy, adam, chunked, minibatch_epoch, train_batch
 from bpfree.data import Data
 
 BLOCKS, LOSSES, COMBINE = ("rand", "dfa"), ("ce", "mse", "sl"), ("sum", "softmax-sum")
@@ -159,13 +158,8 @@ class CaFo(Algorithm):
 
     def _dfa_epoch(self, data: Data, gen: torch.Generator) -> torch.Tensor:
         self.net.blocks.train()
-        total, n = torch.zeros((), device=self.device), 0
-        for idx in batches(len(data.y_train), self.hp["batch_size"], gen, self.device):
-            self.dfa_opt.zero_grad(set_to_none=True)
-            total += self.dfa_backward(train_batch(data, idx, gen), data.y_train[idx])
-            self.dfa_opt.step()
-            n += 1
-        return total / n
+        return minibatch_epoch(self.dfa_opt, lambda idx: self.dfa_backward(train_batch(data, idx, gen), data.y_train[idx]),
+                               len(data.y_train), self.hp["batch_size"], gen, self.device)
 
     # ---- predictors -----------------------------------------------------------------------------
 
@@ -218,15 +212,9 @@ class CaFo(Algorithm):
                 head.weight.copy_(w)
                 head.bias.copy_(b)
                 return self._loss(chunked(lambda a: head(a.flatten(1)), feats), data.y_train)
-        total, n = torch.zeros((), device=self.device), 0
-        for idx in batches(len(data.y_train), self.hp["batch_size"], gen, self.device):
-            loss = self._loss(head(self._train_feats(k, data, idx, gen).flatten(1)), data.y_train[idx])
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            total += loss.detach()
-            n += 1
-        return total / n
+        return minibatch_epoch(
+            self.opt, lambda idx: self._loss(head(self._train_feats(k, data, idx, gen).flatten(1)), data.y_train[idx]),
+            len(data.y_train), self.hp["batch_size"], gen, self.device)
 
     @torch.no_grad()
     def validate(self, stage: Stage, data: Data) -> dict[str, float]:

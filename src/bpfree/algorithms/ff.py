@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bpfree import models
-from bpfree.algorithms.base import Algorithm, Cost, Stage, accuracy, batches, chunked, train_batch
+from bpfree.algorithms.base import Algorithm, Cost, Stage, accuracy, chunked, minibatch_epoch, train_batch
 from bpfree.data import Data
 
 EPS = 1e-8  # as the reference implementation: z / (rms(z) + eps)
@@ -152,8 +152,8 @@ class ForwardForward(Algorithm):
         for g in self.opt.param_groups:
             g["lr"] = g["base_lr"] * factor
         C, dev = self.n_classes, self.device
-        total, n = torch.zeros((), device=dev), 0
-        for idx in batches(len(data.y_train), self.hp.get("batch_size", 100), gen, dev):
+
+        def loss_fn(idx: torch.Tensor) -> torch.Tensor:
             x, y = train_batch(data, idx, gen), data.y_train[idx]
             B = len(y)
             wrong = (y + torch.randint(1, C, (B,), generator=gen, device=dev)) % C  # uniform wrong label
@@ -168,13 +168,11 @@ class ForwardForward(Algorithm):
                 z = rms_norm(z.detach())  # the next layer's loss stays local to it
             if self.downstream:
                 loss = loss + F.cross_entropy(self.net.classifier(self._neutral_features(x)), y)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            total += loss.detach()
-            n += 1
+            return loss
+
+        mean = minibatch_epoch(self.opt, loss_fn, len(data.y_train), self.hp.get("batch_size", 100), gen, dev)
         self.epoch += 1
-        return total / n
+        return mean
 
     # ---- inference ----------------------------------------------------------------------------
 

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bpfree import models
-from bpfree.algorithms.base import (Algorithm, adam, Cost, Stage, accuracy, batches, chunked, scores_metrics,
-                                    train_batch)
+from bpfree.algorithms.base import (Algorithm, Cost, Stage, accuracy, adam, chunked, minibatch_epoch,
+                                    scores_metrics, train_batch)
 from bpfree.data import Data
 
 
@@ -108,24 +108,21 @@ class MonoForward(Algorithm):
 
     def train_epoch(self, stage: Stage, data: Data, gen: torch.Generator) -> torch.Tensor:
         self.net.train()
-        total, n = torch.zeros((), device=self.device), 0
-        for idx in batches(len(data.y_train), self.hp["batch_size"], gen, self.device):
+
+        def loss_fn(idx: torch.Tensor) -> torch.Tensor:
             y = data.y_train[idx]
             if self.mode == "greedy":
                 i = self._index(stage)
                 a = self.net.layer(i, self._stage_input(i, data, idx, gen))
-                loss = F.cross_entropy(self.net.scores(i, a), y)
-            else:  # every layer learns from its own detached input; losses add, gradients do not mix
-                a, loss = train_batch(data, idx, gen).flatten(1), 0.0
-                for i in range(self.L):
-                    a = self.net.layer(i, a.detach())
-                    loss = loss + F.cross_entropy(self.net.scores(i, a), y)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            total += loss.detach()
-            n += 1
-        return total / n
+                return F.cross_entropy(self.net.scores(i, a), y)
+            # simultaneous: every layer learns from its own detached input; losses add, gradients do not mix
+            a, loss = train_batch(data, idx, gen).flatten(1), 0.0
+            for i in range(self.L):
+                a = self.net.layer(i, a.detach())
+                loss = loss + F.cross_entropy(self.net.scores(i, a), y)
+            return loss
+
+        return minibatch_epoch(self.opt, loss_fn, len(data.y_train), self.hp["batch_size"], gen, self.device)
 
     @torch.no_grad()
     def validate(self, stage: Stage, data: Data) -> dict[str, float]:
