@@ -64,13 +64,14 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
                           "energy_j": None if earlier["energy_j"] is None or segment_j[0] is None
                           else earlier["energy_j"] + segment_j[0],
                           "segments": earlier["segments"] + 1}
-        log.epoch(rec, stopping.max_epochs)
+        log.epoch(rec, caps[rec["stage"]])
 
     if m.get("idle_seconds", 0):
         log(f"idle-power baseline: {m['idle_seconds']} s")
     # The first fused optimiser of a process imports torch._dynamo (seconds): do it outside the
     # window, since greedy algorithms build their optimisers inside it (in begin_stage).
     torch.optim.Adam([torch.zeros(1, device=device, requires_grad=True)], fused=True)
+    caps = {s.name: s.epochs or stopping.max_epochs for s in algo.stages()}  # for the progress lines
     meter.start()
     try:
         res = fit(algo, data, stopping, seed=seed, on_epoch=on_epoch, checkpoint=ckpt)

@@ -19,7 +19,6 @@ batch (only the validation features are cached).
 """
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
