@@ -233,8 +233,9 @@ def test_no_counter_gives_labelled_nonzero_estimates(tmp_path):
         assert mark["energy_j"] is not None and mark["energy_j"] > 0
     r = m.stop()
     assert m._drive_tracker  # CodeCarbon's own timers replaced by the sampler (its 3.3 internals)
-    # origin, start(), end of the idle phase, stop(), and the sampler's readings every 0.25 s
-    assert len(m.tracker.snapshots) >= 8
+    # origin, start(), end of the idle phase, stop(), and the sampler's readings every 0.25 s (how
+    # many of those fit in the 1.5 s depends on the machine's load: at least one, not a count)
+    assert len(m.tracker.snapshots) >= 5
     if metering.reset_peak_rss():  # nothing to sample: the sampler wakes only to read CodeCarbon
         assert r["meter_sample_hz"] == pytest.approx(1 / m.estimate_interval_s)
     assert r["energy_method"] == "estimate"
