@@ -9,7 +9,9 @@
 # Environment: DATA_ROOT (folder with MNIST/; default ../shared/datasets or shared/datasets),
 #   OUT (default /tmp/bpfree-gpu-check), CONFIG (default config/mnist-published.yaml),
 #   IDLE_SECONDS (default 10), MAX_EPOCHS (cap per stage, default: the config's), SEED (default 0),
-#   RUN_TIMEOUT (seconds per training run, default 180); for a CPU dry run of the script's pieces:
+#   RUN_TIMEOUT (seconds per training run, default 180), SPECS (a folder of ready specs <alg>-search.json and
+#   <alg>-train.json from `bpfree spec`, where Snakemake, which validates the config, is not installed);
+#   for a CPU dry run of the script's pieces:
 #   DEVICE=cpu LIMIT_TRAIN=2000 MAX_EPOCHS=1 IDLE_SECONDS=1 bash bench/gpu_check.sh
 set -euo pipefail
 T0=$(date +%s)
@@ -37,7 +39,7 @@ CKPT=()  # no checkpoint saves inside the metered window, where the option exist
 TRAIN_HELP=$(bpfree train --help)
 [[ $TRAIN_HELP == *--checkpoint-every* ]] && CKPT=(--checkpoint-every -1)
 
-[ -f "$CONFIG" ] || { echo "gpu_check: $CONFIG not found" >&2; exit 2; }
+[ -n "${SPECS:-}" ] || [ -f "$CONFIG" ] || { echo "gpu_check: $CONFIG not found" >&2; exit 2; }
 if [ ! -f "$OUT/mnist.pt" ]; then
   [ -n "${DATA_ROOT:-}" ] || { echo "gpu_check: no MNIST/ found; set DATA_ROOT" >&2; exit 2; }
   echo "== prepare MNIST from $DATA_ROOT"
@@ -49,7 +51,8 @@ for ALG in mf bp; do
   mkdir -p "$D"
   # The config's spec, on the GPU, with the idle baseline (and an optional epoch cap) of this check.
   for KIND in search train; do
-    bpfree spec --config "$CONFIG" --architecture $ARCH --algorithm $ALG --kind $KIND | \
+    if [ -n "${SPECS:-}" ]; then cat "$SPECS/$ALG-$KIND.json"
+    else bpfree spec --config "$CONFIG" --architecture $ARCH --algorithm $ALG --kind $KIND; fi | \
       DEVICE=$DEVICE IDLE_SECONDS=$IDLE_SECONDS MAX_EPOCHS=${MAX_EPOCHS:-} LIMIT_TRAIN=${LIMIT_TRAIN:-} python -c '
 import json, os, sys
 s = json.load(sys.stdin)
