@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from bpfree import data as D
 from bpfree.algorithms.base import accuracy
-from bpfree.algorithms.ff import ForwardForward, StraightThroughReLU, rms_norm
+from bpfree.algorithms.ff import ForwardForward, StraightThroughReLU, cooldown, rms_norm
+from bpfree.checkpoint import Checkpoint
 from bpfree.engine import Stopping, fit
 
 META = {"n_classes": 10, "shape": [1, 8, 8]}
@@ -82,14 +83,47 @@ def test_bce_logit_is_goodness_minus_width():
 
 
 def test_cooldown_schedule():
-    algo = make()
-    algo.max_epochs = 10
-    factors = []
-    for e in range(10):
-        algo.epoch = e
-        factors.append(algo._cooldown())
+    factors = [cooldown(e, 10) for e in range(10)]
     assert factors[:6] == [1.0] * 6 and factors[-1] == pytest.approx(0.4)
     assert all(a >= b for a, b in zip(factors, factors[1:]))
+
+
+def test_training_follows_the_cooldown_schedule(digits):
+    """The rate of each epoch is lr x cooldown(e, E) for both parameter groups."""
+    algo = make(widths=(16, 16), downstream_lr=1e-2)
+    stage = algo.stages()[0]
+    algo.begin_stage(stage, digits, 4)
+    gen = torch.Generator().manual_seed(0)
+    for e in range(4):
+        assert [g["lr"] for g in algo.opt.param_groups] == [HP["lr"] * cooldown(e, 4), 1e-2 * cooldown(e, 4)]
+        algo.train_epoch(stage, digits, gen)
+
+
+def test_resumed_run_keeps_the_learning_rate_schedule(digits, tmp_path):
+    """Regression: the schedule was a plain epoch counter, not saved in checkpoints, so a run killed
+    in the second half of its budget resumed at the full learning rate."""
+    stopping = Stopping(max_epochs=6, patience=6)
+
+    def run(kill_after=None):
+        algo = make(widths=(16, 16))
+        ckpt = Checkpoint(tmp_path / "ckpt.pt", "ff", every_s=0)
+
+        def on_epoch(record):
+            if record["epoch"] == kill_after:
+                raise KeyboardInterrupt  # a kill before epoch 5 is saved: the run resumes from epoch 4
+        try:
+            fit(algo, digits, stopping, seed=0, checkpoint=ckpt, on_epoch=on_epoch)
+        except KeyboardInterrupt:
+            return None
+        return algo
+
+    whole = run()
+    (tmp_path / "ckpt.pt").unlink()
+    assert run(kill_after=5) is None  # killed in epoch 5 of 6; epoch 6 runs at 2/3 of the rate
+    resumed = run()
+    assert resumed.opt.param_groups[0]["lr"] == whole.opt.param_groups[0]["lr"]
+    for a, b in zip(whole.net.state_dict().values(), resumed.net.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_downstream_needs_its_lr():

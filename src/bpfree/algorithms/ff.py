@@ -14,7 +14,8 @@ Options (hp):
   downstream_lr, downstream_weight_decay: when given (or predict = "downstream"), that classifier
                 is trained alongside in its own parameter group, as the paper did;
   peer_weight (0.03), peer_momentum (0.9).
-The learning rates of both groups decay linearly to zero over the second half of the epoch budget.
+The learning rates of both groups decay linearly over the second half of the epoch budget (`cooldown`:
+the last epoch runs at 2/E of the rate).
 Validation: "acc" of the prediction mode; "loss" is the expected FF loss (sum over layers of the
 BCE, negatives averaged over every wrong label, no peer term) in goodness mode, the classifier's
 cross-entropy in downstream mode.
@@ -69,6 +70,12 @@ class FFNet(nn.Module):
         return getattr(self, f"running{i}")
 
 
+def cooldown(e: int, E: int) -> float:
+    """Learning-rate factor of the reference schedule at 0-based epoch e of a budget of E epochs:
+    1 in the first half, then 2(1+E-e)/E."""
+    return 2.0 * (1 + E - e) / E if e > E // 2 else 1.0
+
+
 class ForwardForward(Algorithm):
     def __init__(self, arch: dict, meta: dict, hp: dict, device: torch.device):
         super().__init__(arch, meta, hp, device)
@@ -92,8 +99,6 @@ class ForwardForward(Algorithm):
         if self.downstream:
             groups.append({"params": list(self.net.classifier.parameters()), "lr": hp["downstream_lr"],
                            "weight_decay": hp.get("downstream_weight_decay", 0.0)})
-        for g in groups:
-            g["base_lr"] = g["lr"]
         opt = hp.get("optimizer", "adamw")
         if opt == "adamw":  # fused: on a CPU the unfused update costs as much as a layer's matmuls
             self.opt = torch.optim.AdamW(groups, fused=True)
@@ -103,18 +108,14 @@ class ForwardForward(Algorithm):
             raise ValueError(f"ff: unknown optimizer {opt!r}; use adamw or sgd")
         self.peer_weight = float(hp.get("peer_weight", 0.03))
         self.peer_momentum = float(hp.get("peer_momentum", 0.9))
-        self.max_epochs, self.epoch = 100, 0
 
     def stages(self) -> list[Stage]:
         return [Stage("all", monitor="acc")]
 
     def begin_stage(self, stage: Stage, data: Data, max_epochs: int) -> None:
-        self.max_epochs, self.epoch = max_epochs, 0
-
-    def _cooldown(self) -> float:
-        """Reference schedule (0-based epoch e of E): 1 in the first half, then 2(1+E-e)/E."""
-        E, e = self.max_epochs, self.epoch
-        return 2.0 * (1 + E - e) / E if e > E // 2 else 1.0
+        # a scheduler, not a counter: its state is saved with the run's checkpoint, so a resumed
+        # run goes on with the learning rate it was killed at
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda e: cooldown(e, max_epochs))
 
     # ---- training -----------------------------------------------------------------------------
 
@@ -148,9 +149,6 @@ class ForwardForward(Algorithm):
 
     def train_epoch(self, stage: Stage, data: Data, gen: torch.Generator) -> torch.Tensor:
         self.net.train()
-        factor = self._cooldown()
-        for g in self.opt.param_groups:
-            g["lr"] = g["base_lr"] * factor
         C, dev = self.n_classes, self.device
 
         def loss_fn(idx: torch.Tensor) -> torch.Tensor:
@@ -171,7 +169,7 @@ class ForwardForward(Algorithm):
             return loss
 
         mean = minibatch_epoch(self.opt, loss_fn, len(data.y_train), self.hp.get("batch_size", 100), gen, dev)
-        self.epoch += 1
+        self.sched.step()
         return mean
 
     # ---- inference ----------------------------------------------------------------------------
