@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from bpfree import algorithms
+from bpfree import algorithms, models
 from bpfree.algorithms.base import adam, generator
 from bpfree.data import Data, load
 
@@ -47,11 +47,11 @@ def fake_mnist(n_train: int = 50_000) -> Data:
     return Data(x(n_train), y(n_train), x(10_000), y(10_000), x(10), y(10), meta)
 
 
-def stage_layers(impl: str, stage: str, widths: list[int], n_classes: int) -> list[tuple[int, int, bool]]:
-    """(fan_in, fan_out, needs input gradient) of the products a stage trains: bp all layers and
-    the head; an mf stage its layer and that layer's projection (the projection's input gradient
-    flows into the layer)."""
-    w = [784, *widths, n_classes]
+def stage_layers(impl: str, stage: str, dims: list[int], n_classes: int) -> list[tuple[int, int, bool]]:
+    """(fan_in, fan_out, needs input gradient) of the products a stage trains, for an MLP of layer
+    sizes `dims` (`models.mlp_widths`): bp all layers and the head; an mf stage its layer and that
+    layer's projection (the projection's input gradient flows into the layer)."""
+    w = [*dims, n_classes]
     if impl == "bp":
         return [(w[i], w[i + 1], i > 0) for i in range(len(w) - 1)]
     i = int(stage.removeprefix("layer")) - 1
@@ -86,15 +86,17 @@ def epoch_times(impl: str, hp: dict, data: Data, widths: list[int], repeats: int
     """Per stage of `impl`: (stage, median s/epoch, median GFLOP/s, median ratio to the 2048^3
     matmul rate measured right before each epoch, the same three for the stage's floor). Pairing
     each epoch with its own reference keeps the ratio steady on a machine whose speed drifts."""
-    algo = algorithms.get(impl)({"type": "mlp", "widths": widths}, data.meta, hp, torch.device("cpu"))
+    arch = {"type": "mlp", "widths": widths}
+    algo = algorithms.get(impl)(arch, data.meta, hp, torch.device("cpu"))
     gen = generator(torch.device("cpu"), 0)
+    dims, n_classes = models.mlp_widths(arch, data.meta["shape"]), data.meta["n_classes"]
     out = []
     for stage in algo.stages():
         algo.begin_stage(stage, data, 10)
         algo.train_epoch(stage, data, gen)  # warm-up
         flops = 2 * algo.cost(stage).train * len(data.y_train)
-        floor, floor_flops = floor_epoch(stage_layers(impl, stage.name, widths, data.meta["n_classes"]),
-                                         len(data.y_train), hp["batch_size"])
+        floor, floor_flops = floor_epoch(stage_layers(impl, stage.name, dims, n_classes), len(data.y_train),
+                                         hp["batch_size"])
         floor()
         times, ratios, ftimes, fratios = [], [], [], []
         for _ in range(repeats):
