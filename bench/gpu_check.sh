@@ -35,9 +35,7 @@ bpfree doctor
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm --format=csv || true
 [ "$DEVICE" = cpu ] || python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || {
   echo "gpu_check: torch sees no CUDA device: nothing to check on a GPU" >&2; exit 3; }
-CKPT=()  # no checkpoint saves inside the metered window, where the option exists
-TRAIN_HELP=$(bpfree train --help)
-[[ $TRAIN_HELP == *--checkpoint-every* ]] && CKPT=(--checkpoint-every -1)
+CKPT=(--checkpoint-every -1)  # no checkpoint saves inside the metered window
 
 [ -n "${SPECS:-}" ] || [ -f "$CONFIG" ] || { echo "gpu_check: $CONFIG not found" >&2; exit 2; }
 if [ ! -f "$OUT/mnist.pt" ]; then
@@ -71,7 +69,7 @@ print(json.dumps(s))' > "$D/$KIND-spec.json"
   echo "== $ALG: final run, seed $SEED (idle baseline ${IDLE_SECONDS}s first)"
   rm -f "$D/run/metrics.json"
   timeout "$RUN_TIMEOUT" bpfree train --spec "@$D/train-spec.json" --data "$OUT/mnist.pt" --best "$D/best.json" \
-    --seed "$SEED" --out-dir "$D/run" ${CKPT[@]+"${CKPT[@]}"} > "$D/train.log" 2>&1 \
+    --seed "$SEED" --out-dir "$D/run" "${CKPT[@]}" > "$D/train.log" 2>&1 \
     || { echo "gpu_check: $ALG run failed or exceeded ${RUN_TIMEOUT}s; tail of $D/train.log:" >&2; tail -20 "$D/train.log" >&2; }
   tail -2 "$D/train.log"
 done

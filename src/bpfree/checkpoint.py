@@ -127,8 +127,8 @@ class Checkpoint:
         self._say(f"resuming from checkpoint {self.path} (epoch {state['result']['epochs']})")
         return state
 
-    def due(self, final: bool = False) -> bool:
-        return final or time.monotonic() - self._last >= self.every_s
+    def due(self) -> bool:
+        return time.monotonic() - self._last >= self.every_s
 
     def save(self, state: dict) -> None:
         t0 = time.perf_counter()

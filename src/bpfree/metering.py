@@ -28,7 +28,6 @@ import bisect
 import gc
 import logging
 import os
-import resource
 import tempfile
 import threading
 import time
@@ -383,7 +382,8 @@ class Meter:
                 if self.methods.get("gpu") == "nvml-counter" and edge:
                     if (e := Gpu._try(self.gpu.energy_j)) is not None:  # a failed read: interpolated instead
                         self.curves["gpu"].add(t, e)
-                if self.gpu.power:
+                # an edge reads the power only where power is the method (nvml-power)
+                if self.gpu.power and (not edge or self.methods.get("gpu") == "nvml-power"):
                     gpu_w = Gpu._try(self.gpu.power_w)
                     if gpu_w is not None and self.methods.get("gpu") == "nvml-power":
                         self.curves["gpu"].add_power(t, gpu_w)
@@ -653,13 +653,3 @@ def to_target(epochs: Any, target_acc: float) -> tuple[float, float | None, int]
     j = None if joules is None or joules.iloc[i] != joules.iloc[i] else float(joules.iloc[i])
     epoch = int(epochs["epoch"].iloc[i]) if "epoch" in cols else i + 1
     return float(secs.iloc[i]), j, epoch
-
-
-def peak_memory(device: torch.device) -> dict:
-    """Process-lifetime peak memory (kept for callers outside a window): CUDA allocator peak on a
-    GPU, ru_maxrss on a CPU."""
-    if device.type == "cuda":
-        return {"peak_memory_mib": torch.cuda.max_memory_allocated(device) / MIB,
-                "peak_memory_method": "torch.cuda.max_memory_allocated"}
-    return {"peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "peak_memory_method": "ru_maxrss (process peak resident set)"}

@@ -185,27 +185,14 @@ def deltas(runs: pd.DataFrame, cfg: StatsConfig = StatsConfig()) -> pd.DataFrame
 def to_target(epochs: pd.DataFrame, target_acc: float) -> dict:
     """First epoch whose validation accuracy reaches `target_acc`, with the seconds and joules
     accumulated up to and including it; NaN where the run never reaches it."""
-    try:  # the metering module's reading of epochs.csv is the reference where it exists
-        from bpfree.metering import to_target as meter_to_target
-    except ImportError:
-        meter_to_target = _to_target
+    from bpfree.metering import to_target as meter_to_target  # here: importing stats needs no torch
+
     hit = meter_to_target(epochs, target_acc)
     if hit is None:
         return {"reached": False, "epoch": float("nan"), "seconds": float("nan"), "energy_j": float("nan")}
     seconds, joules, epoch = hit
     return {"reached": True, "epoch": epoch, "seconds": seconds,
             "energy_j": float("nan") if joules is None else joules}
-
-
-def _to_target(epochs: pd.DataFrame, target_acc: float) -> tuple[float, float | None, int] | None:
-    """(seconds, joules, epoch) from the sums of per-epoch `seconds` and `energy_j`; None if never."""
-    hit = np.flatnonzero(epochs["val_acc"].to_numpy(float) >= target_acc)
-    if not len(hit):
-        return None
-    i = int(hit[0])
-    joules = float(epochs["energy_j"].iloc[: i + 1].sum()) if "energy_j" in epochs else None
-    epoch = int(epochs["epoch"].iloc[i]) if "epoch" in epochs else i + 1
-    return float(epochs["seconds"].iloc[: i + 1].sum()), joules, epoch
 
 
 def to_target_table(runs: pd.DataFrame, curves: dict[tuple, pd.DataFrame],

@@ -10,7 +10,7 @@ rule report:
     published values beside ours, and the plots; all of them go into `snakemake --report`."""
     input:
         metrics=final_runs(),
-        src=[str(SRC / f) for f in ("report.py", "stats.py")],
+        src=[str(SRC / f) for f in ("report.py", "stats.py", "metering.py")],
         published=[
             str(SRC / "published" / f"published_{t}.csv") for t in ("results", "deltas")
         ],
