@@ -14,7 +14,7 @@ $(BIN)/bpfree: pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
 	touch $@
 
-setup: $(BIN)/bpfree  ## create .venv with the CPU build of torch and the package
+setup: $(BIN)/bpfree  ## create .venv with torch ($(TORCH)) and the package
 
 run: setup  ## the default workflow (digits; bp, mf, ff on an MLP, bp and CaFo on a CNN): tables and plots under results/
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES)

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", required=True, help="prepared dataset")
     p.add_argument("--best", required=True, help="best.json from `bpfree search`")
     p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--out-dir", required=True, help="writes metrics.json and epochs.csv here")
+    p.add_argument("--out-dir", required=True, help="writes metrics.json, epochs.csv and, where a power reading exists, power_trace.csv here")
     p.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
                    default=float(os.environ.get("BPFREE_CHECKPOINT_EVERY", 60)),
                    help="save OUT_DIR/checkpoint.pt after an epoch when this many seconds passed since the "
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("report", help="summary.csv, table.md and plots from finished runs")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--statistics", help="the config's protocol.statistics as JSON, or @FILE (bootstrap "
-                   "resamples, seed, confidence, target_fraction; defaults otherwise)")
+                   "resamples, seed, confidence, interval, target_fraction; defaults otherwise)")
     p.add_argument("metrics", nargs="+", help="metrics.json files of final runs")
     p.set_defaults(fn=cmd_report)
 

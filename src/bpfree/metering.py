@@ -6,7 +6,7 @@ algorithm goes through identically (train.py):
     ... meter.mark()     # after every epoch: cheap (a clock and, where they exist, counter reads)
     result = meter.stop()
     meter.epochs         # per-epoch seconds and joules, final (estimates apportioned by time)
-    meter.trace_rows()   # the power trace (GPU / RAPL machines; empty without a power reading)
+    meter.trace_rows()   # the sampler's readings (a power trace on GPU / RAPL machines; empty if none)
 
 Energy is kept per component (`gpu`, `cpu`, `dram`) with the method that produced it:
 
@@ -618,8 +618,8 @@ class Meter:
         return rows
 
     def trace_rows(self) -> list[dict]:
-        """The power trace: one row per sampler reading (time from the first sample; phase idle or
-        train; GPU power, utilisation and device memory; RAPL power from counter differences)."""
+        """The power trace: one row per sampler reading (time from the first sample; phase setup,
+        idle or train; GPU power, utilisation and device memory; RAPL power from counter differences)."""
         if not self._samples:
             return []
         edges = dict(self.edges)

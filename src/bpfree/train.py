@@ -24,7 +24,8 @@ CORE_SOURCES = [Path(__file__).with_name(f) for f in ("engine.py", "models.py", 
 
 def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: int, out_dir: str | Path,
               threads: int | None = None, checkpoint_every: float | None = None) -> dict:
-    """Train once and write `metrics.json` and `epochs.csv` into `out_dir`. Returns the metrics.
+    """Train once and write `metrics.json`, `epochs.csv` (and `power_trace.csv` where power is read)
+    into `out_dir`. Returns the metrics.
     `checkpoint_every` (seconds, 0 = every epoch; None = off): save `checkpoint.pt` in `out_dir`
     after epochs and resume from it when rerun after a kill; deleted once the results are written."""
     if threads:
