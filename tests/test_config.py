@@ -97,3 +97,15 @@ def test_specs_carry_what_changes_results(cfg):
     assert config.search_spec(changed, arch, "mf") != s
     assert config.search_spec(changed, arch, "bp") == config.search_spec(cfg, arch, "bp")
     assert config.train_spec(changed, arch, "mf") == t
+
+
+def test_bad_checkpoint_interval_in_the_environment_is_named(monkeypatch, capsys):
+    """Regression: the variable was parsed while building the parser, so a bad value crashed every
+    `bpfree` command with a traceback; now only `train` reads it, and says what is wrong."""
+    from bpfree import cli
+
+    monkeypatch.setenv("BPFREE_CHECKPOINT_EVERY", "ten")
+    with pytest.raises(SystemExit, match="BPFREE_CHECKPOINT_EVERY = 'ten' is not a number"):
+        cli.main(["train", "--spec", "{}", "--data", "x.pt", "--best", "b.json", "--seed", "0", "--out-dir", "o"])
+    cli.main(["doctor", "--json"])  # other commands do not read it
+    assert capsys.readouterr().out.startswith("{")

@@ -11,17 +11,24 @@ EPILOG = """A job's spec is the JSON slice of the config that decides its result
 it with --spec. By hand, give --config FILE --architecture A --algorithm X instead."""
 
 
-def _spec(args: argparse.Namespace, kind: str) -> dict:
+def _json_arg(text: str) -> dict:
+    """A JSON argument given inline or as @FILE."""
+    return json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
+
+
+def _config_spec(path: str, architecture: str, algorithm: str, kind: str) -> dict:
     from bpfree import config
 
+    fn = config.search_spec if kind == "search" else config.train_spec
+    return fn(config.load(path), architecture, algorithm)
+
+
+def _spec(args: argparse.Namespace, kind: str) -> dict:
     if args.spec:
-        text = Path(args.spec[1:]).read_text() if args.spec.startswith("@") else args.spec
-        return json.loads(text)
+        return _json_arg(args.spec)
     if not (args.config and args.architecture and args.algorithm):
         raise SystemExit(f"bpfree {kind}: give --spec, or --config with --architecture and --algorithm")
-    cfg = config.load(args.config)
-    fn = config.search_spec if kind == "search" else config.train_spec
-    return fn(cfg, args.architecture, args.algorithm)
+    return _config_spec(args.config, args.architecture, args.algorithm, kind)
 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
@@ -52,7 +59,7 @@ def cmd_search(a: argparse.Namespace) -> None:
     from bpfree import search
 
     spec = _spec(a, "search")
-    study = None
+    study = None  # n_trials 0: the fixed settings are the best parameters
     if spec["search"]["n_trials"] > 0 and a.collect:
         try:
             study = search.collect(spec, a.journal)
@@ -79,9 +86,16 @@ def cmd_search(a: argparse.Namespace) -> None:
 def cmd_train(a: argparse.Namespace) -> None:
     from bpfree.train import run_final
 
+    every = a.checkpoint_every
+    if every is None:
+        env = os.environ.get("BPFREE_CHECKPOINT_EVERY", "60")
+        try:
+            every = float(env)
+        except ValueError:
+            raise SystemExit(f"bpfree train: BPFREE_CHECKPOINT_EVERY = {env!r} is not a number of seconds") from None
     spec = _spec(a, "train")
     _pin_gpu(spec)
-    every = None if a.checkpoint_every < 0 else a.checkpoint_every
+    every = None if every < 0 else every
     m = run_final(spec, a.data, a.best, a.seed, a.out_dir, threads=a.threads, checkpoint_every=every)
     print(json.dumps({k: m[k] for k in ("test_accuracy", "epochs", "train_time_s", "energy_j", "energy_method")}))
 
@@ -89,10 +103,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 def cmd_report(a: argparse.Namespace) -> None:
     from bpfree.report import run_report
 
-    stats = None
-    if a.statistics:
-        text = Path(a.statistics[1:]).read_text() if a.statistics.startswith("@") else a.statistics
-        stats = json.loads(text)
+    stats = _json_arg(a.statistics) if a.statistics else None
     try:
         df = run_report(a.metrics, a.out_dir, statistics=stats)
     except ValueError as e:  # a bad statistics setting or an incomplete metrics.json, named in e
@@ -109,9 +120,7 @@ def cmd_doctor(a: argparse.Namespace) -> None:
 def cmd_spec(a: argparse.Namespace) -> None:
     from bpfree import config
 
-    cfg = config.load(a.config)
-    fn = config.search_spec if a.kind == "search" else config.train_spec
-    print(config.dumps(fn(cfg, a.architecture, a.algorithm)))
+    print(config.dumps(_config_spec(a.config, a.architecture, a.algorithm, a.kind)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -148,7 +157,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out-dir", required=True, help="writes metrics.json, epochs.csv and, where a power reading exists, power_trace.csv here")
     p.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
-                   default=float(os.environ.get("BPFREE_CHECKPOINT_EVERY", 60)),
                    help="save OUT_DIR/checkpoint.pt after an epoch when this many seconds passed since the "
                         "last save (0: every epoch; negative: never); a rerun resumes from it "
                         "(default: $BPFREE_CHECKPOINT_EVERY or 60)")
