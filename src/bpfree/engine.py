@@ -64,11 +64,10 @@ def fit(algo: Algorithm, data: Data, stopping: Stopping, seed: int,
         load_algo_state(algo, resume["algo"], partial=True)  # weights first: replayed end_stage calls use them
     for si, stage in enumerate(algo.stages()):
         cap = stage.epochs or stopping.max_epochs
+        algo.begin_stage(stage, data, cap)
         if resume is not None and si < resume["stage"]:  # finished before the kill: replay its side effects
-            algo.begin_stage(stage, data, cap)
             algo.end_stage(stage, data)
             continue
-        algo.begin_stage(stage, data, cap)
         cost = algo.cost(stage)
         first = 1
         if resume is not None:  # the stage the run was in when it was killed

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bpfree import models
-from bpfree.algorithms.base import Algorithm, Cost, Stage, accuracy, chunked, minibatch_epoch, train_batch
+from bpfree.algorithms.base import (Algorithm, Cost, Stage, accuracy, adam, chunked, minibatch_epoch, scores_metrics,
+                                    train_batch)
 from bpfree.data import Data
 
 EPS = 1e-8  # as the reference implementation: z / (rms(z) + eps)
@@ -100,9 +101,9 @@ class ForwardForward(Algorithm):
             groups.append({"params": list(self.net.classifier.parameters()), "lr": hp["downstream_lr"],
                            "weight_decay": hp.get("downstream_weight_decay", 0.0)})
         opt = hp.get("optimizer", "adamw")
-        if opt == "adamw":  # fused: on a CPU the unfused update costs as much as a layer's matmuls
-            self.opt = torch.optim.AdamW(groups, fused=True)
-        elif opt == "sgd":
+        if opt == "adamw":  # each group's lr and weight_decay override adam's defaults
+            self.opt = adam(groups, hp["lr"], decoupled=True)
+        elif opt == "sgd":  # fused, as adam: on a CPU the unfused update costs as much as a layer's matmuls
             self.opt = torch.optim.SGD(groups, momentum=0.9, fused=True)
         else:
             raise ValueError(f"ff: unknown optimizer {opt!r}; use adamw or sgd")
@@ -222,8 +223,7 @@ class ForwardForward(Algorithm):
         self.net.eval()
         y = data.y_val
         if self.predict_mode == "downstream":
-            s = self.predict(data.x_val)
-            return {"acc": accuracy(s, y), "loss": F.cross_entropy(s, y).item()}
+            return scores_metrics(self.predict(data.x_val), y)
         g = chunked(self.goodness, data.x_val, self._chunk())  # (N, C, L)
         logits = g - torch.tensor(self.widths[1:], device=g.device, dtype=g.dtype)
         pos = F.one_hot(y, self.n_classes).to(g.dtype)[:, :, None]  # (N, C, 1)
