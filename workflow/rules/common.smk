@@ -2,6 +2,8 @@ from snakemake.utils import validate
 import bpfree.config as bpcfg
 from bpfree import algorithms as bpalg
 from pathlib import Path
+from types import SimpleNamespace
+import functools
 import hashlib
 
 
@@ -55,10 +57,17 @@ def journal(wildcards):
     """One Optuna journal per search spec and code version: a changed space, budget or algorithm
     source starts a fresh study (trials of other code are not reused), an unchanged one resumes,
     also after a mere `touch` (the journal is not an output, so Snakemake never deletes it)."""
-    spec = bpcfg.search_spec(config, wildcards.architecture, wildcards.algorithm)
-    code = hashlib.sha256(b"".join(Path(f).read_bytes() for f in [algo_src(wildcards), *CORE_SRC]))
-    key = bpcfg.spec_hash({"spec": spec, "code": code.hexdigest()})
+    key = _study_key(wildcards.architecture, wildcards.algorithm)
     return f"results/search/{wildcards.dataset}/{wildcards.architecture}/{wildcards.algorithm}/study-{key}.journal"
+
+
+@functools.cache
+def _study_key(architecture, algorithm):
+    """Hash of the search spec and the code it runs (read once per Snakemake run, not once per job)."""
+    spec = bpcfg.search_spec(config, architecture, algorithm)
+    files = [algo_src(SimpleNamespace(algorithm=algorithm)), *CORE_SRC]
+    code = hashlib.sha256(b"".join(Path(f).read_bytes() for f in files))
+    return bpcfg.spec_hash({"spec": spec, "code": code.hexdigest()})
 
 
 WORKERS = config["protocol"]["search"]["workers"]
