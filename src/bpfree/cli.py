@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", required=True, help="prepared dataset")
     p.add_argument("--best", required=True, help="best.json from `bpfree search`")
     p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--out-dir", required=True, help="writes metrics.json, epochs.csv and, where a power reading exists, power_trace.csv here")
+    p.add_argument("--out-dir", required=True,
+                   help="writes metrics.json, epochs.csv and, where a power reading exists, power_trace.csv here")
     p.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
                    help="save OUT_DIR/checkpoint.pt after an epoch when this many seconds passed since the "
                         "last save (0: every epoch; negative: never); a rerun resumes from it "

@@ -43,6 +43,11 @@ def load_runs(metric_files: list[str | Path]) -> list[dict]:
     return runs
 
 
+def _methods(df: pd.DataFrame) -> str:
+    """The energy methods of these runs, sorted and comma-separated ("?" if none recorded)."""
+    return ", ".join(sorted(set(df.energy_method.dropna()))) if "energy_method" in df else "?"
+
+
 def summarize(metric_files: list[str | Path] | list[dict]) -> pd.DataFrame:
     """One flat row per run (nested fields dropped), sorted by cell and seed."""
     rows = metric_files if metric_files and isinstance(metric_files[0], dict) else load_runs(metric_files)
@@ -172,7 +177,7 @@ def absolute_table(cells: pd.DataFrame, runs: pd.DataFrame, pub: pd.DataFrame) -
 
         def theirs(col: str, fmt: str, scale: float = 1.0) -> str:
             return DASH if p is None else _num(float(p[col]) * scale, fmt)
-        methods = ", ".join(sorted(set(g.energy_method.dropna()))) if "energy_method" in g else "?"
+        methods = _methods(g)
         rows.append({
             "dataset": c.dataset, "architecture": c.architecture, "algorithm": c.algorithm,
             "seeds": c.seeds + (" (a seed repeats!)" if c.duplicate_seeds else ""),
@@ -228,12 +233,12 @@ def notes(runs: pd.DataFrame, cells: pd.DataFrame, dl: pd.DataFrame, cfg: StatsC
            f"{cfg.resamples} resamples of the common seeds (bootstrap seed {cfg.seed}). Accuracy in percentage points "
            "(difference of means), time, energy and memory in percent (ratio of means minus 1). An interval "
            "that contains 0 is 'not resolved at n = k', never 'equal'. At small n no bootstrap interval "
-           "reaches its nominal coverage (on normal data the expanded percentile interval covers about 91 % "
-           "at n = 5 and 75 % at n = 3, the plain percentile interval 83 % and 76 %): read a result "
+           "reaches its nominal coverage (on normal data, at a nominal 95 %, the expanded percentile interval "
+           "covers about 91 % at n = 5 and 75 % at n = 3, the plain percentile interval 83 % and 76 %): read a result "
            "resolved at n < 10 as indicative."]
     if "energy_method" in runs:
         where = f" on {', '.join(sorted(set(runs.device.astype(str))))}" if "device" in runs else ""
-        out.append("Our energy: " + ", ".join(sorted(set(runs.energy_method.dropna()))) + where + ".")
+        out.append("Our energy: " + _methods(runs) + where + ".")
     if "energy_dynamic_j" not in runs or runs.energy_dynamic_j.isna().all():
         why = "; ".join(sorted(set(runs.idle_note.dropna()))) if "idle_note" in runs else "no idle baseline"
         out.append(f"Dynamic energy (total minus idle power x time) not available: {why}.")
@@ -310,7 +315,7 @@ def plot_accuracy_energy(runs: pd.DataFrame, path: str | Path) -> None:
         fx, fy = [pts[i][0] for i in front], [pts[i][1] for i in front]
         ax.step(fx, fy, where="post", color="k", lw=1, ls="--", label="Pareto front (cell means)")
         ax.scatter(fx, fy, s=120, facecolors="none", edgecolors="k")
-        methods = ", ".join(sorted(set(sub.energy_method.dropna()))) if "energy_method" in sub else "?"
+        methods = _methods(sub)
         ax.set(title=d, xlabel=f"training energy (J, {methods})", ylabel="test accuracy (%)")
         ax.legend(fontsize=7)
     _save(fig, path)
@@ -321,7 +326,7 @@ def plot_learning_curves(runs: pd.DataFrame, curves: dict[tuple, pd.DataFrame], 
     plt = _plt()
     groups = sorted({(r.dataset, r.architecture) for r in runs.itertuples()})
     fig, axes = plt.subplots(len(groups), 2, figsize=(11, 3.6 * len(groups)), squeeze=False)
-    methods = ", ".join(sorted(set(runs.energy_method.dropna()))) if "energy_method" in runs else "?"
+    methods = _methods(runs)
     for row, (d, a) in zip(axes, groups):
         algs = sorted(runs[(runs.dataset == d) & (runs.architecture == a)].algorithm.unique())
         for k, alg in enumerate(algs):

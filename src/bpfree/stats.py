@@ -182,6 +182,9 @@ def deltas(runs: pd.DataFrame, cfg: StatsConfig = StatsConfig()) -> pd.DataFrame
 
 # ---- time and energy to a target accuracy -------------------------------------------------------
 
+NOT_REACHED = {"reached": False, "epoch": float("nan"), "seconds": float("nan"), "energy_j": float("nan")}
+
+
 def to_target(epochs: pd.DataFrame, target_acc: float) -> dict:
     """First epoch whose validation accuracy reaches `target_acc`, with the seconds and joules
     accumulated up to and including it; NaN where the run never reaches it."""
@@ -189,7 +192,7 @@ def to_target(epochs: pd.DataFrame, target_acc: float) -> dict:
 
     hit = meter_to_target(epochs, target_acc)
     if hit is None:
-        return {"reached": False, "epoch": float("nan"), "seconds": float("nan"), "energy_j": float("nan")}
+        return dict(NOT_REACHED)
     seconds, joules, epoch = hit
     return {"reached": True, "epoch": epoch, "seconds": seconds,
             "energy_j": float("nan") if joules is None else joules}
@@ -199,16 +202,15 @@ def to_target_table(runs: pd.DataFrame, curves: dict[tuple, pd.DataFrame],
                     fraction: float) -> pd.DataFrame:
     """Per run: target = `fraction` x the mean bp test accuracy on its dataset and architecture
     (NaN target where there is no bp cell), and when it was reached."""
+    bp = runs[runs.algorithm == REFERENCE].groupby(["dataset", "architecture"]).test_accuracy.mean()
     rows = []
     for r in runs.itertuples(index=False):
-        ref = runs[(runs.dataset == r.dataset) & (runs.architecture == r.architecture)
-                   & (runs.algorithm == REFERENCE)]
-        target = fraction * ref.test_accuracy.mean() if len(ref) else float("nan")
+        target = fraction * bp.get((r.dataset, r.architecture), float("nan"))
         curve = curves.get((r.dataset, r.architecture, r.algorithm, r.seed))
         row = {"dataset": r.dataset, "architecture": r.architecture, "algorithm": r.algorithm, "seed": r.seed,
                "target_acc": target}
         if curve is None or not np.isfinite(target):
-            row.update(reached=False, epoch=float("nan"), seconds=float("nan"), energy_j=float("nan"))
+            row.update(NOT_REACHED)
         else:
             row.update(to_target(curve, target))
         rows.append(row)
