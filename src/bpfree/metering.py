@@ -588,7 +588,7 @@ class Meter:
         }
         if self.gpu is not None:
             utils = [s[2] for s in window if s[2] is not None]
-            mems = [s[3] for s in self._samples if s[3] is not None and s[0] >= self._t0]
+            mems = [s[3] for s in window if s[3] is not None]
             out.update({
                 "gpu_name": self.gpu.name,
                 "gpu_util_mean_pct": sum(utils) / len(utils) if utils else None,
