@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from bpfree import io
+
 FORMAT = 1
 
 
@@ -132,8 +134,7 @@ class Checkpoint:
 
     def save(self, state: dict) -> None:
         t0 = time.perf_counter()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp = io.tmp_path(self.path)
         with open(tmp, "wb") as f:
             torch.save({**state, "format": FORMAT, "key": self.key, "extra": self.extra}, f)
             f.flush()

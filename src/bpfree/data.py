@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from bpfree import io
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
 
@@ -177,8 +178,7 @@ def prepare(dataset: str, data_root: str | Path | None, out: str | Path,
     blob = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in arr.items()}
     blob["meta"] = meta
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp = io.tmp_path(out)
     torch.save(blob, tmp)
     tmp.replace(out)  # atomic: a killed job never leaves a truncated data file
     return meta

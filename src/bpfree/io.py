@@ -8,14 +8,15 @@ from pathlib import Path
 from typing import Any
 
 
-def _tmp(path: Path) -> Path:
+def tmp_path(path: Path) -> Path:
+    """A temporary name beside `path` (its folder created), for a write then an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def write_text(path: str | Path, text: str) -> None:
     path = Path(path)
-    tmp = _tmp(path)
+    tmp = tmp_path(path)
     tmp.write_text(text)
     tmp.replace(path)
 
@@ -46,6 +47,6 @@ def write_csv(path: str | Path, df) -> None:
 
 def save_figure(fig, path: str | Path, **kw) -> None:
     path = Path(path)
-    tmp = _tmp(path).with_suffix(path.suffix)
+    tmp = tmp_path(path).with_suffix(path.suffix)
     fig.savefig(tmp, **kw)
     tmp.replace(path)
