@@ -1,11 +1,17 @@
 # bpfree: data -> per-algorithm Optuna search -> final runs over seeds (metered) -> report.
 # Run: snakemake --cores 2        Config: config/config.yaml (schema: workflow/schemas/)
+from pathlib import Path
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The default config applies only when no --configfile is given: Snakemake would otherwise merge it
+# under the user's file, and its search spaces and entries would leak into a run of that file.
+if not workflow.overwrite_configfiles:
+
+    configfile: str(Path(workflow.basedir) / "config" / "config.yaml")
 
 
 report: "workflow/report/workflow.rst"
