@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bpfree import algorithms
+from bpfree import algorithms, hparams
 from bpfree.algorithms.base import Algorithm, Cost, Stage, accuracy, generator
 from bpfree.data import Data
 from bpfree.engine import Diverged, Stopping, fit
@@ -188,8 +188,11 @@ def test_learns_real_digits(digits, name, hp):
 class Scripted(Algorithm):
     """A fake algorithm whose validation accuracy follows a script; its 'weights' record the epoch."""
 
+    Settings = hparams.Settings  # declares no setting
+    LOCALITY = "end-to-end"
+
     def __init__(self, script, losses=None):
-        super().__init__({}, {"n_classes": 2, "shape": [1]}, {}, CPU)
+        super().__init__({"type": "mlp"}, {"n_classes": 2, "shape": [1]}, {}, CPU)
         self.script, self.losses, self.t = script, losses or [0.5] * len(script), 0
         self.net = torch.nn.Linear(1, 1)
         self.restored = None

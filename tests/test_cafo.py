@@ -13,8 +13,17 @@ from bpfree.data import Data, load, prepare
 from bpfree.engine import Stopping, fit
 
 ARCH = {"type": "cnn", "channels": [4, 8, 16]}
-HP = {"batch_size": 32, "lr": 1e-2, "weight_decay": 0.0, "block": "rand", "loss": "ce",
-      "dfa_epochs": 1, "dfa_lr": 1e-3, "dfa_weight_decay": 0.0}
+HP = {"batch_size": 32, "lr": 1e-2, "l2": 0.0, "block": "rand", "loss": "ce"}
+DFA = {"dfa_epochs": 1, "dfa_lr": 1e-3, "dfa_l2": 0.0}  # the DFA phase's settings (block dfa only)
+
+
+def settings(**hp) -> dict:
+    """HP with `hp` on top; the DFA phase's settings where block is dfa, no lr or l2 for the
+    closed-form mse predictor (cafo refuses settings it would not use)."""
+    out = {**HP, **(DFA if hp.get("block") == "dfa" else {}), **hp}
+    if out["loss"] == "mse":
+        out = {k: v for k, v in out.items() if k not in ("lr", "l2") or k in hp}
+    return out
 
 
 def random_data(n: int = 96, shape=(1, 8, 8), c: int = 10, augment: bool = False) -> Data:
@@ -27,7 +36,7 @@ def random_data(n: int = 96, shape=(1, 8, 8), c: int = 10, augment: bool = False
 
 def make(data: Data, **hp) -> CaFo:
     torch.manual_seed(0)
-    return CaFo(ARCH, data.meta, {**HP, **hp}, "cpu")
+    return CaFo(ARCH, data.meta, settings(**hp), "cpu")
 
 
 # ---- cached features -------------------------------------------------------------------------------
@@ -285,14 +294,14 @@ def digits(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("name, hp", [
     ("cafo-rand-ce", {"block": "rand", "loss": "ce"}),
     ("cafo-dfa-ce", {"block": "dfa", "loss": "ce", "dfa_epochs": 8}),
-    ("cafo-rand-mse", {"block": "rand", "loss": "mse", "weight_decay": 1e-3}),
+    ("cafo-rand-mse", {"block": "rand", "loss": "mse", "ridge": 1e-3}),
     ("cafo-rand-sl", {"block": "rand", "loss": "sl"}),
 ])
 def test_cafo_learns_digits(digits, name, hp):
     data = load(digits)
     torch.manual_seed(0)
     algo = CaFo({"type": "cnn", "channels": [16, 32, 64]}, data.meta,
-                {**HP, "batch_size": 128, **hp}, "cpu")
+                settings(**{"batch_size": 128, **hp}), "cpu")
     fit(algo, data, Stopping(max_epochs=30, patience=5), seed=0)
     acc = accuracy(algo.predict(data.x_test), data.y_test)
     assert acc > 85.0, f"{name}: {acc:.1f}%"

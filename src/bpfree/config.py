@@ -12,20 +12,23 @@ from pathlib import Path
 
 import yaml
 
-from bpfree import algorithms
+from bpfree import algorithms, hparams
+from bpfree.algorithms.base import check_architecture
+from bpfree.errors import ConfigError  # noqa: F401 - raised by every check here; callers import it from config
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the key and the value."""
-
-
 def load(path: str | Path) -> dict:
     """Read, validate (filling schema defaults) and check a config file."""
-    with open(path) as f:
-        cfg = yaml.safe_load(f)
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     validate(cfg)
     return cfg
 
@@ -35,6 +38,8 @@ def validate(cfg: dict) -> None:
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate as sm_validate
 
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"a config is a mapping of keys (datasets, architectures, ...), not {type(cfg).__name__}")
     try:
         sm_validate(cfg, str(SCHEMA))
     except WorkflowError as e:
@@ -42,72 +47,77 @@ def validate(cfg: dict) -> None:
     check(cfg)
 
 
-# Settings only `protocol` may hold: an algorithm entry naming one would break the fair comparison.
-PROTOCOL_KEYS = {"seed", "seeds", "stopping", "max_epochs", "patience", "min_delta", "n_trials", "sampler_seed",
-                 "pruner", "split", "limit_train"}
-
-
-def _is_lr(name: str) -> bool:
-    return name == "lr" or name.endswith("_lr") or name.startswith("lr_")
-
-
-def check(cfg: dict) -> None:
-    """Cross-references and bounds that the schema cannot express."""
+def check(cfg: dict, device: bool = True) -> None:
+    """What the schema cannot express: cross-references, every algorithm's settings against its
+    declaration (bpfree.hparams), architectures the algorithms can run on, and values that must
+    name something real on this machine (data_root's folders; `device`, unless `device` is False:
+    a cluster's submit host need not have the compute nodes' GPUs)."""
     algos, archs = cfg["algorithms"], cfg["architectures"]
     for name, arch in archs.items():
         need = {"mlp": "widths", "cnn": "channels"}[arch["type"]]
         if need not in arch:
             raise ConfigError(f"architectures.{name}: type {arch['type']} needs `{need}`")
+    classes = {}
+    searched = cfg["protocol"]["search"]["n_trials"] > 0
+    for name, entry in algos.items():
+        key = f"algorithms.{name}"
+        try:
+            classes[name] = algorithms.get(entry["impl"])
+        except ValueError as e:
+            raise ConfigError(f"{key}.impl = {entry['impl']!r}: {e}") from None
+        hparams.check_entry(classes[name].Settings, entry, key, searched)
+        if searched and not entry.get("space"):
+            raise ConfigError(f"{key}.space is empty but protocol.search.n_trials = "
+                              f"{cfg['protocol']['search']['n_trials']}: give it a search space")
     for i, comp in enumerate(cfg["comparisons"]):
-        if comp["architecture"] not in archs:
-            raise ConfigError(f"comparisons[{i}].architecture = {comp['architecture']!r}: not defined "
+        arch = comp["architecture"]
+        if arch not in archs:
+            raise ConfigError(f"comparisons[{i}].architecture = {arch!r}: not defined "
                               f"under architectures ({', '.join(archs)})")
         for a in comp["algorithms"]:
             if a not in algos:
                 raise ConfigError(f"comparisons[{i}].algorithms: unknown algorithm {a!r}; defined: "
                                   f"{', '.join(algos)}")
+            check_architecture(classes[a], archs[arch], f"comparisons[{i}]: algorithm {a} on architecture {arch}")
         for d in comp.get("datasets", []):
             if d not in cfg["datasets"]:
                 raise ConfigError(f"comparisons[{i}].datasets: {d!r} is not in datasets {cfg['datasets']}")
-    for name, entry in algos.items():
-        key = f"algorithms.{name}"
-        for p in sorted(PROTOCOL_KEYS & {*entry.get("fixed", {}), *entry.get("space", {})}):
-            raise ConfigError(f"{key}: {p!r} belongs under protocol (the same for every algorithm), "
-                              "not to one algorithm's fixed settings or search space")
-        try:
-            algorithms.source_file(entry["impl"])
-        except ValueError as e:
-            raise ConfigError(f"{key}.impl = {entry['impl']!r}: {e}") from e
-        for p, space in entry.get("space", {}).items():
-            _check_param(f"{key}.space.{p}", p, space)
-        for p, v in entry.get("fixed", {}).items():
-            if _is_lr(p) and isinstance(v, (int, float)) and v <= 0:
-                raise ConfigError(f"{key}.fixed.{p} = {v}: a learning rate must be > 0")
-        if cfg["protocol"]["search"]["n_trials"] > 0 and not entry.get("space"):
-            raise ConfigError(f"{key}.space is empty but protocol.search.n_trials = "
-                              f"{cfg['protocol']['search']['n_trials']}: give it a search space")
-    if cfg.get("data_root") is None and any(d != "digits" for d in cfg["datasets"]):
-        raise ConfigError(f"data_root = null but datasets = {cfg['datasets']}: only digits is built in; "
-                          "set data_root to the folder with MNIST/, FashionMNIST/, ...")
+    _check_data_root(cfg)
+    if device:
+        check_device(cfg.get("device", "auto"), "device")
 
 
-def _check_param(key: str, name: str, p: dict) -> None:
-    kind = p.get("type", "float")
-    if kind == "categorical":
-        if "choices" not in p:
-            raise ConfigError(f"{key}: a categorical parameter needs `choices`")
+def _check_data_root(cfg: dict) -> None:
+    from bpfree.data import SUBDIR
+
+    needed = [d for d in cfg["datasets"] if d != "digits"]
+    root = cfg.get("data_root")
+    if root is None:
+        if needed:
+            raise ConfigError(f"data_root = null but datasets = {cfg['datasets']}: only digits is built in; "
+                              "set data_root to the folder with MNIST/, FashionMNIST/, ...")
         return
-    for bound in ("low", "high"):
-        if bound not in p:
-            raise ConfigError(f"{key}: a {kind} parameter needs `{bound}`")
-    if p["low"] > p["high"]:
-        raise ConfigError(f"{key}.low = {p['low']} is above {key}.high = {p['high']}")
-    for bound in ("low", "high"):
-        v = p[bound]
-        if _is_lr(name) and v <= 0:
-            raise ConfigError(f"{key}.{bound} = {v}: a learning-rate bound must be > 0")
-        if p.get("log") and v <= 0:
-            raise ConfigError(f"{key}.{bound} = {v}: a log-scale bound must be > 0")
+    where = ROOT / root  # a relative data_root is taken from the repository root
+    if not where.is_dir():
+        raise ConfigError(f"data_root = {root!r}: no such folder ({where})")
+    for d in needed:
+        if not (where / SUBDIR[d]).is_dir():
+            raise ConfigError(f"data_root = {root!r}: dataset {d} needs the folder {where / SUBDIR[d]} "
+                              "(torchvision's layout)")
+
+
+def check_device(name: str, key: str = "device") -> None:
+    """ConfigError naming `key` if `name` (auto, cpu, cuda, cuda:N) names no device torch sees here."""
+    if name in ("auto", "cpu"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{key} = {name!r}: torch {torch.__version__} sees no CUDA device on this machine; "
+                          "use auto or cpu")
+    index = int(name.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"{key} = {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 # ---- what the workflow runs ---------------------------------------------------------------------

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 
 from bpfree import io
+from bpfree.errors import BpfreeError
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
 
 
-class DataError(RuntimeError):
+class DataError(BpfreeError, RuntimeError):
     """A data file is missing, unreadable or does not match its checksum."""
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from bpfree import algorithms, io
+from bpfree import algorithms, hparams, io
 from bpfree.data import Data, load
 from bpfree.engine import Diverged, Stopping, fit
 from bpfree.progress import Progress
@@ -21,6 +21,10 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device for the config's `device`; ConfigError if it names none on this machine."""
+    from bpfree.config import check_device
+
+    check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -105,7 +109,7 @@ def objective(spec: dict, data: Data, device: torch.device, log: Progress):
     seed0 = spec["search"].get("sampler_seed", 0)
 
     def run(trial: optuna.Trial) -> float:
-        hp = {**spec["fixed"], **sample(trial, spec["space"])}
+        hp = settings(spec, {**spec["fixed"], **sample(trial, spec["space"])})
         torch.manual_seed(seed0 + trial.number)
         algo = cls(spec["arch"], data.meta, hp, device)
 
@@ -210,11 +214,18 @@ def best_params(spec: dict, study: optuna.Study | None) -> dict:
             "trial_states": counts}
 
 
+def settings(spec: dict, params: dict) -> hparams.Settings:
+    """The algorithm's typed settings for `params` (ConfigError names a bad one)."""
+    return hparams.parse(algorithms.get(spec["impl"]).Settings, params, f"algorithms.{spec['algorithm']}")
+
+
 def write_outputs(spec: dict, study: optuna.Study | None, best_path: str | Path, trials_path: str | Path) -> dict:
     best = best_params(spec, study)
     from bpfree import provenance
 
+    s = settings(spec, best["params"])
     io.write_json(best_path, {**best, "algorithm": spec["algorithm"], "architecture": spec["architecture"],
+                              "settings": s.asdict(), "optimizer": s.optimizer_label(),
                               "provenance": provenance.collect(spec)})
     df = study.trials_dataframe() if study is not None else None
     io.write_csv(trials_path, df)

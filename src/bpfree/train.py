@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bpfree import algorithms, checkpoint, io, provenance
+from bpfree import algorithms, checkpoint, hparams, io, provenance
 from bpfree.algorithms.base import accuracy
 from bpfree.data import load
 from bpfree.engine import Stopping, fit
@@ -34,12 +34,14 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
     device = resolve_device(spec["device"])
     data = load(data_path, device, spec.get("limit_train"))
     best = io.read_json(best_path)
-    hp = best["params"]
+    cls = algorithms.get(spec["impl"])
+    settings = hparams.parse(cls.Settings, best["params"], where=f"{best_path}: params")
+    hp = settings.asdict()  # complete: the defaults of unset settings are recorded too
     cell = f"{data.meta['dataset']}/{spec['architecture']}/{spec['algorithm']}"
     log = Progress(f"train {cell} seed={seed}")
-    log(f"hyperparameters {hp}")
+    log(f"hyperparameters {hp}; optimiser {settings.optimizer_label()}")
     torch.manual_seed(seed)
-    algo = algorithms.get(spec["impl"])(spec["arch"], data.meta, hp, device)
+    algo = cls(spec["arch"], data.meta, settings, device)
     stopping = Stopping(**spec["stopping"])
     m = spec.get("metering", {})
     meter = Meter(device, country=m.get("country_iso_code", "FRA"), idle_seconds=m.get("idle_seconds", 0),
@@ -89,7 +91,8 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
     n_train = len(data.y_train)
     metrics = {
         "dataset": data.meta["dataset"], "architecture": spec["architecture"], "algorithm": spec["algorithm"],
-        "impl": spec["impl"], "seed": seed, "hyperparameters": hp,
+        "impl": spec["impl"], "locality": algo.locality, "seed": seed, "hyperparameters": hp,
+        "optimizer": settings.optimizer_label(),
         "test_accuracy": test_acc, "val_accuracy": res.val_acc,
         "epochs": res.epochs, "best_epoch": res.best_epoch, "epoch_cap": stopping.max_epochs,
         "patience": stopping.patience, "n_params": algo.n_params(), "n_train": n_train,

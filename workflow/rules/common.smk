@@ -8,7 +8,8 @@ import hashlib
 
 
 validate(config, "../schemas/config.schema.yaml")
-bpcfg.check(config)
+# The device is checked where jobs run: a cluster's submit host need not have its nodes' GPUs.
+bpcfg.check(config, device=workflow.local_exec)
 
 CELLS = bpcfg.cells(config)
 SEEDS = config["protocol"]["seeds"]

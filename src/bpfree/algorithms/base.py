@@ -8,13 +8,27 @@ early-stopping rule ends it, restores the stage's best checkpoint, and calls `en
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from bpfree import hparams
 from bpfree.data import Data, augment_batch
+from bpfree.errors import ConfigError
+
+# Which learning signal reaches each layer (docs/algorithms.md, "Locality"); shown beside every
+# algorithm's name in the report, and checked per algorithm by its tests.
+LOCALITIES = {
+    "end-to-end": "the exact gradient through every layer",
+    "feedback-alignment": "the output error, carried back through fixed random matrices",
+    "layer-local": "a loss computed at the layer from its own output (and a small head); no signal from above",
+    "modulated-forward": "a second forward pass with an error-modulated input; no backward pass",
+    "perturbation": "a directional derivative from forward-mode differentiation; no backward pass",
+    "closed-form": "no gradient: random features, a readout solved in closed form",
+}
 
 
 @dataclass(frozen=True)
@@ -44,15 +58,32 @@ class Cost:
 
 
 class Algorithm:
-    """Base class. Subclasses set `self.net` (an nn.Module holding every trainable tensor) and
-    implement `stages`, `train_epoch`, `validate`, `predict` and `cost`."""
+    """Base class. Subclasses declare `Settings` (their hyperparameters, see bpfree.hparams),
+    `LOCALITY` (a key of LOCALITIES) and `ARCHITECTURES` (the architecture types they run on), set
+    `self.net` (an nn.Module holding every trainable tensor) and implement `stages`,
+    `train_epoch`, `validate`, `predict` and `cost`.
 
+    `hp` is the typed, complete settings (a dict is parsed against `Settings` first: ConfigError
+    names a bad key); `self.hp.lr` and so on, never a default looked up in a dict."""
+
+    Settings: ClassVar[type[hparams.Settings]]
+    LOCALITY: ClassVar[str]
+    ARCHITECTURES: ClassVar[tuple[str, ...]] = ("mlp", "cnn")
     net: nn.Module
 
-    def __init__(self, arch: dict, meta: dict, hp: dict, device: torch.device):
+    def __init__(self, arch: dict, meta: dict, hp: hparams.Settings | Mapping[str, Any], device: torch.device):
+        check_architecture(type(self), arch, "architecture")
+        if not isinstance(hp, self.Settings):
+            hp = hparams.parse(self.Settings, hp)
         self.arch, self.meta, self.hp, self.device = arch, meta, hp, torch.device(device)
         self.n_classes: int = meta["n_classes"]
         self.shape: tuple[int, ...] = tuple(meta["shape"])
+
+    @property
+    def locality(self) -> str:
+        """Which learning signal reaches each layer (a LOCALITIES key, or two joined by "+" for
+        an algorithm with phases of different kinds)."""
+        return self.LOCALITY
 
     def stages(self) -> list[Stage]:
         raise NotImplementedError
@@ -96,6 +127,13 @@ class Algorithm:
     def layer_accuracies(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Optional diagnostic: accuracy (percent) of each layer's or block's own predictor."""
         return {}
+
+
+def check_architecture(cls: type[Algorithm], arch: dict, where: str) -> None:
+    """ConfigError naming `where` if `cls` cannot run on the architecture entry `arch`."""
+    if arch["type"] not in cls.ARCHITECTURES:
+        raise ConfigError(f"{where}: {cls.__module__.rsplit('.', 1)[-1]} runs on {' or '.join(cls.ARCHITECTURES)} "
+                          f"architectures, not {arch['type']!r}")
 
 
 def batches(n: int, batch_size: int, gen: torch.Generator, device: torch.device) -> Iterator[torch.Tensor]:
@@ -143,11 +181,15 @@ def scores_metrics(scores: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     return {"acc": accuracy(scores, y), "loss": torch.nn.functional.cross_entropy(scores, y).item()}
 
 
-def adam(params, lr: float, weight_decay: float = 0.0, decoupled: bool = False) -> torch.optim.Optimizer:
-    """Adam (L2 weight decay) or AdamW (decoupled), with the fused kernel: on a CPU the
-    unfused update costs as much as the layer's matmuls at batch 128."""
-    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
-    return cls(params, lr=lr, weight_decay=weight_decay, fused=True)
+def adam(params, lr: float, *, weight_decay: float | None = None, l2: float | None = None) -> torch.optim.Optimizer:
+    """AdamW with decoupled `weight_decay`, or Adam with an `l2` penalty (exactly one of the two:
+    the names mean the same in every algorithm, see bpfree.hparams), with the fused kernel: on a
+    CPU the unfused update costs as much as the layer's matmuls at batch 128."""
+    if (weight_decay is None) == (l2 is None):
+        raise TypeError("adam: give exactly one of weight_decay (AdamW) and l2 (Adam)")
+    if weight_decay is not None:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    return torch.optim.Adam(params, lr=lr, weight_decay=l2, fused=True)
 
 
 def generator(device: torch.device, seed: int) -> torch.Generator:

@@ -1,22 +1,35 @@
 """BP: the end-to-end backpropagation baseline (cross-entropy, AdamW, no schedule)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from bpfree import models
+from bpfree import hparams, models
 from bpfree.algorithms.base import (Algorithm, Cost, Stage, adam, chunked, minibatch_epoch, scores_metrics,
                                     train_batch)
 from bpfree.data import Data
 
 
-class BP(Algorithm):
-    """hp: lr, weight_decay, batch_size."""
+@dataclass(frozen=True, kw_only=True)
+class Settings(hparams.Settings):
+    lr: float = hparams.lr()
+    weight_decay: float = hparams.weight_decay()
+    batch_size: int = hparams.batch_size()
 
-    def __init__(self, arch: dict, meta: dict, hp: dict, device: torch.device):
+    def optimizer_label(self) -> str:
+        return "AdamW (decoupled weight decay)"
+
+
+class BP(Algorithm):
+    Settings = Settings
+    LOCALITY = "end-to-end"
+
+    def __init__(self, arch: dict, meta: dict, hp, device: torch.device):
         super().__init__(arch, meta, hp, device)
         self.net = models.build(arch, self.shape, self.n_classes).to(self.device)
-        self.opt = adam(self.net.parameters(), hp["lr"], hp["weight_decay"], decoupled=True)
+        self.opt = adam(self.net.parameters(), self.hp.lr, weight_decay=self.hp.weight_decay)
 
     def stages(self) -> list[Stage]:
         return [Stage("all", monitor="acc")]
@@ -25,7 +38,7 @@ class BP(Algorithm):
         self.net.train()
         return minibatch_epoch(
             self.opt, lambda idx: F.cross_entropy(self.net(train_batch(data, idx, gen)), data.y_train[idx]),
-            len(data.y_train), self.hp["batch_size"], gen, self.device)
+            len(data.y_train), self.hp.batch_size, gen, self.device)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,12 +5,8 @@ are either frozen at their random initialisation (`block: rand`) or first traine
 number of epochs by direct feedback alignment (`block: dfa`) and then frozen; the predictors are
 then trained one after another (one stage per block).
 
-hp (fixed or searched):
-  lr, weight_decay, batch_size   predictor Adam (weight_decay is the ridge of the `mse` solution)
-  block:   "rand" | "dfa"
-  loss:    "ce" (paper) | "mse" (closed-form least squares against one-hot) | "sl" (sparsemax loss)
-  combine: "sum" (paper: argmax of the summed raw outputs) | "softmax-sum" (original CaFo code)
-  dfa_epochs, dfa_lr, dfa_weight_decay   DFA block training (block: dfa only)
+Settings: see `Settings` below (predictors trained by Adam with an L2 penalty, or solved in closed
+form with a ridge for `loss: mse`; DFA phase by its own Adam).
 
 Frozen block outputs are computed once per stage for the whole training and validation split
 (block k's from block k-1's cache) and reused by every predictor epoch. Under per-batch
@@ -19,11 +15,14 @@ batch (only the validation features are cached).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bpfree import models
+from bpfree import hparams, models
+from bpfree.hparams import SettingError, hp
 from bpfree.algorithms.base import Algorithm, Cost, Stage, accuracy, adam, chunked, minibatch_epoch, train_batch
 from bpfree.data import Data
 
@@ -97,18 +96,45 @@ class CaFoNet(nn.Module):
         return x
 
 
+@dataclass(frozen=True, kw_only=True)
+class Settings(hparams.Settings):
+    block: str = hp("rand", choices=BLOCKS, doc="blocks frozen at random init, or first trained by DFA")
+    loss: str = hp("ce", choices=LOSSES, doc="predictor loss: cross-entropy (paper), closed-form least "
+                                            "squares against one-hot, or sparsemax loss")
+    combine: str = hp("sum", choices=COMBINE, doc="argmax of the summed raw outputs (paper) or of summed softmaxes "
+                                                  "(original CaFo code)")
+    batch_size: int = hparams.batch_size()
+    lr: float | None = hparams.lr(None, "Adam learning rate of the predictors (loss ce or sl)")
+    l2: float = hparams.l2(doc="L2 penalty of the predictors' Adam (loss ce or sl)")
+    ridge: float = hp(0.0, low=0.0, doc="ridge of the closed-form least-squares predictors (loss mse)")
+    dfa_epochs: int | None = hp(None, low=1, unit="epochs", doc="fixed length of the DFA phase (block dfa)")
+    dfa_lr: float | None = hparams.lr(None, "Adam learning rate of the DFA phase (block dfa)")
+    dfa_l2: float = hparams.l2(doc="L2 penalty of the DFA phase's Adam (block dfa)")
+
+    def check(self) -> None:
+        gradient = self.loss != "mse"
+        for name, needed in (("lr", gradient), ("dfa_lr", self.block == "dfa"), ("dfa_epochs", self.block == "dfa")):
+            if needed and getattr(self, name) is None:
+                raise SettingError(name, f"block {self.block} with loss {self.loss} needs {name}")
+            if not needed and getattr(self, name) is not None:
+                raise SettingError(name, f"block {self.block} with loss {self.loss} does not use {name}")
+        for name, used in (("l2", gradient), ("ridge", not gradient), ("dfa_l2", self.block == "dfa")):
+            if not used and getattr(self, name):
+                raise SettingError(name, f"block {self.block} with loss {self.loss} does not use {name}")
+
+    def optimizer_label(self) -> str:
+        head = "Adam (L2 penalty)" if self.loss != "mse" else "closed-form least squares (ridge)"
+        return head + ("; DFA phase: Adam (L2 penalty)" if self.block == "dfa" else "")
+
+
 class CaFo(Algorithm):
-    def __init__(self, arch: dict, meta: dict, hp: dict, device: torch.device):
+    Settings = Settings
+    LOCALITY = "layer-local"  # the predictors; the DFA phase of block dfa is feedback-alignment
+    ARCHITECTURES = ("cnn",)
+
+    def __init__(self, arch: dict, meta: dict, hp, device: torch.device):
         super().__init__(arch, meta, hp, device)
-        if arch["type"] != "cnn":
-            raise ValueError(f"cafo needs a cnn architecture, got type {arch['type']!r}")
-        self.block_mode = hp.get("block", "rand")
-        self.loss = hp.get("loss", "ce")
-        self.combine = hp.get("combine", "sum")
-        for key, value, allowed in (("block", self.block_mode, BLOCKS), ("loss", self.loss, LOSSES),
-                                    ("combine", self.combine, COMBINE)):
-            if value not in allowed:
-                raise ValueError(f"cafo: {key} = {value!r}; choose one of {', '.join(allowed)}")
+        self.block_mode, self.loss, self.combine = self.hp.block, self.hp.loss, self.hp.combine
         self.channels: list[int] = list(arch["channels"])
         self.K = len(self.channels)
         self.flat = models.cnn_flat(self.channels, self.shape)
@@ -120,7 +146,11 @@ class CaFo(Algorithm):
             self._freeze()
         else:
             params = [*self.net.blocks.parameters(), *self.net.aux.parameters()]
-            self.dfa_opt = adam(params, hp["dfa_lr"], hp.get("dfa_weight_decay", 0.0))
+            self.dfa_opt = adam(params, self.hp.dfa_lr, l2=self.hp.dfa_l2)
+
+    @property
+    def locality(self) -> str:
+        return "feedback-alignment+layer-local" if self.block_mode == "dfa" else self.LOCALITY
 
     def _freeze(self) -> None:
         """Blocks fixed from now on; BatchNorm in evaluation mode (running statistics)."""
@@ -128,7 +158,7 @@ class CaFo(Algorithm):
         self.net.blocks.eval()
 
     def stages(self) -> list[Stage]:
-        out = [Stage("dfa", monitor="acc", epochs=int(self.hp["dfa_epochs"]))] if self.block_mode == "dfa" else []
+        out = [Stage("dfa", monitor="acc", epochs=self.hp.dfa_epochs)] if self.block_mode == "dfa" else []
         epochs = 1 if self.loss == "mse" else None  # closed form: one "epoch" solves it
         return out + [Stage(f"block{k + 1}", monitor="loss", epochs=epochs) for k in range(self.K)]
 
@@ -158,7 +188,7 @@ class CaFo(Algorithm):
     def _dfa_epoch(self, data: Data, gen: torch.Generator) -> torch.Tensor:
         self.net.blocks.train()
         return minibatch_epoch(self.dfa_opt, lambda idx: self.dfa_backward(train_batch(data, idx, gen), data.y_train[idx]),
-                               len(data.y_train), self.hp["batch_size"], gen, self.device)
+                               len(data.y_train), self.hp.batch_size, gen, self.device)
 
     # ---- predictors -----------------------------------------------------------------------------
 
@@ -175,7 +205,7 @@ class CaFo(Algorithm):
                     self._cache["train"] = chunked(lambda x: self.net.features(x, k), data.x_train)
         self._cached_upto = k
         if self.loss != "mse":  # the closed-form predictor needs no optimiser (nor lr)
-            self.opt = adam(self.net.heads[k].parameters(), self.hp["lr"], self.hp.get("weight_decay", 0.0))
+            self.opt = adam(self.net.heads[k].parameters(), self.hp.lr, l2=self.hp.l2)
 
     def end_stage(self, stage: Stage, data: Data) -> None:
         if stage.name == "dfa":
@@ -206,14 +236,14 @@ class CaFo(Algorithm):
             if feats is None:  # augmented data: one augmented view of every image
                 feats = chunked(lambda x: self.net.features(x, k), train_batch(data, torch.arange(
                     len(data.y_train), device=self.device), gen))
-            w, b = least_squares(feats, data.y_train, self.n_classes, self.hp.get("weight_decay", 0.0))
+            w, b = least_squares(feats, data.y_train, self.n_classes, self.hp.ridge)
             with torch.no_grad():
                 head.weight.copy_(w)
                 head.bias.copy_(b)
                 return self._loss(chunked(lambda a: head(a.flatten(1)), feats), data.y_train)
         return minibatch_epoch(
             self.opt, lambda idx: self._loss(head(self._train_feats(k, data, idx, gen).flatten(1)), data.y_train[idx]),
-            len(data.y_train), self.hp["batch_size"], gen, self.device)
+            len(data.y_train), self.hp.batch_size, gen, self.device)
 
     @torch.no_grad()
     def validate(self, stage: Stage, data: Data) -> dict[str, float]:

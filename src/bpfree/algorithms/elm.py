@@ -5,20 +5,35 @@ The hidden layers of the MLP keep their random initialisation; the readout W_out
 the ridge solution  W_out = argmin ||A W^T - Y||^2 + ridge ||W||^2  on one-hot targets Y, solved
 once in closed form. No gradient is computed at all.
 
-hp: ridge (>= 0).
+Settings: `ridge` (below).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from bpfree import models
+from bpfree import hparams, models
+from bpfree.hparams import hp
 from bpfree.algorithms.base import Algorithm, Cost, Stage, chunked, scores_metrics
 from bpfree.data import Data
 
 
+@dataclass(frozen=True, kw_only=True)
+class Settings(hparams.Settings):
+    ridge: float = hp(1e-3, low=0.0, doc="ridge of the least-squares readout")
+
+    def optimizer_label(self) -> str:
+        return "closed-form least squares (ridge)"
+
+
 class ELM(Algorithm):
-    def __init__(self, arch: dict, meta: dict, hp: dict, device: torch.device):
+    Settings = Settings
+    LOCALITY = "closed-form"
+    ARCHITECTURES = ("mlp",)
+
+    def __init__(self, arch: dict, meta: dict, hp, device: torch.device):
         super().__init__(arch, meta, hp, device)
         self.widths = models.mlp_widths(arch, self.shape)
         self.net = models.MLP(self.widths, self.n_classes).to(self.device)  # head = the readout
@@ -38,7 +53,7 @@ class ELM(Algorithm):
         A = chunked(self._features, data.x_train)
         A1 = torch.cat([A, torch.ones(len(A), 1, device=A.device)], 1)  # bias column
         Y = F.one_hot(data.y_train, self.n_classes).to(A.dtype)
-        gram = A1.T @ A1 + self.hp.get("ridge", 1e-3) * torch.eye(A1.shape[1], device=A.device)
+        gram = A1.T @ A1 + self.hp.ridge * torch.eye(A1.shape[1], device=A.device)
         W = torch.linalg.solve(gram, A1.T @ Y).T  # (C, d_L + 1)
         self.net.head.weight.copy_(W[:, :-1])
         self.net.head.bias.copy_(W[:, -1])

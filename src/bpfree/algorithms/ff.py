@@ -5,16 +5,12 @@ activations) minus its width, positives carrying the true label in the first C i
 uniformly drawn wrong label. Inputs between layers are detached and RMS-normalised, so no gradient
 crosses a layer boundary. The ReLU is straight-through in training (identity gradient).
 
-Options (hp):
-  lr, weight_decay, batch_size (paper 100),
-  optimizer:    "adamw" or "sgd" (momentum 0.9); one optimiser for all layers;
-  predict:      "goodness" (paper: argmax over labels of the summed goodness of layers 2..L) or
-                "downstream" (a linear classifier, no bias, zero init, on the detached normalised
-                activations of layers 2..L of the neutral-label input);
-  downstream_lr, downstream_weight_decay: when given (or predict = "downstream"), that classifier
-                is trained alongside in its own parameter group, as the paper did;
-  peer_weight (0.03), peer_momentum (0.9).
-The learning rates of both groups decay linearly over the second half of the epoch budget (`cooldown`:
+Settings: see `Settings` below. One optimiser for all layers (AdamW with decoupled weight decay,
+or SGD with momentum 0.9 and an L2 penalty); `predict` = "goodness" (paper: argmax over labels of
+the summed goodness of layers 2..L) or "downstream" (a linear classifier, no bias, zero init, on the
+detached normalised activations of layers 2..L of the neutral-label input). When `downstream_lr`
+is given (or predict = "downstream") that classifier is trained alongside in its own parameter
+group, as the paper did. The learning rates of both groups decay linearly over the second half of the epoch budget (`cooldown`:
 the last epoch runs at 2/E of the rate).
 Validation: "acc" of the prediction mode; "loss" is the expected FF loss (sum over layers of the
 BCE, negatives averaged over every wrong label, no peer term) in goodness mode, the classifier's
@@ -22,11 +18,14 @@ cross-entropy in downstream mode.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bpfree import models
+from bpfree import hparams, models
+from bpfree.hparams import SettingError, hp
 from bpfree.algorithms.base import (Algorithm, Cost, Stage, accuracy, adam, chunked, minibatch_epoch, scores_metrics,
                                     train_batch)
 from bpfree.data import Data
@@ -77,38 +76,66 @@ def cooldown(e: int, E: int) -> float:
     return 2.0 * (1 + E - e) / E if e > E // 2 else 1.0
 
 
+@dataclass(frozen=True, kw_only=True)
+class Settings(hparams.Settings):
+    lr: float = hparams.lr("learning rate of the layers' parameter group")
+    batch_size: int = hparams.batch_size(doc="positive examples per step (each with one negative; paper 100)")
+    optimizer: str = hp("adamw", choices=("adamw", "sgd"), doc="AdamW (weight_decay) or SGD, momentum 0.9 (l2)")
+    weight_decay: float = hparams.weight_decay(doc="decoupled weight decay of the layers (optimizer adamw)")
+    l2: float = hparams.l2(doc="L2 penalty of the layers (optimizer sgd)")
+    predict: str = hp("goodness", choices=("goodness", "downstream"),
+                      doc="argmax of the summed goodness of layers 2..L (paper), or a linear classifier on them")
+    downstream_lr: float | None = hparams.lr(None, "learning rate of the downstream classifier (null: none trained)")
+    downstream_weight_decay: float = hparams.weight_decay(doc="decoupled decay of the classifier (optimizer adamw)")
+    downstream_l2: float = hparams.l2(doc="L2 penalty of the classifier (optimizer sgd)")
+    peer_weight: float = hp(0.03, low=0.0, doc="weight of the peer-normalisation penalty")
+    peer_momentum: float = hp(0.9, low=0.0, high=1.0, high_open=True,
+                              doc="momentum of the running mean activity of the peer normalisation")
+
+    def check(self) -> None:
+        if self.predict == "downstream" and self.downstream_lr is None:
+            raise SettingError("downstream_lr", "predict = downstream trains a classifier: give its downstream_lr")
+        decoupled, penalty = ("weight_decay", "downstream_weight_decay"), ("l2", "downstream_l2")
+        unused = penalty if self.optimizer == "adamw" else decoupled
+        for name in unused:
+            if getattr(self, name):
+                raise SettingError(name, f"optimizer {self.optimizer} does not apply {name} "
+                                         f"(adamw takes weight_decay, sgd takes l2)")
+
+    def optimizer_label(self) -> str:
+        return ("AdamW (decoupled weight decay)" if self.optimizer == "adamw"
+                else "SGD, momentum 0.9 (L2 penalty)")
+
+
 class ForwardForward(Algorithm):
-    def __init__(self, arch: dict, meta: dict, hp: dict, device: torch.device):
+    Settings = Settings
+    LOCALITY = "layer-local"
+    ARCHITECTURES = ("mlp",)
+
+    def __init__(self, arch: dict, meta: dict, hp, device: torch.device):
         super().__init__(arch, meta, hp, device)
-        if arch["type"] != "mlp":
-            raise ValueError(f"ff: needs an mlp architecture, got type {arch['type']!r}")
+        hp = self.hp
         self.widths = models.mlp_widths(arch, self.shape)
         self.L = len(self.widths) - 1
         C = self.n_classes
         if self.widths[0] < C:
             raise ValueError(f"ff: input size {self.widths[0]} is smaller than the {C} label slots")
-        self.predict_mode = hp.get("predict", "goodness")
-        if self.predict_mode not in ("goodness", "downstream"):
-            raise ValueError(f"ff: unknown predict {self.predict_mode!r}; use goodness or downstream")
-        self.downstream = self.predict_mode == "downstream" or "downstream_lr" in hp
-        if self.downstream and "downstream_lr" not in hp:
-            raise ValueError("ff: predict = downstream needs downstream_lr (and downstream_weight_decay)")
+        self.predict_mode = hp.predict
+        self.downstream = hp.downstream_lr is not None
         self.net = FFNet(self.widths, C, self.downstream).to(self.device)
         self.first = 1 if self.L > 1 else 0  # goodness of layers 2..L (layer 1 alone if L = 1)
-        groups = [{"params": list(self.net.layers.parameters()), "lr": hp["lr"],
-                   "weight_decay": hp.get("weight_decay", 0.0)}]
+        sgd = hp.optimizer == "sgd"
+        groups = [{"params": list(self.net.layers.parameters()), "lr": hp.lr,
+                   "weight_decay": hp.l2 if sgd else hp.weight_decay}]
         if self.downstream:
-            groups.append({"params": list(self.net.classifier.parameters()), "lr": hp["downstream_lr"],
-                           "weight_decay": hp.get("downstream_weight_decay", 0.0)})
-        opt = hp.get("optimizer", "adamw")
-        if opt == "adamw":  # each group's lr and weight_decay override adam's defaults
-            self.opt = adam(groups, hp["lr"], decoupled=True)
-        elif opt == "sgd":  # fused, as adam: on a CPU the unfused update costs as much as a layer's matmuls
+            groups.append({"params": list(self.net.classifier.parameters()), "lr": hp.downstream_lr,
+                           "weight_decay": hp.downstream_l2 if sgd else hp.downstream_weight_decay})
+        if sgd:  # fused, as adam: on a CPU the unfused update costs as much as a layer's matmuls
             self.opt = torch.optim.SGD(groups, momentum=0.9, fused=True)
-        else:
-            raise ValueError(f"ff: unknown optimizer {opt!r}; use adamw or sgd")
-        self.peer_weight = float(hp.get("peer_weight", 0.03))
-        self.peer_momentum = float(hp.get("peer_momentum", 0.9))
+        else:  # each group's lr and weight_decay override adam's defaults
+            self.opt = adam(groups, hp.lr, weight_decay=hp.weight_decay)
+        self.peer_weight = hp.peer_weight
+        self.peer_momentum = hp.peer_momentum
 
     def stages(self) -> list[Stage]:
         return [Stage("all", monitor="acc")]
@@ -169,7 +196,7 @@ class ForwardForward(Algorithm):
                 loss = loss + F.cross_entropy(self.net.classifier(self._neutral_features(x)), y)
             return loss
 
-        mean = minibatch_epoch(self.opt, loss_fn, len(data.y_train), self.hp.get("batch_size", 100), gen, dev)
+        mean = minibatch_epoch(self.opt, loss_fn, len(data.y_train), self.hp.batch_size, gen, dev)
         self.sched.step()
         return mean
 

@@ -3,20 +3,20 @@
 Each hidden layer i owns a projection M_i (C x d_i); its class scores are G_i = a_i M_i^T and its
 loss is cross-entropy(G_i, y). No gradient crosses a layer boundary.
 
-Options (hp): lr, batch_size, weight_decay (0 in the paper),
-  mode:    "greedy" (paper: layer by layer, each with its own Adam and early stopping on the
-           validation local loss) or "simultaneous" (all layers in one pass, detached inputs);
-  predict: "last" (paper: argmax G_L) or "sum" (argmax of sum_i G_i).
-In greedy mode the frozen layers' outputs are computed once per stage for the whole training and
+Settings: see `Settings` below (mode "greedy" is the paper's: layer by layer, each with its own
+Adam and early stopping on the validation local loss). In greedy mode the frozen layers' outputs are computed once per stage for the whole training and
 validation split, not per batch (unless the data set is augmented per batch).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bpfree import models
+from bpfree import hparams, models
+from bpfree.hparams import hp
 from bpfree.algorithms.base import (Algorithm, Cost, Stage, accuracy, adam, chunked, minibatch_epoch,
                                     scores_metrics, train_batch)
 from bpfree.data import Data
@@ -45,22 +45,38 @@ class MonoForwardNet(nn.Module):
         return acts
 
 
+@dataclass(frozen=True, kw_only=True)
+class Settings(hparams.Settings):
+    lr: float = hparams.lr("Adam learning rate of every layer and its projection")
+    l2: float = hparams.l2(doc="L2 penalty of the layers' Adam (0 in the paper)")
+    batch_size: int = hparams.batch_size()
+    mode: str = hp("greedy", choices=("greedy", "simultaneous"),
+                   doc="greedy: layer by layer, each with its own Adam and early stopping (paper); "
+                       "simultaneous: all layers in one pass on detached inputs")
+    predict: str = hp("last", choices=("last", "sum"), doc="argmax of the last layer's G_L (paper) or of sum_i G_i")
+
+    def optimizer_label(self) -> str:
+        return "Adam (L2 penalty)" + (", one per layer" if self.mode == "greedy" else "")
+
+
 class MonoForward(Algorithm):
-    def __init__(self, arch: dict, meta: dict, hp: dict, device: torch.device):
+    Settings = Settings
+    LOCALITY = "layer-local"
+    ARCHITECTURES = ("mlp",)
+
+    def __init__(self, arch: dict, meta: dict, hp, device: torch.device):
         super().__init__(arch, meta, hp, device)
         self.widths = models.mlp_widths(arch, self.shape)
         self.net = MonoForwardNet(self.widths, self.n_classes).to(self.device)
-        self.mode = hp.get("mode", "greedy")
-        self.predict_mode = hp.get("predict", "last")
-        if self.mode not in ("greedy", "simultaneous") or self.predict_mode not in ("last", "sum"):
-            raise ValueError(f"mf: unknown mode {self.mode!r} or predict {self.predict_mode!r}")
+        self.mode = self.hp.mode
+        self.predict_mode = self.hp.predict
         self.L = len(self.widths) - 1
         self._cache: dict[str, torch.Tensor] = {}  # frozen inputs of the current layer (greedy)
         if self.mode == "simultaneous":
             self.opt = self._adam(self.net.parameters())
 
     def _adam(self, params) -> torch.optim.Optimizer:
-        return adam(params, self.hp["lr"], self.hp.get("weight_decay", 0.0))
+        return adam(params, self.hp.lr, l2=self.hp.l2)
 
     def stages(self) -> list[Stage]:
         if self.mode == "greedy":
@@ -122,7 +138,7 @@ class MonoForward(Algorithm):
                 loss = loss + F.cross_entropy(self.net.scores(i, a), y)
             return loss
 
-        return minibatch_epoch(self.opt, loss_fn, len(data.y_train), self.hp["batch_size"], gen, self.device)
+        return minibatch_epoch(self.opt, loss_fn, len(data.y_train), self.hp.batch_size, gen, self.device)
 
     @torch.no_grad()
     def validate(self, stage: Stage, data: Data) -> dict[str, float]:
