@@ -294,3 +294,18 @@ def test_seeds_needed_without_an_answer():
     assert stats.seeds_needed(0.1, 0.0, "pp", 0.5) == (None, "no estimate: the observed differences have no spread")
     n, note = stats.seeds_needed(0.49, 1.0, "pp", 0.5, max_seeds=50)
     assert n is None and note.startswith("more than 50")
+
+
+def test_schema_defaults_are_the_statistics_defaults():
+    """The schema documents the defaults that StatsConfig applies: the two must not drift apart."""
+    import yaml
+    from dataclasses import asdict
+
+    from bpfree.config import SCHEMA
+
+    props = yaml.safe_load(SCHEMA.read_text())["properties"]["protocol"]["properties"]["statistics"]["properties"]
+    schema = {k: v["default"] for k, v in props.items() if k != "margins"}
+    schema["margins"] = {k: v["default"] for k, v in props["margins"]["properties"].items()}
+    ours = asdict(StatsConfig())
+    assert schema == {k: ours[k] for k in schema}
+    assert StatsConfig.from_dict(schema) == StatsConfig()
