@@ -43,7 +43,8 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
     stopping = Stopping(**spec["stopping"])
     m = spec.get("metering", {})
     meter = Meter(device, country=m.get("country_iso_code", "FRA"), idle_seconds=m.get("idle_seconds", 0),
-                  sample_hz=m.get("sample_hz", 10), estimate_interval_s=m.get("estimate_interval_s", 5.0))
+                  sample_hz=m.get("sample_hz", 10), estimate_interval_s=m.get("estimate_interval_s", 5.0),
+                  cooldown_s=m.get("cooldown_s", 0))
 
     ckpt = None
     if checkpoint_every is not None:
