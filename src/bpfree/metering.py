@@ -495,17 +495,28 @@ class Meter:
         sync(self.device)
         self._t0 = self._t_mark = self._edge("start")
 
-    def mark(self) -> dict:
-        """Close an epoch: seconds since the previous mark, and provisional joules (final per-epoch
-        values, with estimates apportioned over CodeCarbon's readings, are in `self.epochs` after stop)."""
+    def mark(self, refresh: bool = False) -> dict:
+        """Close an epoch: seconds since the previous mark and since the window opened, provisional
+        joules of the epoch (total and `energy_<component>_j`) and `window_j` (per component, since
+        the window opened; GPU board energy as `board`). Final per-epoch values, with estimates
+        apportioned over CodeCarbon's readings, are in `self.epochs` after stop. `refresh`: take a
+        CodeCarbon reading first (~5-25 ms), so that estimates are not extrapolated; for the marks a
+        checkpoint keeps."""
         sync(self.device)
+        if refresh and self._drive_tracker:
+            self.tracker.measure_now()
         t = self._edge("mark")
         self._estimate_snapshot()
         prev = self._t_mark
         self._t_mark = t
         comps = {c: self._between(c, prev, t) for c in self.methods}
         known = [v for v in comps.values() if v is not None]
-        return {"seconds": t - prev, "elapsed_s": t - self._t0, "energy_j": sum(known) if known else None}
+        window = {c: self._between(c, self._t0, t) for c in self.methods}
+        if self.gpu is not None and self.gpu.power:
+            window["board"] = board_energy([(ts, w) for ts, w, *_ in self._samples if self._t0 <= ts <= t
+                                            and w is not None], min(self.sample_hz, ORIGINAL_STUDY_HZ))[0]
+        return {"seconds": t - prev, "elapsed_s": t - self._t0, "energy_j": sum(known) if known else None,
+                **{f"energy_{c}_j": v for c, v in comps.items()}, "window_j": window}
 
     def _between(self, comp: str, a: float, b: float) -> float | None:
         curve = self.curves.get(comp)
