@@ -31,7 +31,7 @@ REFERENCE = "bp"
 # metric -> unit of its delta against bp: "pp" = difference of means in percentage points,
 # "pct" = ratio of means minus 1, in percent (the published table's convention).
 DELTA_METRICS = {"test_accuracy": "pp", "train_time_s": "pct", "energy_j": "pct", "energy_dynamic_j": "pct",
-                 "peak_memory_mib": "pct"}
+                 "energy_board_j": "pct", "peak_memory_mib": "pct"}
 NOT_METRICS = {"seed", "threads", "limit_train"}  # numeric columns that are settings, not outcomes
 # A plain percentile interval undercovers at the small n of final runs (nominal 95 %: about 83 % at
 # n = 5 on normal data); the expanded percentile interval (Hesterberg 2015) widens its quantiles
@@ -259,6 +259,7 @@ class Delta:
     note: str = ""
     margin: float = float("nan")
     verdict: str = ""
+    verdict_kind: str = ""  # EQUIVALENT, BETTER, WORSE or UNRESOLVED; "" where no verdict was made
     verdict_method: str = ""
     verdict_low: float = float("nan")
     verdict_high: float = float("nan")
@@ -317,7 +318,7 @@ def _verdict(d: Delta, a: np.ndarray, b: np.ndarray, metric: str, cfg: StatsConf
                                                      cfg.interval)
         kind = classify_interval(d.verdict_low, d.verdict_high, m, up)
         d.verdict_method = f"{level} bootstrap {cfg.interval} interval inside/beyond the margin"
-    d.verdict = verdict_text(kind, m, d.unit)
+    d.verdict, d.verdict_kind = verdict_text(kind, m, d.unit), kind
     if kind == UNRESOLVED:
         diffs = a - b if d.unit == "pp" else np.log(a) - np.log(b)
         n, d.seeds_needed_note = seeds_needed(float(diffs.mean()), float(diffs.std(ddof=1)), d.unit, m, cfg.alpha,
