@@ -104,8 +104,14 @@ def cmd_report(a: argparse.Namespace) -> None:
     from bpfree.report import run_report
 
     stats = _json_arg(a.statistics) if a.statistics else None
+    if bool(a.summary) == bool(a.metrics):
+        raise SystemExit("bpfree report: error: give metrics.json files, or --summary CSV (not both)")
     try:
-        df = run_report(a.metrics, a.out_dir, statistics=stats)
+        if a.summary:
+            from bpfree.report import report_from_summary
+            df = report_from_summary(a.summary, a.out_dir, statistics=stats)
+        else:
+            df = run_report(a.metrics, a.out_dir, statistics=stats)
     except ValueError as e:  # a bad statistics setting or an incomplete metrics.json, named in e
         raise SystemExit(f"bpfree report: error: {e}") from None
     print(f"{len(df)} runs summarised into {a.out_dir}")
@@ -168,8 +174,11 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("report", help="summary.csv, table.md and plots from finished runs")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--statistics", help="the config's protocol.statistics as JSON, or @FILE (bootstrap "
-                   "resamples, seed, confidence, interval, target_fraction; defaults otherwise)")
-    p.add_argument("metrics", nargs="+", help="metrics.json files of final runs")
+                   "resamples, seed, confidence, interval, target_fraction, verdict margins, verdict_method, alpha, "
+                   "power, max_seeds; defaults otherwise)")
+    p.add_argument("--summary", help="recompute the deltas, verdicts and published claims (deltas.csv, deltas.md, "
+                   "deltas.html) from a recorded summary.csv instead of metrics.json files")
+    p.add_argument("metrics", nargs="*", help="metrics.json files of final runs")
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("doctor", help="which energy-measurement methods this machine offers, the device, versions")
