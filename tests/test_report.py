@@ -37,6 +37,7 @@ def fake_run(root: Path, dataset: str, arch: str, alg: str, seed: int, acc: floa
                   "train_loss": np.linspace(1, 0.1, epochs), "val_acc": val, "val_loss": np.linspace(1, 0.2, epochs),
                   "seconds": sec, "energy_j": joules}).to_csv(out / "epochs.csv", index=False)
     m = {"dataset": dataset, "architecture": arch, "algorithm": alg, "impl": alg.split("-")[0], "seed": seed,
+         "locality": "end-to-end" if alg == "bp" else "layer-local",
          "test_accuracy": acc, "val_accuracy": float(val.max()), "epochs": epochs, "best_epoch": epochs,
          "epoch_cap": 30, "patience": 5, "train_time_s": float(sec.sum()), "energy_j": float(joules.sum()),
          "energy_dynamic_j": float(joules.sum() * 0.4), "energy_method": "estimate",
@@ -80,6 +81,15 @@ def test_report_tables_plots_and_published_values(tmp_path):
     assert "single seed (n = 1): no interval" in cafo
     dl = pd.read_csv(out / "deltas.csv")
     assert set(dl.metric) == {"test_accuracy", "train_time_s", "energy_j", "energy_dynamic_j", "peak_memory_mib"}
+
+
+def test_locality_is_shown_beside_each_algorithm(tmp_path):
+    files = [fake_run(tmp_path, "digits", "tiny", a, s, 90.0 + s) for a in ("bp", "mf") for s in range(2)]
+    report.run_report(files, tmp_path / "out", {"resamples": 200})
+    table, deltas = ((tmp_path / "out" / f).read_text() for f in ("table.md", "deltas.md"))
+    assert "| bp | end-to-end |" in table and "| mf | layer-local |" in table
+    assert "| mf | layer-local |" in deltas
+    assert set(pd.read_csv(tmp_path / "out" / "summary.csv").locality) == {"end-to-end", "layer-local"}
 
 
 def test_not_resolved_delta_is_labelled_with_n(tmp_path):

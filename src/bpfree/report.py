@@ -22,7 +22,7 @@ import pandas as pd
 from bpfree import io, published, stats
 from bpfree.stats import CELL, StatsConfig
 
-COLUMNS = ["dataset", "architecture", "algorithm", "seed", "test_accuracy", "val_accuracy", "train_time_s",
+COLUMNS = ["dataset", "architecture", "algorithm", "locality", "optimizer", "seed", "test_accuracy", "val_accuracy", "train_time_s",
            "epochs", "best_epoch", "resumed", "segments", "energy_j", "energy_dynamic_j", "energy_method",
            "energy_board_j", "energy_board_method", "energy_window_warning", "emissions_kg",
            "peak_memory_mib", "peak_memory_method", "n_params", "train_flops", "predict_flops", "achieved_gflops",
@@ -187,7 +187,7 @@ def absolute_table(cells: pd.DataFrame, runs: pd.DataFrame, pub: pd.DataFrame) -
         methods = _methods(g)
         rows.append({
             "dataset": c.dataset, "architecture": c.architecture, "algorithm": c.algorithm,
-            "seeds": c.seeds + (" (a seed repeats!)" if c.duplicate_seeds else ""),
+            "locality": _locality(g), "seeds": c.seeds + (" (a seed repeats!)" if c.duplicate_seeds else ""),
             "test accuracy (%)": ours("test_accuracy", ".2f"),
             "published accuracy (%)": DASH if p is None else
             f"{p.test_acc_mean:.2f} ± {p.test_acc_sd:.2f} (n={p.n_runs}, {p.source})",
@@ -202,6 +202,11 @@ def absolute_table(cells: pd.DataFrame, runs: pd.DataFrame, pub: pd.DataFrame) -
             "resumed runs": f"{_n_resumed(g)} of {len(g)}",
         })
     return pd.DataFrame(rows)
+
+
+def _locality(g: pd.DataFrame) -> str:
+    """The locality class the runs of a cell declare (bpfree.algorithms.base.LOCALITIES)."""
+    return ", ".join(sorted(set(g.locality.dropna()))) or DASH if "locality" in g else DASH
 
 
 def _measured(g: pd.DataFrame, col: str) -> bool:
@@ -230,7 +235,7 @@ def delta_table(dl: pd.DataFrame, runs: pd.DataFrame, pub: pd.DataFrame,
         p = _pub_lookup(pub, {"dataset": d, "architecture": a, "variant": alg})
         impl = runs.loc[(runs.algorithm == alg), "impl"].iloc[0] if "impl" in runs else alg
         row = {"family": p.family if p is not None else impl, "dataset": d, "architecture": a, "variant": alg,
-               "n pairs": max((r["n_pairs"] for r in by_metric.values()), default=0)}
+               "locality": _locality(runs[runs.algorithm == alg]), "n pairs": max((r["n_pairs"] for r in by_metric.values()), default=0)}
         for m, col in (("test_accuracy", "delta_acc_pp"), ("train_time_s", "delta_time_pct"),
                        ("energy_j", "delta_energy_pct"), ("energy_dynamic_j", None),
                        ("energy_board_j", None), ("peak_memory_mib", "delta_mem_pct")):
