@@ -156,6 +156,23 @@ def search_spec(cfg: dict, architecture: str, algorithm: str) -> dict:
     return {**spec, "space": entry.get("space", {}), "search": search}
 
 
+SPEC_KEYS = {"train": ("algorithm", "impl", "architecture", "arch", "fixed", "stopping", "device"),
+             "search": ("algorithm", "impl", "architecture", "arch", "fixed", "stopping", "device", "space",
+                        "search")}
+
+
+def check_spec(spec: dict, kind: str) -> dict:
+    """`spec` if it has the keys a `kind` job reads (as `train_spec`/`search_spec` make them), else
+    ConfigError naming the missing ones (a spec written by hand, or for the other kind of job)."""
+    missing = [k for k in SPEC_KEYS[kind] if k not in spec]
+    if kind == "search" and isinstance(spec.get("search"), dict) and "n_trials" not in spec["search"]:
+        missing.append("search.n_trials")
+    if missing:
+        raise ConfigError(f"--spec lacks {', '.join(missing)}: print a {kind} job's spec with "
+                          f"`bpfree spec --kind {kind} --config FILE --architecture A --algorithm X`")
+    return spec
+
+
 def spec_hash(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
