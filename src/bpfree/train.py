@@ -12,7 +12,7 @@ from bpfree import algorithms, checkpoint, hparams, io, provenance, sources
 from bpfree.algorithms.base import accuracy
 from bpfree.data import load, warnings
 from bpfree.errors import FileError
-from bpfree.engine import Stopping, fit
+from bpfree.engine import Diverged, Stopping, fit
 from bpfree.metering import Meter
 from bpfree.progress import Progress
 from bpfree.search import resolve_device
@@ -86,6 +86,8 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
     try:
         res = fit(algo, data, stopping, seed=seed, on_epoch=on_epoch, checkpoint=ckpt)
         measured = meter.stop()
+    except Diverged as e:
+        raise Diverged(f"{cell} seed {seed} diverged with the hyperparameters of {best_path}: {e}") from None
     finally:
         meter.close()
     # after a resume the first epochs were metered by the killed process: this window covers the rest
