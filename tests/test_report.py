@@ -127,7 +127,8 @@ def test_snakemake_html_report_embeds_every_figure(tmp_path):
     shutil.copytree(ROOT / "workflow", work / "workflow")
     shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy(ROOT / "Snakefile", work / "Snakefile")
-    cfg = {"datasets": ["mnist"], "data_root": "/nonexistent",
+    (work / "data" / "MNIST" / "raw").mkdir(parents=True)  # data_root names a real folder (checked)
+    cfg = {"datasets": ["mnist"], "data_root": str(work / "data"),
            "architectures": {"mlp-2x1000": {"type": "mlp", "widths": [1000, 1000]}},
            "comparisons": [{"architecture": "mlp-2x1000", "algorithms": ["bp", "mf"]}],
            "algorithms": {"bp": {"impl": "bp", "fixed": {"batch_size": 128, "lr": 1e-3, "weight_decay": 0.0}},

@@ -159,11 +159,13 @@ def cmd_spec(a: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from bpfree.data import REGISTRY
+
     ap = argparse.ArgumentParser(prog="bpfree", description=__doc__, epilog=EPILOG)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("prepare", help="read, verify, split and save a dataset as tensors")
-    p.add_argument("--dataset", required=True, help="digits, mnist, fashion_mnist, cifar10 or cifar100")
+    p.add_argument("--dataset", required=True, help=f"one of {', '.join(REGISTRY)} (bpfree.data.REGISTRY)")
     p.add_argument("--data-root", default=None, help="folder in torchvision's layout (not needed for digits)")
     p.add_argument("--out", required=True, help="output file, e.g. resources/data/digits.pt")
     p.set_defaults(fn=cmd_prepare)

@@ -15,6 +15,7 @@ import yaml
 from bpfree import algorithms, hparams
 from bpfree.algorithms.base import check_architecture
 from bpfree.errors import ConfigError  # noqa: F401 - raised by every check here; callers import it from config
+from bpfree.hparams import PROTOCOL_KEYS  # noqa: F401 - settings only `protocol` may hold
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -67,6 +68,7 @@ def check(cfg: dict, device: bool = True) -> None:
     name something real on this machine (data_root's folders; `device`, unless `device` is False:
     a cluster's submit host need not have the compute nodes' GPUs)."""
     algos, archs = cfg["algorithms"], cfg["architectures"]
+    _check_datasets(cfg)
     for name, arch in archs.items():
         need = {"mlp": "widths", "cnn": "channels"}[arch["type"]]
         if need not in arch:
@@ -96,27 +98,32 @@ def check(cfg: dict, device: bool = True) -> None:
         for d in comp.get("datasets", []):
             if d not in cfg["datasets"]:
                 raise ConfigError(f"comparisons[{i}].datasets: {d!r} is not in datasets {cfg['datasets']}")
-    _check_data_root(cfg)
     if device:
         check_device(cfg.get("device", "auto"), "device")
 
 
-def _check_data_root(cfg: dict) -> None:
-    from bpfree.data import SUBDIR
+def _check_datasets(cfg: dict) -> None:
+    """Every dataset is in the registry (bpfree.data.REGISTRY); data_root holds the folders of
+    those that are read from files."""
+    from bpfree.data import REGISTRY
 
-    needed = [d for d in cfg["datasets"] if d != "digits"]
+    for i, d in enumerate(cfg["datasets"]):
+        if d not in REGISTRY:
+            raise ConfigError(f"datasets[{i}] = {d!r}: unknown dataset; known: {', '.join(REGISTRY)}")
+    needed = [REGISTRY[d] for d in cfg["datasets"] if REGISTRY[d].folder is not None]
     root = cfg.get("data_root")
     if root is None:
         if needed:
-            raise ConfigError(f"data_root = null but datasets = {cfg['datasets']}: only digits is built in; "
+            built_in = ", ".join(n for n, d in REGISTRY.items() if d.folder is None)
+            raise ConfigError(f"data_root = null but datasets = {cfg['datasets']}: only {built_in} is built in; "
                               "set data_root to the folder with MNIST/, FashionMNIST/, ...")
         return
     where = ROOT / root  # a relative data_root is taken from the repository root
     if not where.is_dir():
         raise ConfigError(f"data_root = {root!r}: no such folder ({where})")
-    for d in needed:
-        if not (where / SUBDIR[d]).is_dir():
-            raise ConfigError(f"data_root = {root!r}: dataset {d} needs the folder {where / SUBDIR[d]} "
+    for ds in needed:
+        if not (where / ds.folder).is_dir():
+            raise ConfigError(f"data_root = {root!r}: dataset {ds.name} needs the folder {where / ds.folder} "
                               "(torchvision's layout)")
 
 
