@@ -36,9 +36,6 @@ from bpfree.config import ConfigError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-VALID_TINY = copy.deepcopy(TINY)  # valid as a whole, so that each case breaks one thing
-if "weight_decay" in VALID_TINY["algorithms"]["mf"]["fixed"]:  # the name before mf's L2 penalty was `l2`
-    VALID_TINY["algorithms"]["mf"]["fixed"]["l2"] = VALID_TINY["algorithms"]["mf"]["fixed"].pop("weight_decay")
 
 
 @dataclass(frozen=True)
@@ -192,7 +189,7 @@ load_case("config-not-a-mapping", "a config file holding a list", "- digits\n", 
 
 def snakemake_case(id: str, what: str, edit: Callable[[dict], object], *needles: str) -> None:
     def run(tmp: Path, digits: Path) -> str:
-        cfg = copy.deepcopy(VALID_TINY)
+        cfg = copy.deepcopy(TINY)
         edit(cfg)
         root = make_repo(tmp / "repo", cfg)
         out = snakemake(root, "-n", check=False)
@@ -214,7 +211,7 @@ snakemake_case("snakemake-mf-on-cnn", "`mf` on a CNN, through `snakemake -n`", l
 
 # ---- files and arguments: refused by the command that reads them (one line, exit status 2) ------
 
-CFG = copy.deepcopy(VALID_TINY)
+CFG = copy.deepcopy(TINY)
 CFG["protocol"]["stopping"] = {"max_epochs": 1, "patience": 1}
 CFG["protocol"]["search"] = {"n_trials": 2, "workers": 1, "pruner": {"type": "none"}}
 TRAIN = config.train_spec(CFG, "tiny", "bp")

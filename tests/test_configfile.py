@@ -18,7 +18,6 @@ pytestmark = pytest.mark.slow
 
 def user_config() -> dict:
     cfg = copy.deepcopy(TINY)
-    cfg["algorithms"]["mf"]["fixed"].pop("weight_decay", None)  # an older name of l2, refused now
     cfg["algorithms"]["bp"]["fixed"] = {"batch_size": 128, "weight_decay": 0.0}  # fixed, so not searched
     cfg["algorithms"]["bp"]["space"] = {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}
     return cfg
