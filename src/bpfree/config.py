@@ -44,8 +44,22 @@ def validate(cfg: dict) -> None:
     try:
         sm_validate(cfg, str(SCHEMA))
     except WorkflowError as e:
-        raise ConfigError(str(e)) from e
+        raise ConfigError(_schema_error(cfg) or str(e)) from None
     check(cfg)
+
+
+def _schema_error(cfg: dict) -> str | None:
+    """The schema's most relevant complaint as one line with its key path (Snakemake's is a page
+    that dumps the schema and does not name the path)."""
+    import jsonschema
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    error = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(schema)(schema).iter_errors(cfg))
+    if error is None:
+        return None
+    path = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in error.absolute_path).lstrip(".")
+    value = f" = {error.instance!r}" if not isinstance(error.instance, (dict, list)) else ""
+    return f"{path or 'the config'}{value}: {error.message}"
 
 
 def check(cfg: dict, device: bool = True) -> None:
@@ -161,6 +175,32 @@ def search_spec(cfg: dict, architecture: str, algorithm: str) -> dict:
     search = dict(cfg["protocol"]["search"])
     search.pop("workers", None)  # how many processes share a study does not change its budget
     return {**spec, "space": entry.get("space", {}), "search": search}
+
+
+SPEC_KEYS = {"train": ("algorithm", "impl", "architecture", "arch", "fixed", "stopping", "device"),
+             "search": ("algorithm", "impl", "architecture", "arch", "fixed", "stopping", "device", "space",
+                        "search")}
+
+
+def check_spec(spec: dict, kind: str) -> dict:
+    """`spec` if it has the keys a `kind` job reads (as `train_spec`/`search_spec` make them), else
+    ConfigError naming the missing ones (a spec written by hand, or for the other kind of job)."""
+    missing = [k for k in SPEC_KEYS[kind] if k not in spec]
+    if kind == "search" and isinstance(spec.get("search"), dict) and "n_trials" not in spec["search"]:
+        missing.append("search.n_trials")
+    if missing:
+        raise ConfigError(f"--spec lacks {', '.join(missing)}: print a {kind} job's spec with "
+                          f"`bpfree spec --kind {kind} --config FILE --architecture A --algorithm X`")
+    if kind == "search":  # before the first trial, as the config check would
+        key = f"--spec algorithms.{spec['algorithm']}"
+        try:
+            cls = algorithms.get(spec["impl"])
+        except ValueError as e:
+            raise ConfigError(f"{key}.impl = {spec['impl']!r}: {e}") from None
+        check_architecture(cls, spec["arch"], f"--spec: algorithm {spec['algorithm']} on architecture "
+                                              f"{spec['architecture']}")
+        hparams.check_entry(cls.Settings, spec, key, spec["search"]["n_trials"] > 0)
+    return spec
 
 
 def spec_hash(spec: dict) -> str:

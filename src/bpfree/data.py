@@ -232,8 +232,17 @@ def load(path: str | Path, device: torch.device | str = "cpu", limit_train: int 
     path = Path(path)
     if not path.exists():
         raise DataError(f"prepared data {path} not found; run `bpfree prepare` (or snakemake) first")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    meta = blob["meta"]
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        meta = blob["meta"]
+        missing = [k for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test") if k not in blob]
+        missing += [f"meta.{k}" for k in ("dataset", "n_classes", "shape", "mean", "std", "scale", "sizes")
+                    if k not in meta]
+    except Exception as e:  # truncated zip, not a torch file, not a dict
+        raise DataError(f"prepared data {path} is truncated or not a `bpfree prepare` file ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}); delete it and prepare it again") from None
+    if missing:
+        raise DataError(f"prepared data {path} lacks {', '.join(missing)}; delete it and prepare it again")
     c = len(meta["mean"])
     mean = torch.tensor(meta["mean"], dtype=torch.float32, device=device).view(1, c, 1, 1)
     std = torch.tensor(meta["std"], dtype=torch.float32, device=device).view(1, c, 1, 1)
@@ -247,6 +256,23 @@ def load(path: str | Path, device: torch.device | str = "cpu", limit_train: int 
         meta = {**meta, "sizes": {**meta["sizes"], "train": int(len(yt))}}
     return Data(norm(xt), yt.to(device, torch.long), norm(blob["x_val"]), blob["y_val"].to(device, torch.long),
                 norm(blob["x_test"]), blob["y_test"].to(device, torch.long), meta)
+
+
+def warnings(data: Data, batch_size: int | None = None, limit_train: int | None = None) -> list[str]:
+    """Legal but suspicious inputs, one line each for the job's log: a batch larger than the
+    training split (one step per epoch), a training split cut by `limit_train` below 1000 examples
+    or below 10 examples of some class."""
+    out = []
+    n = len(data.y_train)
+    if batch_size is not None and batch_size > n:
+        out.append(f"batch_size = {batch_size} is larger than the training split ({n} examples): "
+                   "each epoch is one optimiser step on the whole split")
+    if limit_train is not None:
+        per_class = torch.bincount(data.y_train, minlength=data.n_classes).min().item()
+        if n < 1000 or per_class < 10:
+            out.append(f"limit_train = {limit_train} leaves {n} training examples ({per_class} in the rarest "
+                       "class): accuracies measured on so few are noisy and not comparable to full runs")
+    return out
 
 
 def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:

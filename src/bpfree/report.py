@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from bpfree import io, published, stats
+from bpfree.errors import FileError
 from bpfree.stats import CELL, StatsConfig
 
 COLUMNS = ["dataset", "architecture", "algorithm", "locality", "optimizer", "seed", "test_accuracy", "val_accuracy", "train_time_s",
@@ -41,10 +42,16 @@ DASH = "–"
 def load_runs(metric_files: list[str | Path]) -> list[dict]:
     runs = []
     for f in metric_files:
-        m = io.read_json(f)
+        m = io.read_json(f, "metrics.json")
+        if not isinstance(m, dict):
+            raise FileError(f"metrics.json {f} is not a JSON object; delete it and rerun its final run")
         missing = [k for k in ("dataset", "architecture", "algorithm", "seed", "test_accuracy") if k not in m]
         if missing:
-            raise ValueError(f"{f}: metrics.json lacks {', '.join(missing)}")
+            raise FileError(f"{f}: metrics.json lacks {', '.join(missing)}; delete it and rerun its final run")
+        acc = m["test_accuracy"]
+        if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc):
+            # would be dropped from every mean without a word
+            raise FileError(f"{f}: test_accuracy = {acc!r} is not a finite number; delete it and rerun its final run")
         m["_path"] = str(f)
         runs.append(m)
     return runs

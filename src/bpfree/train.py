@@ -8,18 +8,17 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bpfree import algorithms, checkpoint, hparams, io, provenance
+from bpfree import algorithms, checkpoint, hparams, io, provenance, sources
 from bpfree.algorithms.base import accuracy
-from bpfree.data import load
-from bpfree.engine import Stopping, fit
+from bpfree.data import load, warnings
+from bpfree.engine import Diverged, Stopping, fit
+from bpfree.errors import FileError
 from bpfree.metering import KWH, Meter
 from bpfree.progress import Progress
 from bpfree.search import resolve_device
 
-# Besides the algorithm's module, the code a run's trajectory depends on (a checkpoint written by
-# another version of these is not resumed).
-CORE_SOURCES = [Path(__file__).with_name(f) for f in ("engine.py", "models.py", "data.py", "checkpoint.py")] + [
-    Path(__file__).parent / "algorithms" / "base.py"]
+# What a run writes into its folder (their temporary files, left by a kill, are removed at start).
+OUTPUTS = ("metrics.json", "epochs.csv", "checkpoint.pt", "power_trace.csv")
 
 
 def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: int, out_dir: str | Path,
@@ -31,14 +30,22 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
     if threads:
         torch.set_num_threads(threads)
     out_dir = Path(out_dir)
+    io.check_writable(out_dir)  # now, not after the last epoch
+    stale = io.remove_stale_tmp(out_dir / f for f in OUTPUTS)
     device = resolve_device(spec["device"])
     data = load(data_path, device, spec.get("limit_train"))
-    best = io.read_json(best_path)
+    best = io.read_json(best_path, "best.json")
+    if not isinstance(best, dict) or not isinstance(best.get("params"), dict):
+        raise FileError(f"best.json {best_path} has no `params` mapping; delete it and rerun the search step")
     cls = algorithms.get(spec["impl"])
     settings = hparams.parse(cls.Settings, best["params"], where=f"{best_path}: params")
     hp = settings.asdict()  # complete: the defaults of unset settings are recorded too
     cell = f"{data.meta['dataset']}/{spec['architecture']}/{spec['algorithm']}"
     log = Progress(f"train {cell} seed={seed}")
+    for f in stale:
+        log(f"removed {f}, left by an interrupted write")
+    for w in warnings(data, hp.get("batch_size"), spec.get("limit_train")):
+        log(f"warning: {w}")
     log(f"hyperparameters {hp}; optimiser {settings.optimizer_label()}")
     torch.manual_seed(seed)
     algo = cls(spec["arch"], data.meta, settings, device)
@@ -51,7 +58,7 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
     ckpt = None
     if checkpoint_every is not None:
         run_key = checkpoint.key(spec, hp, seed, data.meta, torch.__version__, str(device),
-                                 files=[algorithms.source_file(spec["impl"]), *CORE_SOURCES])
+                                 files=sources.files(spec["impl"]))  # another code version: not resumed
         ckpt = checkpoint.Checkpoint(out_dir / "checkpoint.pt", run_key, every_s=checkpoint_every, log=log)
     # what the processes killed before this one metered, up to their last checkpoint
     earlier = {"train_time_s": 0.0, "window_j": {}, "segments": 0}
@@ -82,6 +89,8 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
     try:
         res = fit(algo, data, stopping, seed=seed, on_epoch=on_epoch, checkpoint=ckpt)
         measured = meter.stop()
+    except Diverged as e:
+        raise Diverged(f"{cell} seed {seed} diverged with the hyperparameters of {best_path}: {e}") from None
     finally:
         meter.close()
     if earlier["segments"]:
