@@ -102,17 +102,17 @@ class LocalNet(nn.Module):
                 block[1] = act()
             outs = models.cnn_shapes(channels, shape)[1:]
             pools = [pred_pool(*s, pred_dim) for s in outs]
-            sim_heads = [nn.Conv2d(c, c, 3, padding=1, bias=False) for c, _, _ in outs]
+            sim_sizes, sim_head = [c for c, _, _ in outs], lambda c: nn.Conv2d(c, c, 3, padding=1, bias=False)
             d_last = math.prod(outs[-1])
         else:
             widths = models.mlp_widths(arch, shape)
             self.layers = nn.ModuleList(nn.Sequential(models.hidden_linear(a, b), act())
                                         for a, b in zip(widths[:-1], widths[1:]))
             pools = [(None, d) for d in widths[1:]]
-            sim_heads = [nn.Linear(d, d, bias=False) for d in widths[1:]]
+            sim_sizes, sim_head = widths[1:], lambda d: nn.Linear(d, d, bias=False)
             d_last = widths[-1]
         if loss != "pred":
-            self.sim_heads = nn.ModuleList(sim_heads)
+            self.sim_heads = nn.ModuleList(sim_head(n) for n in sim_sizes)
         if loss != "sim":
             self.pools = nn.ModuleList(p or nn.Identity() for p, _ in pools)
             self.pred_heads = nn.ModuleList(nn.Linear(d, n_classes) for _, d in pools)
@@ -125,8 +125,12 @@ class LocalNet(nn.Module):
         """Class scores (B, C) of layer i's pred head."""
         return self.pred_heads[i](self.pools[i](h).flatten(1))
 
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, c, H, W) as the first layer takes them (flattened for the MLP)."""
+        return x if self.conv else x.flatten(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x if self.conv else x.flatten(1)
+        h = self.inputs(x)
         for layer in self.layers:
             h = layer(h)
         return self.out(h.flatten(1))
@@ -136,8 +140,9 @@ class LocalNet(nn.Module):
 class Settings(hparams.Settings):
     loss: str = hp("predsim", choices=LOSSES, doc="local loss of every layer: pred (cross-entropy of a linear "
                                                  "head), sim (similarity matching) or predsim (both, weighted by beta)")
-    beta: float = hp(BETA, low=0.0, high=1.0, high_open=True, doc="predsim = (1 - beta) pred + beta sim; the output layer's loss "
-                                                  "is scaled by (1 - beta) (loss predsim only)")
+    beta: float = hp(BETA, low=0.0, high=1.0, high_open=True,
+                     doc="predsim = (1 - beta) pred + beta sim; the output layer's loss is scaled by (1 - beta) "
+                         "(loss predsim only)")
     lr: float = hparams.lr("learning rate of the one optimiser over all layers and heads")
     batch_size: int = hparams.batch_size()
     optimizer: str = hp("adam", choices=("adam", "adamw"), doc="Adam with an L2 penalty (the code's) or AdamW")
@@ -181,7 +186,7 @@ class LocalLoss(Algorithm):
         1 - beta under predsim), for a batch x with labels y. Their sum's gradient gives every
         layer (and head) exactly the gradient of its own loss."""
         beta = self.hp.beta
-        h = x if self.net.conv else x.flatten(1)
+        h = self.net.inputs(x)
         y1 = F.one_hot(y, self.n_classes).to(x.dtype) if self.loss != "pred" else None
         losses = []
         for i, layer in enumerate(self.net.layers):
@@ -218,7 +223,7 @@ class LocalLoss(Algorithm):
     @torch.no_grad()
     def _scores(self, x: torch.Tensor) -> torch.Tensor:
         """Every pred head's scores and the output layer's, (N, L + 1, C)."""
-        outs, h = [], x if self.net.conv else x.flatten(1)
+        outs, h = [], self.net.inputs(x)
         for i, layer in enumerate(self.net.layers):
             h = layer(h)
             outs.append(self.net.pred(i, h))
