@@ -63,9 +63,9 @@ def similarity(x: torch.Tensor) -> torch.Tensor:
     return (xn @ xn.T).clamp(-1, 1)
 
 
-def sim_loss(h_head: torch.Tensor, y_onehot: torch.Tensor) -> torch.Tensor:
-    """Mean over the B x B entries of (S(h_head) - S(Y))^2."""
-    return F.mse_loss(similarity(h_head), similarity(y_onehot))
+def sim_loss(h_head: torch.Tensor, s_y: torch.Tensor) -> torch.Tensor:
+    """Mean over the B x B entries of (S(h_head) - S(Y))^2; s_y = S(Y) of the one-hot labels."""
+    return F.mse_loss(similarity(h_head), s_y)
 
 
 def pred_pool(c: int, h: int, w: int, bound: int) -> tuple[nn.Module | None, int]:
@@ -187,14 +187,14 @@ class LocalLoss(Algorithm):
         layer (and head) exactly the gradient of its own loss."""
         beta = self.hp.beta
         h = self.net.inputs(x)
-        y1 = F.one_hot(y, self.n_classes).to(x.dtype) if self.loss != "pred" else None
+        s_y = similarity(F.one_hot(y, self.n_classes).to(x.dtype)) if self.loss != "pred" else None
         losses = []
         for i, layer in enumerate(self.net.layers):
             h = layer(h.detach())
             if self.loss == "pred":
                 losses.append(F.cross_entropy(self.net.pred(i, h), y))
                 continue
-            sim = sim_loss(self.net.sim_heads[i](h), y1)
+            sim = sim_loss(self.net.sim_heads[i](h), s_y)
             if self.loss == "sim":
                 losses.append(sim)
             else:
