@@ -138,9 +138,10 @@ def cmd_report(a: argparse.Namespace) -> None:
     if bool(a.summary) == bool(a.metrics):
         raise BpfreeError("bpfree report: give metrics.json files, or --summary CSV (not both)")
     out = Path(a.out_dir)
-    _outputs("report", [out / f for f in ("summary.csv", "cells.csv", "deltas.csv", "to_target.csv", "table.md",
-                                          "table.html", "deltas.md", "deltas.html")]
-             + [out / "plots" / f"{p}.png" for p in PLOTS])
+    tables = ("deltas.csv", "deltas.md", "deltas.html") if a.summary else (
+        "summary.csv", "cells.csv", "deltas.csv", "to_target.csv", "table.md", "table.html", "deltas.md", "deltas.html")
+    plots = [] if a.summary else [out / "plots" / f"{p}.png" for p in PLOTS]  # no plots from a summary
+    _outputs("report", [out / f for f in tables] + plots)
     try:
         if a.summary:
             from bpfree.report import report_from_summary
