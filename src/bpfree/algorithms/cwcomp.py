@@ -53,8 +53,8 @@ def class_goodness(h: torch.Tensor, n_classes: int) -> torch.Tensor:
 
 
 def cwc_loss(h: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """The CwC loss: mean over the batch of -log softmax(G)_y (arXiv 2312.12668, eq. of the
-    channel-wise competitive loss)."""
+    """The channel-wise competitive (CwC) loss of arXiv 2312.12668: mean over the batch of
+    -log softmax(G)_y, G = class_goodness(h) (the code's default criterion `CwC_CE`)."""
     return F.cross_entropy(class_goodness(h, n_classes), y)
 
 
