@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from bpfree import algorithms, hparams
+from bpfree import algorithms, hparams, models
 from bpfree.algorithms.base import check_architecture
 from bpfree.errors import ConfigError  # noqa: F401 - raised by every check here; callers import it from config
 from bpfree.hparams import PROTOCOL_KEYS  # noqa: F401 - settings only `protocol` may hold
@@ -70,9 +70,17 @@ def check(cfg: dict, device: bool = True) -> None:
     algos, archs = cfg["algorithms"], cfg["architectures"]
     _check_datasets(cfg)
     for name, arch in archs.items():
-        need = {"mlp": "widths", "cnn": "channels"}[arch["type"]]
+        need = {"mlp": "widths", "cnn": "channels", "cwc-cnn": "channels"}[arch["type"]]
         if need not in arch:
             raise ConfigError(f"architectures.{name}: type {arch['type']} needs `{need}`")
+        extra = sorted({"pool", "groups"} & set(arch)) if arch["type"] != "cwc-cnn" else []
+        if extra:
+            raise ConfigError(f"architectures.{name}: `{extra[0]}` is a cwc-cnn key, not one of type {arch['type']}")
+        if arch["type"] == "cwc-cnn":
+            try:
+                models.cwc_layout(arch)
+            except ValueError as e:
+                raise ConfigError(f"architectures.{name}: {e}") from None
     classes = {}
     searched = cfg["protocol"]["search"]["n_trials"] > 0
     for name, entry in algos.items():
