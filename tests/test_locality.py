@@ -30,6 +30,7 @@ LOCALITY_TESTS = {
     "cafo": ["test_cafo.py::test_dfa_gradients_of_blocks_1_2_come_only_from_feedback_matrices",
              "test_cafo.py::test_rand_blocks_stay_at_random_init_and_batchnorm_is_identity"],
     "elm": ["test_locality.py::test_elm_computes_no_gradient"],
+    "cwcomp": ["test_cwcomp.py::test_no_gradient_of_a_layer_loss_reaches_an_earlier_layer"],
     "local": ["test_local.py::test_no_gradient_of_a_layer_loss_reaches_an_earlier_layer"],
 }
 
