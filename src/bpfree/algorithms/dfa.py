@@ -2,7 +2,7 @@
 Deep Neural Networks", NeurIPS; arXiv 1609.01596), on the same MLP and 3-block CNN as bp.
 
 One forward pass, then every hidden layer l learns from the output error alone, sent to it through
-a fixed random matrix (the paper's eq. for DFA, section 2):
+a fixed random matrix (the paper's DFA update; its Fig. 1 draws BP, FA and DFA side by side):
 
     e        = softmax(logits) - onehot(y)          (divided by the batch: the error of the mean CE)
     delta_l  = (B_l e) * f'(z_l)                    for every hidden layer l = 1..L
