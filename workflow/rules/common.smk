@@ -42,10 +42,12 @@ def data_root(wildcards):
 
 
 def algo_src(wildcards):
-    """The implementation file of the job's algorithm: editing it reruns only its jobs."""
+    """The implementation file of the job's algorithm and the package's algorithm modules it
+    imports (cafo: dfa; fa, dfa: bp): editing one reruns only the jobs that run its code."""
     impl = config["algorithms"][wildcards.algorithm]["impl"]
     shipped = SRC / "algorithms" / f"{impl}.py"  # beside CORE_SRC, in this checkout
-    return str(shipped if "." not in impl and shipped.exists() else bpalg.source_file(impl))
+    path = shipped if "." not in impl and shipped.exists() else bpalg.source_file(impl)
+    return [str(p) for p in bpalg.with_imports(path)]
 
 
 def search_spec(wildcards):
@@ -68,7 +70,7 @@ def journal(wildcards):
 def _study_key(architecture, algorithm):
     """Hash of the search spec and the code it runs (read once per Snakemake run, not once per job)."""
     spec = bpcfg.search_spec(config, architecture, algorithm)
-    files = [algo_src(SimpleNamespace(algorithm=algorithm)), *CORE_SRC]
+    files = [*algo_src(SimpleNamespace(algorithm=algorithm)), *CORE_SRC]
     code = hashlib.sha256(b"".join(Path(f).read_bytes() for f in files))
     return bpcfg.spec_hash({"spec": spec, "code": code.hexdigest()})
 

@@ -2,6 +2,7 @@
 whose `ALGORITHM` attribute is a subclass of `bpfree.algorithms.base.Algorithm`."""
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 from pathlib import Path
@@ -38,3 +39,26 @@ def source_file(impl: str) -> Path:
     if spec is None or spec.origin is None:
         raise ValueError(f"unknown algorithm implementation {impl!r}; shipped: {', '.join(available())}")
     return Path(spec.origin)
+
+
+def with_imports(path: str | Path) -> list[Path]:
+    """The algorithm file at `path`, then the modules of this package beside it that it imports,
+    directly or through each other (cafo runs dfa's DFA code, fa and dfa build on bp), but
+    `base` (an input of every job already): editing any of them reruns the jobs that run it."""
+    out, todo = [], [Path(path)]
+    while todo:
+        p = todo.pop(0)
+        if p in out:
+            continue
+        out.append(p)
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == __name__:
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(__name__ + "."):
+                names = [node.module.rsplit(".", 1)[1]]
+            elif isinstance(node, ast.Import):
+                names = [a.name.rsplit(".", 1)[1] for a in node.names if a.name.startswith(__name__ + ".")]
+            else:
+                continue
+            todo += [p.parent / f"{n}.py" for n in names if n != "base" and (p.parent / f"{n}.py").exists()]
+    return out

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bpfree import hparams, models
+from bpfree.algorithms.dfa import dfa_backward, register_feedback
 from bpfree.hparams import SettingError, hp
 from bpfree.algorithms.base import Algorithm, Cost, Stage, accuracy, adam, chunked, minibatch_epoch, train_batch
 from bpfree.data import Data
@@ -82,9 +83,8 @@ class CaFoNet(nn.Module):
         self.heads = nn.ModuleList(nn.Linear(f, n_classes) for f in flat)
         if dfa:
             self.aux = nn.Linear(flat[-1], n_classes)
-            for k, f in enumerate(flat[:-1]):  # B_k: (C, flat_k) Gaussian, rows of unit L2 norm
-                b = torch.randn(n_classes, f)
-                self.register_buffer(f"feedback{k}", b / b.norm(dim=1, keepdim=True))
+            # B_k of blocks 1..K-1: (C, flat_k) Gaussian, rows of unit L2 norm
+            register_feedback(self, n_classes, flat[:-1], "unit-rows")
 
     def feedback(self, k: int) -> torch.Tensor:
         return getattr(self, f"feedback{k}")
@@ -172,18 +172,16 @@ class CaFo(Algorithm):
         """Set the DFA gradients of one batch (blocks and aux head); returns the aux CE loss.
         Each block sees its input detached, so no gradient crosses a block boundary; blocks 1..K-1
         get the output gradient e B_k, e = (softmax(logits) - onehot(y)) / batch (the error of the
-        mean CE loss); the last block and the aux head get ordinary backprop of the CE loss."""
+        mean CE loss); the last block and the aux head get ordinary backprop of the CE loss (CaFo's
+        rule; the paper's DFA, `bpfree.algorithms.dfa`, sends e B_K to the last block too). The
+        mechanics are dfa's own (`bpfree.algorithms.dfa.dfa_backward`)."""
         outs, h = [], x
         for block in self.net.blocks:
             h = block(h.detach())
             outs.append(h)
         logits = self.net.aux(h.flatten(1))
         loss = F.cross_entropy(logits, y)
-        with torch.no_grad():
-            e = (logits.softmax(1) - F.one_hot(y, self.n_classes).to(logits.dtype)) / len(y)
-            grads = [(e @ self.net.feedback(k)).view_as(outs[k]) for k in range(self.K - 1)]
-        torch.autograd.backward([loss, *outs[:-1]], [None, *grads])
-        return loss.detach()
+        return dfa_backward(loss, logits, y, outs[:-1], [self.net.feedback(k) for k in range(self.K - 1)])
 
     def _dfa_epoch(self, data: Data, gen: torch.Generator) -> torch.Tensor:
         self.net.blocks.train()
