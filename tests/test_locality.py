@@ -31,6 +31,8 @@ LOCALITY_TESTS = {
              "test_cafo.py::test_rand_blocks_stay_at_random_init_and_batchnorm_is_identity"],
     "elm": ["test_locality.py::test_elm_computes_no_gradient"],
     "cwcomp": ["test_cwcomp.py::test_no_gradient_of_a_layer_loss_reaches_an_earlier_layer"],
+    "fa": ["test_fa_dfa.py::test_fa_error_reaches_a_layer_only_through_the_B_above_it"],
+    "dfa": ["test_fa_dfa.py::test_dfa_no_gradient_passes_between_layers"],
     "local": ["test_local.py::test_no_gradient_of_a_layer_loss_reaches_an_earlier_layer"],
 }
 

@@ -18,10 +18,12 @@ def core(package: str | Path = PACKAGE) -> list[Path]:
 
 
 def files(impl: str) -> list[Path]:
-    """The algorithm `impl`'s module (shipped or not, tracked by git or not) and the core files."""
+    """The algorithm `impl`'s module (shipped or not, tracked by git or not), the package's
+    algorithm modules it imports (`algorithms.with_imports`: cafo runs dfa's code) and the core
+    files: the same list the workflow declares as the job's inputs."""
     from bpfree import algorithms
 
-    return [algorithms.source_file(impl), *core()]
+    return [*algorithms.with_imports(algorithms.source_file(impl)), *core()]
 
 
 def _name(path: Path) -> str:
