@@ -92,6 +92,17 @@ def test_locality_is_shown_beside_each_algorithm(tmp_path):
     assert set(pd.read_csv(tmp_path / "out" / "summary.csv").locality) == {"end-to-end", "layer-local"}
 
 
+def test_the_authors_own_figures_stand_beside_the_matching_rows(tmp_path):
+    files = [fake_run(tmp_path, "mnist", "mlp-2x1000", a, s, 98.0 + s) for a in ("bp", "local-predsim", "fa")
+             for s in range(2)]
+    report.run_report(files, tmp_path / "out", {"resamples": 200})
+    table = (tmp_path / "out" / "table.md").read_text()
+    row = next(line for line in table.splitlines() if "| local-predsim |" in line)
+    assert "99.38 (MLP 3x1024, V)" in row
+    assert "98.30 (LeNet (BioTorch), V)" in next(line for line in table.splitlines() if "| fa |" in line)
+    assert "99.38" not in next(line for line in table.splitlines() if "| bp |" in line)
+
+
 def test_not_resolved_delta_is_labelled_with_n(tmp_path):
     files = [fake_run(tmp_path, "digits", "m", "bp", s, a) for s, a in enumerate([97.0, 96.0, 98.0])]
     files += [fake_run(tmp_path, "digits", "m", "mf", s, a) for s, a in enumerate([97.5, 95.0, 98.5])]

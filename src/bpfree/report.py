@@ -180,7 +180,9 @@ def _pub_lookup(pub: pd.DataFrame, keys: dict) -> pd.Series | None:
 
 
 def absolute_table(cells: pd.DataFrame, runs: pd.DataFrame, pub: pd.DataFrame) -> pd.DataFrame:
-    """Per cell: ours (mean ± sd, n) beside the published value of the same cell."""
+    """Per cell: ours (mean ± sd, n) beside the published value of the same cell, and the
+    algorithm's own authors' figure on their network (published_field.csv) as a reference."""
+    field = published.load("field")
     rows = []
     for c in cells.itertuples(index=False):
         g = runs[(runs.dataset == c.dataset) & (runs.architecture == c.architecture) & (runs.algorithm == c.algorithm)]
@@ -207,8 +209,19 @@ def absolute_table(cells: pd.DataFrame, runs: pd.DataFrame, pub: pd.DataFrame) -
             "published memory (MiB)": theirs("peak_mem_mib", ".0f"),
             "epochs": ours("epochs", ".1f"), "published epochs": theirs("epochs", ".1f"),
             "resumed runs": f"{_n_resumed(g)} of {len(g)}",
+            "its authors' figure (%), their network": _field_reference(field, c.algorithm, g, c.dataset),
         })
     return pd.DataFrame(rows)
+
+
+def _field_reference(field: pd.DataFrame, variant: str, g: pd.DataFrame, dataset: str) -> str:
+    """The field table's figure for this variant (else its implementation) on this dataset:
+    "98.30 (LeNet (BioTorch), V)", or a dash."""
+    impl = g["impl"].iloc[0] if "impl" in g and len(g) else variant
+    rows = field[(field.dataset == dataset) & (field.variant == variant)]
+    if rows.empty:
+        rows = field[(field.dataset == dataset) & (field.impl == impl) & (field.variant == impl)]
+    return DASH if rows.empty else "; ".join(f"{r.test_acc:.2f} ({r.network}, {r.tag})" for r in rows.itertuples())
 
 
 def _locality(g: pd.DataFrame) -> str:

@@ -1,15 +1,16 @@
-"""The original study's published numbers, shipped as package data (see PROVENANCE.md)."""
+"""The original study's published numbers and the field algorithms' own reported figures, shipped as
+package data (see PROVENANCE.md)."""
 from __future__ import annotations
 
 from importlib import resources
 
 import pandas as pd
 
-TABLES = ("results", "deltas", "hyperparameters", "claims")
+TABLES = ("results", "deltas", "hyperparameters", "claims", "field")
 
 
 def path(name: str):
-    """The packaged file of table `name` (results, deltas, hyperparameters or claims)."""
+    """The packaged file of table `name` (one of TABLES)."""
     if name not in TABLES:
         raise ValueError(f"published table {name!r}: choose one of {', '.join(TABLES)}")
     return resources.files(__package__) / f"published_{name}.csv"
