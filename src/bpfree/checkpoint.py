@@ -12,14 +12,12 @@ An algorithm whose state between epochs lives elsewhere (plain tensors, Python o
 `end_stage` rebuild from the weights (cached features of frozen layers) needs nothing: on resume
 the engine replays them for the finished stages.
 
-A checkpoint carries a key (hash of everything that decides the run); a file with another key is
+A checkpoint carries a key (`bpfree.sources.digest` of everything that decides the run); a file with another key is
 ignored, so a changed config or source never resumes a stale run. Files are written to a
 temporary name, flushed to disk, then renamed: a kill during the save leaves the previous one.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from pathlib import Path
@@ -30,14 +28,6 @@ import torch
 from bpfree import io
 
 FORMAT = 1
-
-
-def key(*parts: Any, files: list[str | Path] = ()) -> str:
-    """Hash of JSON-able parts and the contents of `files` (e.g. the algorithm's source)."""
-    h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
-    for f in files:
-        h.update(Path(f).read_bytes())
-    return h.hexdigest()
 
 
 def _stateful(algo: Any) -> dict[str, Any]:

@@ -104,9 +104,10 @@ def cmd_search(a: argparse.Namespace) -> None:
                                   exclusive=not a.shared and a.workers == 1, worker=a.worker, workers=a.workers)
     if a.worker_out:
         from bpfree import io, provenance
+        from bpfree.device import resolve_device
 
         summary = search.worker_summary(study, a.worker or 0, a.workers) if study is not None else {}
-        io.write_json(a.worker_out, {**summary, "provenance": provenance.collect(spec, search.resolve_device(spec["device"]))})
+        io.write_json(a.worker_out, {**summary, "provenance": provenance.collect(spec, resolve_device(spec["device"]))})
     if a.best:
         best = search.write_outputs(spec, study, a.best, a.trials or Path(a.best).with_name("trials.csv"), a.journal)
         print(json.dumps(best["params"]))

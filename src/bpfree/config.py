@@ -6,7 +6,6 @@ changed, and the `bpfree` command line takes the same spec without Snakemake.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -107,6 +106,8 @@ def check(cfg: dict, device: bool = True) -> None:
             if d not in cfg["datasets"]:
                 raise ConfigError(f"comparisons[{i}].datasets: {d!r} is not in datasets {cfg['datasets']}")
     if device:
+        from bpfree.device import check_device  # imports torch: only where the device is checked
+
         check_device(cfg.get("device", "auto"), "device")
 
 
@@ -133,20 +134,6 @@ def _check_datasets(cfg: dict) -> None:
         if not (where / ds.folder).is_dir():
             raise ConfigError(f"data_root = {root!r}: dataset {ds.name} needs the folder {where / ds.folder} "
                               "(torchvision's layout)")
-
-
-def check_device(name: str, key: str = "device") -> None:
-    """ConfigError naming `key` if `name` (auto, cpu, cuda, cuda:N) names no device torch sees here."""
-    if name in ("auto", "cpu"):
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ConfigError(f"{key} = {name!r}: torch {torch.__version__} sees no CUDA device on this machine; "
-                          "use auto or cpu")
-    index = int(name.partition(":")[2] or 0)
-    if index >= torch.cuda.device_count():
-        raise ConfigError(f"{key} = {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 # ---- what the workflow runs ---------------------------------------------------------------------
@@ -209,10 +196,6 @@ def check_spec(spec: dict, kind: str) -> dict:
                                               f"{spec['architecture']}")
         hparams.check_entry(cls.Settings, spec, key, spec["search"]["n_trials"] > 0)
     return spec
-
-
-def spec_hash(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def dumps(spec: dict) -> str:

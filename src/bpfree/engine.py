@@ -11,6 +11,7 @@ import torch
 from bpfree.algorithms.base import Algorithm, accuracy, generator
 from bpfree.checkpoint import Checkpoint, algo_state, load_algo_state, load_rng_state, rng_state
 from bpfree.data import Data
+from bpfree.device import sync
 from bpfree.errors import BpfreeError
 
 
@@ -41,11 +42,6 @@ def _improved(value: float, best: float | None, monitor: str, min_delta: float) 
     if best is None:
         return True
     return value > best + min_delta if monitor == "acc" else value < best - min_delta
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def fit(algo: Algorithm, data: Data, stopping: Stopping, seed: int,

@@ -2,9 +2,7 @@
 every run's JSON so that a number can be traced back (and a mixed-version table detected)."""
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
-import json
 import os
 import platform
 import socket
@@ -14,13 +12,12 @@ from pathlib import Path
 
 import torch
 
+from bpfree import device as devices
+from bpfree import sources
+
 ROOT = Path(__file__).resolve().parents[2]
+# The packages whose versions every result records and `bpfree doctor` prints (distribution names).
 PACKAGES = ("bpfree", "torch", "numpy", "optuna", "codecarbon", "pandas", "snakemake", "scikit-learn", "nvidia-ml-py")
-
-
-def spec_sha256(obj: object) -> str:
-    """Hash of a JSON-able object (the resolved job spec), key order ignored."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _git(*args: str) -> str | None:
@@ -42,32 +39,18 @@ def git() -> dict:
     return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
 
 
-def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for p in PACKAGES:
-        try:
-            out[p] = importlib.metadata.version(p)
-        except importlib.metadata.PackageNotFoundError:
-            out[p] = None
-    out["torch_cuda"] = torch.version.cuda
-    return out
-
-
-def _nvidia_driver() -> str | None:
+def version(dist: str) -> str | None:
+    """The installed version of the distribution `dist`; None if it is not installed."""
     try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        v = pynvml.nvmlSystemGetDriverVersion()
-        return v.decode() if isinstance(v, bytes) else str(v)
-    except Exception:
-        pass
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
-        return out.stdout.splitlines()[0].strip() if out.returncode == 0 and out.stdout.strip() else None
-    except (OSError, subprocess.TimeoutExpired, IndexError):
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def versions() -> dict[str, str | None]:
+    """Python, every package of PACKAGES, and the CUDA version torch was built with (None: CPU build)."""
+    return {"python": platform.python_version(), **{p: version(p) for p in PACKAGES},
+            "torch_cuda": torch.version.cuda}
 
 
 def hardware(device: torch.device | str) -> dict:
@@ -77,7 +60,7 @@ def hardware(device: torch.device | str) -> dict:
            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     if device.type == "cuda":
         idx = device.index if device.index is not None else torch.cuda.current_device()
-        out.update(device_name=torch.cuda.get_device_name(idx), driver=_nvidia_driver(),
+        out.update(device_name=torch.cuda.get_device_name(idx), driver=devices.nvidia_driver(),
                    cudnn=torch.backends.cudnn.version())
     else:
         out.update(device_name=out["cpu"] or "cpu", driver=None)
@@ -90,9 +73,7 @@ def collect(spec: dict, device: torch.device | str = "cpu", **extra: object) -> 
     sha256 of every file the result depends on (bpfree.sources: the algorithm's module, tracked by
     git or not, the core, and the stage's module: search.py for a search spec, else train.py and
     metering.py)."""
-    from bpfree import sources
-
     stage = ("search.py",) if "search" in spec else ("train.py", "metering.py")
-    return {**git(), "packages": versions(), **hardware(device), "spec_sha256": spec_sha256(spec),
-            "run_sha256": spec_sha256({"spec": spec, **extra}),
+    return {**git(), "packages": versions(), **hardware(device), "spec_sha256": sources.digest(spec),
+            "run_sha256": sources.digest({"spec": spec, **extra}),
             "sources": sources.hashes(spec.get("impl"), extra=stage)}

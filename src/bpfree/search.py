@@ -16,6 +16,7 @@ from optuna.storages.journal._file import get_lock_file
 
 from bpfree import algorithms, hparams, io
 from bpfree.data import Data, load, warnings
+from bpfree.device import resolve_device
 from bpfree.engine import Diverged, Stopping, fit
 from bpfree.errors import BpfreeError, FileError
 
@@ -25,16 +26,6 @@ class JournalError(FileError):
 from bpfree.progress import Progress
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-
-
-def resolve_device(name: str) -> torch.device:
-    """The torch device for the config's `device`; ConfigError if it names none on this machine."""
-    from bpfree.config import check_device
-
-    check_device(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def sample(trial: optuna.Trial, space: dict) -> dict:

@@ -1,15 +1,38 @@
 """The source files a job's result depends on: one list, used by the workflow (its jobs' inputs and
 the study key, so editing one reruns the jobs) and by the package (the checkpoint key, so a
-checkpoint of other code is not resumed; the provenance of every best.json and metrics.json)."""
+checkpoint of other code is not resumed; the provenance of every best.json and metrics.json).
+Also the one hash function (`digest`) of specs, checkpoints, study keys and files."""
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Iterable
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
 
 # Besides the algorithm's own module: the engine every algorithm runs through and what it reads.
 CORE = ("engine.py", "models.py", "data.py", "checkpoint.py", "hparams.py", "errors.py", "algorithms/base.py")
+
+
+def digest(obj: object = None, files: Iterable[str | Path] = (), length: int = 64) -> str:
+    """sha256, as the first `length` hex digits, of `obj` as JSON (keys sorted; a value JSON cannot
+    hold is written as its str) followed by the bytes of `files` in their order; `obj` None: the
+    files alone. The study key (the workflow's journal names), the checkpoint key, the provenance's
+    spec_sha256 and run_sha256 and the per-file hashes are all this function, so a persisted value
+    (a journal to resume, a checkpoint) keeps its name across versions of the code that computes it."""
+    h = hashlib.sha256()
+    if obj is not None:
+        h.update(json.dumps(obj, sort_keys=True, default=str).encode())
+    for f in files:
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()[:length]
+
+
+def study_key(spec: dict, files: Iterable[str | Path]) -> str:
+    """The 12-digit key of an Optuna study (`study-<key>.journal`): its search spec and the bytes of
+    the code it runs (the algorithm's modules, then the core files)."""
+    return digest({"spec": spec, "code": digest(files=files)}, length=12)
 
 
 def core(package: str | Path = PACKAGE) -> list[Path]:
@@ -36,4 +59,4 @@ def hashes(impl: str | None, extra: tuple[str, ...] = ()) -> dict[str, str]:
     (e.g. the stage's own module); file names are relative to the package's parent folder
     (bpfree/engine.py) or absolute for a module outside the package."""
     paths = (files(impl) if impl else core()) + [PACKAGE / f for f in extra]
-    return {_name(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+    return {_name(p): digest(files=[p]) for p in paths}

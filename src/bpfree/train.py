@@ -11,11 +11,11 @@ import torch
 from bpfree import algorithms, checkpoint, hparams, io, provenance, sources
 from bpfree.algorithms.base import accuracy
 from bpfree.data import load, warnings
+from bpfree.device import resolve_device
 from bpfree.engine import Diverged, Stopping, fit
 from bpfree.errors import FileError
 from bpfree.metering import KWH, Meter
 from bpfree.progress import Progress
-from bpfree.search import resolve_device
 
 # What a run writes into its folder (their temporary files, left by a kill, are removed at start).
 OUTPUTS = ("metrics.json", "epochs.csv", "checkpoint.pt", "power_trace.csv")
@@ -57,7 +57,7 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
 
     ckpt = None
     if checkpoint_every is not None:
-        run_key = checkpoint.key(spec, hp, seed, data.meta, torch.__version__, str(device),
+        run_key = sources.digest([spec, hp, seed, data.meta, torch.__version__, str(device)],
                                  files=sources.files(spec["impl"]))  # another code version: not resumed
         ckpt = checkpoint.Checkpoint(out_dir / "checkpoint.pt", run_key, every_s=checkpoint_every, log=log)
     # what the processes killed before this one metered, up to their last checkpoint

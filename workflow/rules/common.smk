@@ -5,7 +5,6 @@ from bpfree import sources as bpsources
 from pathlib import Path
 from types import SimpleNamespace
 import functools
-import hashlib
 
 
 validate(config, "../schemas/config.schema.yaml")
@@ -71,8 +70,7 @@ def _study_key(architecture, algorithm):
     """Hash of the search spec and the code it runs (read once per Snakemake run, not once per job)."""
     spec = bpcfg.search_spec(config, architecture, algorithm)
     files = [*algo_src(SimpleNamespace(algorithm=algorithm)), *CORE_SRC]
-    code = hashlib.sha256(b"".join(Path(f).read_bytes() for f in files))
-    return bpcfg.spec_hash({"spec": spec, "code": code.hexdigest()})
+    return bpsources.study_key(spec, files)
 
 
 WORKERS = config["protocol"]["search"]["workers"]
