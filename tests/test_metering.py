@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bpfree import doctor, metering
+from bpfree import device, doctor, metering
 from bpfree.metering import Curve, Meter, PowerCurve, Rapl, rapl_domains, to_target
 
 MAX_UJ = 262_143_328_850
@@ -239,7 +239,7 @@ def test_cooldown_pauses_before_the_idle_baseline():
     m.start()
     r = m.stop()
     idle_start = dict(m.edges)["idle_start"]
-    assert idle_start - t0 >= 0.3 and m._samples[0][0] - t0 >= 0.3  # nothing sampled during the pause
+    assert idle_start - t0 >= 0.3 and m.samples[0][0] - t0 >= 0.3  # nothing sampled during the pause
     assert r["cooldown_s"] == 0.3 and r["idle_seconds"] == pytest.approx(0.1, abs=0.05)
 
 
@@ -283,7 +283,7 @@ def test_no_counter_gives_labelled_nonzero_estimates(tmp_path):
         mark = m.mark()
         assert mark["energy_j"] is not None and mark["energy_j"] > 0
     r = m.stop()
-    assert m._drive_tracker  # CodeCarbon's own timers replaced by the sampler (its 3.3 internals)
+    assert m.estimate.driven  # CodeCarbon's own timers replaced by the sampler (its 3.3 internals)
     # origin, start(), end of the idle phase, stop(), and the sampler's readings every 0.25 s (how
     # many of those fit in the 1.5 s depends on the machine's load: at least one, not a count)
     assert len(m.tracker.snapshots) >= 5
@@ -334,7 +334,7 @@ def test_doctor_with_fake_counters(tmp_path):
 def test_doctor_on_this_machine_says_estimates_only(capsys):
     from bpfree.cli import main
 
-    if metering.rapl_domains() or metering.load_nvml() is not None:
+    if metering.rapl_domains() or device.load_nvml() is not None:
         pytest.skip("this machine has power counters")
     main(["doctor"])
     out = capsys.readouterr().out
@@ -342,3 +342,17 @@ def test_doctor_on_this_machine_says_estimates_only(capsys):
     assert "cpu = estimate, dram = estimate" in out
     for name in ("torch", "codecarbon", "optuna", "snakemake", "pynvml", "NVIDIA driver"):
         assert name in out
+
+
+@pytest.mark.parametrize("counter", [True, False])
+@pytest.mark.parametrize("rapl", [True, False])
+def test_doctor_and_a_run_choose_the_same_methods(tmp_path, counter, rapl):
+    """One function (metering.choose_methods) decides for both: the doctor's verdict is what a run records."""
+    root = make_powercap(tmp_path) if rapl else None
+    info = doctor.probe(powercap_root=root, nvml=FakeNVML(counter=counter))
+    m = Meter("cpu", powercap_root=root, nvml=FakeNVML(counter=counter), gpu=0, codecarbon=bool(info["codecarbon"]),
+              output_dir=str(tmp_path / "cc"))
+    m.start()
+    r = m.stop()
+    assert {c: r[f"energy_{c}_method"] for c in info["methods"]} == info["methods"] == m.methods
+    assert info["methods"]["gpu"] == ("nvml-counter" if counter else "nvml-power")

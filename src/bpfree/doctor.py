@@ -1,26 +1,18 @@
 """`bpfree doctor`: which energy-measurement methods this machine offers, the device, and the
-versions that matter. It probes the same readers the meter uses (metering.py), so what it says is
-what a final run will record."""
+versions that matter. It probes the same readers the meter uses (metering.py) and picks the method
+of each component with the meter's own `metering.choose_methods`, so what it says is what a final
+run will record."""
 from __future__ import annotations
 
 import os
 import platform
-import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bpfree import metering
-
-PACKAGES = {"torch": "torch", "codecarbon": "codecarbon", "optuna": "optuna", "snakemake": "snakemake",
-            "pynvml": "nvidia-ml-py", "numpy": "numpy", "pandas": "pandas"}
+from bpfree import device, metering, provenance
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
+NAMES = {"nvidia-ml-py": "nvidia-ml-py (pynvml)"}  # a distribution better known by its module's name
 
 
 def cpu_model() -> str:
@@ -33,55 +25,43 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def gpus(nvml: Any = "auto") -> tuple[list[metering.Gpu | dict], str]:
+    """Every GPU NVML lists (a Gpu, or {"index", "error"} where NVML fails on it) and NVML's state
+    in words."""
+    lib = device.load_nvml(nvml)
+    if lib is None:
+        return [], device.nvml_problem() if nvml == "auto" else "absent"
+    try:
+        n = lib.nvmlDeviceGetCount()
+    except Exception as e:
+        return [], f"present, device count failed: {e}"
+    out: list[metering.Gpu | dict] = []
+    for i in range(n):
+        try:
+            out.append(metering.Gpu(lib, i))
+        except Exception as e:
+            out.append({"index": i, "error": str(e)})
+    return out, f"present, {n} device(s)"
+
+
 def probe(powercap_root: str | Path | None = metering.POWERCAP, nvml: Any = "auto") -> dict:
     """Everything doctor reports, as a dict (tests pass a fake powercap tree and a fake NVML)."""
     import torch
 
-    info: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(),
-                            "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-                            "versions": {k: _version(v) for k, v in PACKAGES.items()},
-                            "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
-                            "driver": None, "gpus": [], "nvml": None}
-    lib = metering.load_nvml(nvml)
-    if lib is None:
-        info["nvml"] = "absent"
-        if nvml == "auto":
-            try:
-                import pynvml
-
-                pynvml.nvmlInit()
-            except ImportError:
-                info["nvml"] = "absent: no pynvml module (package nvidia-ml-py)"
-            except Exception as e:
-                info["nvml"] = f"unusable: nvmlInit failed ({e}): no NVIDIA driver"
-    else:
-        try:
-            info["driver"] = metering._text(lib.nvmlSystemGetDriverVersion())
-        except Exception:
-            pass
-        try:
-            n = lib.nvmlDeviceGetCount()
-        except Exception as e:
-            n, info["nvml"] = 0, f"present, device count failed: {e}"
-        for i in range(n):
-            try:
-                g = metering.Gpu(lib, i)
-                info["gpus"].append({"index": i, "name": g.name, "counter": g.counter, "power": g.power})
-            except Exception as e:
-                info["gpus"].append({"index": i, "error": str(e)})
-        info["nvml"] = info["nvml"] or f"present, {n} device(s)"
+    found, nvml_state = gpus(nvml)
+    versions = provenance.versions()
+    info: dict[str, Any] = {"python": versions.pop("python"), "platform": platform.platform(),
+                            "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_cuda": versions.pop("torch_cuda"),
+                            "versions": versions, "cuda_available": torch.cuda.is_available(),
+                            "driver": device.nvidia_driver(nvml), "nvml": nvml_state,
+                            "gpus": [g if isinstance(g, dict) else {"index": i, "name": g.name, "counter": g.counter,
+                                                                    "power": g.power} for i, g in enumerate(found)]}
     info["rapl"] = metering.rapl_domains(powercap_root)
     info["powercap_root"] = str(powercap_root)
-    cc = _version("codecarbon")
-    info["codecarbon"] = cc
-
-    gpu0 = next((g for g in info["gpus"] if "error" not in g), None)
+    info["codecarbon"] = versions["codecarbon"]
+    gpu0 = next((g for g in found if not isinstance(g, dict)), None)
     rapl_ok = {d["component"] for d in info["rapl"] if d["readable"] and d["component"]}
-    methods = {"gpu": None, "cpu": "rapl" if "cpu" in rapl_ok else "estimate" if cc else "unavailable",
-               "dram": "rapl" if "dram" in rapl_ok else "estimate" if cc else "unavailable"}
-    if gpu0 is not None:
-        methods["gpu"] = "nvml-counter" if gpu0["counter"] else "nvml-power" if gpu0["power"] else "unavailable"
-    info["methods"] = {k: v for k, v in methods.items() if v is not None}
+    info["methods"] = metering.choose_methods(gpu0 is not None, gpu0, rapl_ok, bool(info["codecarbon"]))
     measured = [c for c, m in info["methods"].items() if m not in ("estimate", "unavailable")]
     info["verdict"] = ("only CodeCarbon estimates are available on this machine (no GPU energy counter, no "
                        "readable RAPL counter): every energy figure will be labelled `estimate`"
@@ -128,7 +108,7 @@ def format_report(info: dict) -> str:
               f"  python {info['python']}",
               f"  torch {info['versions']['torch']} (CUDA {info['torch_cuda'] or 'none: CPU build'})",
               f"  NVIDIA driver {info['driver'] or 'none'}"]
-    lines += [f"  {k} {v or 'not installed'}" for k, v in info["versions"].items() if k != "torch"]
+    lines += [f"  {NAMES.get(k, k)} {v or 'not installed'}" for k, v in info["versions"].items() if k != "torch"]
     return "\n".join(lines) + "\n"
 
 

@@ -28,6 +28,12 @@ MLPerf's power rules ask, or under 1 s of counter readings) is named in `energy_
 Every source becomes a cumulative-energy curve (time, joules); the energy between two edges is the
 difference of the curve at those times. Counters are read at each edge, so their edge values are
 exact; power samples and CodeCarbon readings are interpolated linearly, i.e. apportioned by time.
+
+Layout: `choose_methods` picks the method of each component (and `bpfree doctor` calls it too); one
+class per energy source owns its label, curves and reads (`GpuCounter`, `GpuPower`, `RaplSource`,
+`Estimate`); `Sampler` is the background thread; the summaries are pure functions of the readings
+(`component_energy`, `board_summary`, `window_warning`, `epoch_records`, `trace_rows`, ...); `Meter`
+opens the window and puts these together. Device synchronisation and NVML: bpfree.device.
 """
 from __future__ import annotations
 
@@ -38,26 +44,22 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bpfree.device import load_nvml, nvml_handle, sync, text
+
 KWH = 3.6e6  # joules per kWh
 MIB = 2**20
 POWERCAP = Path("/sys/class/powercap")
 COMPONENTS = ("gpu", "cpu", "dram")
-METHODS = ("nvml-counter", "nvml-power", "rapl", "estimate")
 UNAVAILABLE = "unavailable"
 ORIGINAL_STUDY_HZ = 5.0  # the original study's power polling rate (one reading per 0.2 s)
 MIN_POWER_SAMPLES = 60  # MLPerf power rules: fewer samples than this in a window is too few
 MIN_COUNTER_S = 1.0  # counters (NVML energy, RAPL) update every few to tens of ms: under 1 s is too short
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ---- cumulative-energy curves ---------------------------------------------------------------------
@@ -182,55 +184,20 @@ class Rapl:
 
 # ---- NVML -----------------------------------------------------------------------------------------
 
-def load_nvml(nvml: Any = "auto") -> Any:
-    """The initialised pynvml module (package nvidia-ml-py), a stand-in passed by tests, or None
-    where the module or the driver is absent."""
-    if nvml is None:
-        return None
-    if nvml == "auto":
-        try:
-            import pynvml as nvml
-        except ImportError:
-            return None
-    try:
-        nvml.nvmlInit()
-    except Exception:
-        return None
-    return nvml
-
-
-def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def nvml_handle(nvml: Any, device: torch.device | int) -> Any:
-    """The NVML handle of a torch device (by UUID: CUDA_VISIBLE_DEVICES renumbers torch devices)."""
-    if isinstance(device, int):
-        return nvml.nvmlDeviceGetHandleByIndex(device)
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    try:
-        uuid = str(torch.cuda.get_device_properties(idx).uuid)
-        uuid = uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
-        return nvml.nvmlDeviceGetHandleByUUID(uuid.encode())
-    except Exception:
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
-        if idx < len(visible) and visible[idx].strip().isdigit():
-            idx = int(visible[idx])
-        return nvml.nvmlDeviceGetHandleByIndex(idx)
-
-
 class Gpu:
-    """NVML readings of one GPU; `counter` says whether the total-energy counter exists."""
+    """NVML readings of one GPU; `counter` says whether the total-energy counter exists, `power`
+    whether the board power reading does. `nvml` is an initialised module (device.load_nvml)."""
 
     def __init__(self, nvml: Any, device: torch.device | int):
         self.nvml = nvml
         self.handle = nvml_handle(nvml, device)
-        self.name = _text(nvml.nvmlDeviceGetName(self.handle))
-        self.counter = self._try(self.energy_j) is not None
-        self.power = self._try(self.power_w) is not None
+        self.name = text(nvml.nvmlDeviceGetName(self.handle))
+        self.counter = self.attempt(self.energy_j) is not None
+        self.power = self.attempt(self.power_w) is not None
 
     @staticmethod
-    def _try(fn):
+    def attempt(fn):
+        """fn(), or None if it raises (NVML answers "Not Supported" per device and per query)."""
         try:
             return fn()
         except Exception:
@@ -243,10 +210,22 @@ class Gpu:
         return self.nvml.nvmlDeviceGetPowerUsage(self.handle) / 1e3
 
     def util_pct(self) -> float | None:
-        return self._try(lambda: float(self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu))
+        return self.attempt(lambda: float(self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu))
 
     def memory_mib(self) -> float | None:
-        return self._try(lambda: self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used / MIB)
+        return self.attempt(lambda: self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used / MIB)
+
+
+def open_gpu(nvml: Any, device: torch.device | int) -> Gpu | None:
+    """The Gpu of `device` through NVML (`nvml` as device.load_nvml takes it); None without NVML or
+    when NVML does not know the device."""
+    lib = load_nvml(nvml)
+    if lib is None:
+        return None
+    try:
+        return Gpu(lib, device)
+    except Exception:
+        return None
 
 
 # ---- CodeCarbon -----------------------------------------------------------------------------------
@@ -296,6 +275,103 @@ def codecarbon_tracker(country: str, output_dir: str, interval_s: float = 1.0) -
                    tracking_mode="process", measure_power_secs=interval_s, allow_multiple_runs=True)
 
 
+# ---- the choice of method ---------------------------------------------------------------------------
+
+def choose_methods(want_gpu: bool, gpu: Any, rapl: Iterable[str], estimate: bool) -> dict[str, str]:
+    """The energy method of each component, in COMPONENTS order: the GPU's NVML counter, else its
+    power reading, else unavailable (CodeCarbon's GPU figure needs NVML too: it would be a silent
+    0 J); cpu and dram from RAPL where a readable zone exists, else CodeCarbon's estimate where
+    `estimate`, else unavailable. `want_gpu`: the window has a GPU component; `gpu`: anything with
+    `counter` and `power` flags (a Gpu), or None without NVML; `rapl`: the components with a
+    readable RAPL zone. The meter and `bpfree doctor` both decide through this function."""
+    out: dict[str, str] = {}
+    if want_gpu:
+        out["gpu"] = ("nvml-counter" if gpu is not None and gpu.counter else
+                      "nvml-power" if gpu is not None and gpu.power else UNAVAILABLE)
+    rapl = set(rapl)
+    for c in ("cpu", "dram"):
+        out[c] = "rapl" if c in rapl else "estimate" if estimate else UNAVAILABLE
+    return out
+
+
+# ---- energy sources: each owns its method label, its curves and its reads -------------------------
+
+class GpuCounter:
+    """`nvml-counter`: the GPU's total-energy counter, read at the window's edges (device synchronised)."""
+
+    method = "nvml-counter"
+
+    def __init__(self, gpu: Gpu):
+        self.gpu, self.curves = gpu, {"gpu": Curve()}
+
+    def read(self, t: float, edge: bool, row: dict) -> None:
+        if edge and (e := Gpu.attempt(self.gpu.energy_j)) is not None:  # a failed read: interpolated instead
+            self.curves["gpu"].add(t, e)
+
+
+class GpuPower:
+    """`nvml-power`: the GPU's board power (every reading, edges included), trapezoid-integrated."""
+
+    method = "nvml-power"
+
+    def __init__(self, gpu: Gpu):
+        self.gpu, self.curves = gpu, {"gpu": PowerCurve()}
+
+    def read(self, t: float, edge: bool, row: dict) -> None:
+        if row["gpu_w"] is not None:
+            self.curves["gpu"].add_power(t, row["gpu_w"])
+
+
+class RaplSource:
+    """`rapl`: the powercap counters of the components it covers (package -> cpu, dram -> dram)."""
+
+    method = "rapl"
+
+    def __init__(self, rapl: Rapl):
+        self.rapl, self.curves = rapl, {c: Curve() for c in rapl.components}
+
+    def read(self, t: float, edge: bool, row: dict) -> None:
+        row["rapl"] = self.rapl.read()
+        for c, e in row["rapl"].items():
+            self.curves[c].add(t, e)
+
+
+class Estimate:
+    """`estimate`: CodeCarbon's modelled energy of the components without a counter. Its readings
+    are taken by CodeCarbon (or by the meter's sampler, `driven`) and copied into the curves by
+    `collect()`, which measures nothing."""
+
+    method = "estimate"
+
+    def __init__(self, tracker: Any, components: Iterable[str]):
+        self.tracker, self.curves = tracker, {c: Curve() for c in components}
+        self.driven = False
+        self._seen = 0
+
+    def start(self) -> None:
+        self.tracker.start()
+        self.driven = self.tracker.take_over()
+
+    def read(self, t: float, edge: bool, row: dict) -> None:
+        pass  # CodeCarbon reads on its own clock
+
+    def collect(self) -> None:
+        with self.tracker.bp_lock:
+            snaps = self.tracker.snapshots[self._seen:]
+        self._seen += len(snaps)
+        for t, tot in snaps:
+            for c, curve in self.curves.items():
+                curve.add(t, tot[c])
+
+
+def energy_between(curve: Curve | None, a: float, b: float) -> float | None:
+    """Joules of a cumulative curve between times a and b; None without readings."""
+    if curve is None or not curve.t:
+        return None
+    ea, eb = curve.at(a), curve.at(b)
+    return None if ea is None or eb is None else eb - ea
+
+
 # ---- process memory -------------------------------------------------------------------------------
 
 def _status_kib(field: str) -> int | None:
@@ -324,10 +400,212 @@ def rss_mib() -> float:
     return kib / 1024 if kib is not None else float("nan")
 
 
+class PeakMemory:
+    """Peak memory of the window: torch's allocator peak on CUDA; on the CPU the kernel's VmHWM where
+    it can be reset (`hwm`), else the largest resident set the sampler saw."""
+
+    def __init__(self, device: torch.device, sample_hz: float):
+        self.device, self.sample_hz = device, sample_hz
+        self.hwm = False
+        self.start_mib = float("nan")
+        self.sampled_mib = 0.0
+
+    def open(self) -> None:
+        """At the window's start: reset every peak."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.start_mib = rss_mib()
+        self.hwm = reset_peak_rss()
+        self.sampled_mib = self.start_mib
+
+    def sample(self) -> None:
+        if not self.hwm:
+            self.sampled_mib = max(self.sampled_mib, rss_mib())
+
+    def result(self) -> dict:
+        if self.device.type == "cuda":
+            out = {"peak_memory_mib": torch.cuda.max_memory_allocated(self.device) / MIB,
+                   "peak_memory_method": "torch.cuda.max_memory_allocated (process-local, reset at window start)"}
+        elif self.hwm and (hwm := _status_kib("VmHWM")) is not None:
+            out = {"peak_memory_mib": hwm / 1024,
+                   "peak_memory_method": "VmHWM (kernel peak resident set of the process, reset at window start)"}
+        else:
+            self.sampled_mib = max(self.sampled_mib, rss_mib())
+            out = {"peak_memory_mib": self.sampled_mib,
+                   "peak_memory_method": f"max resident set sampled at {self.sample_hz:g} Hz during the window"}
+        out["rss_at_start_mib"] = self.start_mib
+        return out
+
+
+# ---- the background sampler -----------------------------------------------------------------------
+
+class Sampler:
+    """A daemon thread calling `read()` every `period` seconds and, where the meter drives
+    CodeCarbon (`estimate`), its measurement every `estimate_interval_s`. A failing reading is
+    logged and shows as a missing sample; it never stops the run."""
+
+    def __init__(self, read: Callable[[], Any], period: float, estimate: Estimate | None = None,
+                 estimate_interval_s: float = 5.0):
+        self.read, self.period = read, period
+        self.estimate, self.estimate_interval_s = estimate, estimate_interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bpfree-meter", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        period = self.period
+        drive = self.estimate is not None and self.estimate.driven
+        next_estimate = time.perf_counter() + self.estimate_interval_s
+        while not self._stop.wait(period):
+            try:
+                self.read()
+                now = time.perf_counter()
+                if drive and now >= next_estimate - 0.5 * period:  # slack: wakes are not exact
+                    self.estimate.tracker.measure_now()
+                    next_estimate = now + self.estimate_interval_s
+            except Exception as e:
+                logging.getLogger(__name__).warning("meter sample failed: %s", e)
+
+
+# ---- summaries: pure functions of the readings ----------------------------------------------------
+# A sample is (t, gpu_w, gpu_util_pct, gpu_memory_mib, rapl cumulative joules by component or None).
+
+def method_label(methods: dict[str, str]) -> str:
+    """One label for the run: the common method, or `mixed: gpu=..., cpu=...`."""
+    if len(set(methods.values())) == 1:
+        return next(iter(methods.values()))
+    return "mixed: " + ", ".join(f"{c}={methods[c]}" for c in COMPONENTS if c in methods)
+
+
+def component_energy(curves: dict[str, Curve], methods: dict[str, str], t0: float, t_end: float,
+                     idle: tuple[float, float] | None) -> dict[str, dict]:
+    """Per component: joules of the window, method (unavailable without readings), idle power over
+    the `idle` interval and the dynamic joules (the window's minus idle power x its length)."""
+    out: dict[str, dict] = {}
+    for c in (c for c in COMPONENTS if c in methods):
+        j = energy_between(curves.get(c), t0, t_end)
+        idle_w = None
+        if idle is not None and j is not None:
+            ij = energy_between(curves.get(c), *idle)
+            idle_w = ij / (idle[1] - idle[0]) if ij is not None and idle[1] - idle[0] > 0 else None
+        out[c] = {"j": j, "method": methods[c] if j is not None else UNAVAILABLE, "idle_w": idle_w,
+                  "dynamic_j": j - idle_w * (t_end - t0) if idle_w is not None else None}
+    return out
+
+
+def emissions(final: Any, energy: float | None, label: str, country: str) -> dict:
+    """Emissions of `energy` joules at the offline carbon intensity in CodeCarbon's `final` report."""
+    if final is None or energy is None or not final.energy_consumed:
+        return {"emissions_kg": None, "carbon_intensity_g_per_kwh": None,
+                "emissions_method": "unavailable (CodeCarbon did not report)"}
+    kg_per_kwh = final.emissions / final.energy_consumed  # the offline country intensity
+    return {"emissions_kg": energy / KWH * kg_per_kwh, "carbon_intensity_g_per_kwh": 1e3 * kg_per_kwh,
+            "emissions_method": f"derived: energy_j ({label}) x CodeCarbon offline carbon intensity of {country}"}
+
+
+def gpu_summary(samples: list[tuple], gpu: Gpu | None, t0: float, t_end: float, sample_hz: float) -> dict:
+    """The power trace's presence, and the GPU's name, mean utilisation and device-memory peak."""
+    window = [s for s in samples if t0 <= s[0] <= t_end]
+    has_power = any(s[1] is not None for s in samples) or any(s[4] for s in samples)
+    out: dict[str, Any] = {
+        "power_trace": "power_trace.csv" if has_power else None,
+        "power_trace_note": None if has_power else "no power reading on this machine (no NVML, no readable RAPL)",
+    }
+    if gpu is not None:
+        utils = [s[2] for s in window if s[2] is not None]
+        mems = [s[3] for s in window if s[3] is not None]
+        out.update({
+            "gpu_name": gpu.name,
+            "gpu_util_mean_pct": sum(utils) / len(utils) if utils else None,
+            "gpu_device_memory_peak_mib": max(mems) if mems else None,
+            "gpu_device_memory_method": f"NVML memory used, device-wide incl. CUDA context, max of samples "
+                                        f"at {sample_hz:g} Hz",
+        })
+    return out
+
+
+def board_summary(samples: list[tuple], t0: float, t_end: float, sample_hz: float, gpu: Gpu | None,
+                  cuda: bool) -> dict:
+    """energy_board_j, the original study's quantity (see the module docstring), from the power
+    samples of `gpu` (None: no GPU metered; `cuda`: the run's device is a GPU)."""
+    if gpu is None or not gpu.power:
+        why = "no GPU power reading (NVML)" if gpu is not None or cuda else "no GPU: a CPU-only run"
+        return {"energy_board_j": None, "energy_board_samples": 0, "energy_board_method": f"{UNAVAILABLE}: {why}"}
+    rate = min(sample_hz, ORIGINAL_STUDY_HZ)
+    j, n = board_energy([(t, w) for t, w, *_ in samples if t0 <= t <= t_end and w is not None], rate)
+    return {"energy_board_j": j, "energy_board_samples": n,
+            "energy_board_method": f"nvml-power at {rate:g} Hz, trapezoid, GPU board only, no idle subtraction "
+                                   "(the original study's method)" if j is not None else
+                                   f"{UNAVAILABLE}: fewer than 2 power samples in the window"}
+
+
+def window_warning(comps: dict, seconds: float, n_power: int, board_samples: int | None) -> str | None:
+    """Which figures come from a window too short to trust (None: none). `n_power`: GPU power
+    samples in the window where nvml-power is the GPU's method, else None; `board_samples`: the
+    board column's samples where there is a GPU power reading, else None."""
+    short = []
+    if n_power is not None and n_power < MIN_POWER_SAMPLES:
+        short.append(f"gpu energy from {n_power} power samples")
+    if board_samples is not None and board_samples < MIN_POWER_SAMPLES:
+        short.append(f"energy_board_j from {board_samples} power samples")
+    if seconds < MIN_COUNTER_S:
+        short += [f"{c} energy from {seconds:.2f} s of {v['method']} readings" for c, v in comps.items()
+                  if v["method"] in ("nvml-counter", "rapl")]
+    if not short:
+        return None
+    return (f"too short to trust: {'; '.join(short)} (need >= {MIN_POWER_SAMPLES} power samples, "
+            f"as MLPerf's power rules ask, or >= {MIN_COUNTER_S:g} s of counter readings)")
+
+
+def epoch_records(curves: dict[str, Curve], components: Iterable[str], t0: float, marks: list[float]) -> list[dict]:
+    """Per mark: seconds, elapsed, joules (total and per component) and cumulative joules."""
+    rows, prev, cum = [], t0, 0.0
+    for t in marks:
+        row: dict[str, Any] = {"elapsed_s": t - t0, "window_s": t - prev}
+        total, ok = 0.0, False
+        for c in components:
+            j = energy_between(curves.get(c), prev, t)
+            row[f"energy_{c}_j"] = j
+            if j is not None:
+                total, ok = total + j, True
+        row["energy_j"] = total if ok else None
+        cum += total
+        row["cum_energy_j"] = cum if ok else None
+        rows.append(row)
+        prev = t
+    return rows
+
+
+def trace_rows(samples: list[tuple], t0: float, idle_start: float | None) -> list[dict]:
+    """The power trace: one row per sampler reading (time from the first sample; phase setup,
+    idle or train; GPU power, utilisation and device memory; RAPL power from counter differences)."""
+    if not samples:
+        return []
+    t_first = samples[0][0]
+    rows, prev = [], None
+    for t, gpu_w, util, mem, rapl in samples:
+        phase = "train" if t >= t0 else ("idle" if idle_start is not None and t >= idle_start else "setup")
+        row = {"t_s": t - t_first, "phase": phase, "gpu_w": gpu_w, "gpu_util_pct": util, "gpu_memory_mib": mem}
+        if rapl:
+            for c, e in rapl.items():
+                row[f"{c}_w"] = (e - prev[1][c]) / (t - prev[0]) if prev and t > prev[0] else None
+            prev = (t, rapl)
+        rows.append(row)
+    return rows
+
+
 # ---- the meter ------------------------------------------------------------------------------------
 
 class Meter:
-    """One measurement window (see the module docstring).
+    """One measurement window (see the module docstring): opens the energy sources that
+    `choose_methods` picks, runs the Sampler, marks edges, and summarises with the functions above.
 
     `powercap_root` (None: no RAPL) and `nvml` ("auto": import pynvml; None: no NVML; or a stand-in
     module) are injectable for tests; `gpu` is the NVML device to meter ("auto": the torch device's
@@ -345,125 +623,75 @@ class Meter:
         self.output_dir = output_dir
         self.powercap_root, self._nvml_arg, self._gpu_arg = powercap_root, nvml, gpu
         self.estimate_interval_s, self.use_codecarbon = estimate_interval_s, codecarbon
-        self.curves: dict[str, Curve] = {}
-        self.methods: dict[str, str] = {}
+        self.methods: dict[str, str] = {}  # component -> method (choose_methods)
+        self.sources: list = []  # GpuCounter | GpuPower | RaplSource | Estimate
         self.edges: list[tuple[str, float]] = []
         self.epochs: list[dict] = []
-        self._samples: list[tuple] = []  # (t, gpu_w, gpu_util, gpu_mem_mib, rapl cumulative dict)
-        self._lock = threading.Lock()
-        self._stop_evt = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.samples: list[tuple] = []  # (t, gpu_w, gpu_util, gpu_mem_mib, rapl cumulative dict)
         self.gpu: Gpu | None = None
-        self.rapl: Rapl | None = None
         self.tracker = None
+        self.estimate: Estimate | None = None
+        self.sampler: Sampler | None = None
+        self.memory = PeakMemory(self.device, self.sample_hz)
+        self._lock = threading.Lock()
         self._closed = False
-        self._rss_hwm = False
-        self._period = 1.0 / self.sample_hz
-        self._rss_peak_sampled = 0.0
-        self._rss_start = float("nan")
-        self._snap_i = 0
-        self._drive_tracker = False
+
+    @property
+    def curves(self) -> dict[str, Curve]:
+        """Cumulative energy per component, from whichever source measures it."""
+        return {c: curve for s in self.sources for c, curve in s.curves.items()}
 
     # -- sources ---------------------------------------------------------------------------------
     def _open(self) -> None:
-        want_gpu = self._gpu_arg if self._gpu_arg != "auto" else (self.device if self.device.type == "cuda" else None)
-        if want_gpu is not None:
-            nvml = load_nvml(self._nvml_arg)
-            if nvml is not None:
-                try:
-                    self.gpu = Gpu(nvml, want_gpu)
-                except Exception:
-                    self.gpu = None
-            if self.gpu and self.gpu.counter:
-                self.methods["gpu"], self.curves["gpu"] = "nvml-counter", Curve()
-            elif self.gpu and self.gpu.power:
-                self.methods["gpu"], self.curves["gpu"] = "nvml-power", PowerCurve()
-            else:  # CodeCarbon's GPU figure needs NVML too: it would be a silent 0 J
-                self.methods["gpu"] = UNAVAILABLE
-        self.rapl = Rapl(self.powercap_root)
-        for c in self.rapl.components:
-            self.methods[c], self.curves[c] = "rapl", Curve()
-        for c in ("cpu", "dram"):
-            self.methods.setdefault(c, "estimate")
+        want = self._gpu_arg if self._gpu_arg != "auto" else (self.device if self.device.type == "cuda" else None)
+        self.gpu = open_gpu(self._nvml_arg, want) if want is not None else None
+        rapl = Rapl(self.powercap_root)
         if self.use_codecarbon:
             outdir = self.output_dir or tempfile.mkdtemp(prefix="bpfree-cc-")
             try:
                 self.tracker = codecarbon_tracker(self.country, outdir, self.estimate_interval_s)
             except Exception as e:  # an estimate is missing, not zero
                 logging.getLogger(__name__).warning("CodeCarbon unavailable: %s", e)
-                self.tracker = None
-        for c, m in self.methods.items():
-            if m == "estimate":
-                if self.tracker is None:
-                    self.methods[c] = UNAVAILABLE
-                else:
-                    self.curves[c] = Curve()
+        self.methods = choose_methods(want is not None, self.gpu, rapl.components, self.tracker is not None)
+        if self.methods.get("gpu") == "nvml-counter":
+            self.sources.append(GpuCounter(self.gpu))
+        elif self.methods.get("gpu") == "nvml-power":
+            self.sources.append(GpuPower(self.gpu))
+        if rapl.zones:
+            self.sources.append(RaplSource(rapl))
+        if self.tracker is not None:
+            self.estimate = Estimate(self.tracker, [c for c, m in self.methods.items() if m == "estimate"])
+            self.sources.append(self.estimate)
 
     def _sample(self, edge: bool = False) -> float:
-        """Read every power source once (under the lock) and return the time of the reading."""
+        """Read every source once (under the lock) and return the time of the reading. An edge
+        reads the GPU's power only where power is its method, and keeps no sample."""
         with self._lock:
             t = time.perf_counter()
-            gpu_w = util = mem = None
-            if self.gpu is not None:
-                if self.methods.get("gpu") == "nvml-counter" and edge:
-                    if (e := Gpu._try(self.gpu.energy_j)) is not None:  # a failed read: interpolated instead
-                        self.curves["gpu"].add(t, e)
-                # an edge reads the power only where power is the method (nvml-power)
-                if self.gpu.power and (not edge or self.methods.get("gpu") == "nvml-power"):
-                    gpu_w = Gpu._try(self.gpu.power_w)
-                    if gpu_w is not None and self.methods.get("gpu") == "nvml-power":
-                        self.curves["gpu"].add_power(t, gpu_w)
-                if not edge:
-                    util, mem = self.gpu.util_pct(), self.gpu.memory_mib()
-            rapl = None
-            if self.rapl is not None and self.rapl.zones:
-                rapl = self.rapl.read()
-                for c, e in rapl.items():
-                    self.curves[c].add(t, e)
+            row: dict[str, Any] = {"gpu_w": None, "rapl": None}
+            if self.gpu is not None and self.gpu.power and (not edge or self.methods.get("gpu") == "nvml-power"):
+                row["gpu_w"] = Gpu.attempt(self.gpu.power_w)
+            for s in self.sources:
+                s.read(t, edge, row)
             if not edge:
-                if not self._rss_hwm:
-                    self._rss_peak_sampled = max(self._rss_peak_sampled, rss_mib())
-                self._samples.append((t, gpu_w, util, mem, rapl))
+                self.memory.sample()
+                util, mem = (self.gpu.util_pct(), self.gpu.memory_mib()) if self.gpu is not None else (None, None)
+                self.samples.append((t, row["gpu_w"], util, mem, row["rapl"]))
             return t
 
     def _sampler_period(self) -> float:
         """1 / sample_hz where there is something to sample (GPU, RAPL, RSS without VmHWM); else
         the sampler only drives CodeCarbon: waking at 10 Hz for nothing costs GIL hand-offs that,
         on a loaded machine, showed as a few % of a tiny epoch's wall time."""
-        if (self.gpu is not None or (self.rapl is not None and self.rapl.zones) or not self._rss_hwm
-                or not self._drive_tracker):
+        if (self.gpu is not None or any(isinstance(s, RaplSource) for s in self.sources) or not self.memory.hwm
+                or self.estimate is None or not self.estimate.driven):
             return 1.0 / self.sample_hz
         return self.estimate_interval_s
-
-    def _run_sampler(self) -> None:
-        period = self._period = self._sampler_period()
-        next_estimate = time.perf_counter() + self.estimate_interval_s
-        while not self._stop_evt.wait(period):
-            try:
-                self._sample()
-                now = time.perf_counter()
-                if self._drive_tracker and now >= next_estimate - 0.5 * period:  # slack: wakes are not exact
-                    self.tracker.measure_now()
-                    next_estimate = now + self.estimate_interval_s
-            except Exception as e:  # a failing reading must not kill the run; it shows as missing samples
-                logging.getLogger(__name__).warning("meter sample failed: %s", e)
 
     def _edge(self, name: str) -> float:
         t = self._sample(edge=True)
         self.edges.append((name, t))
         return t
-
-    def _estimate_snapshot(self) -> None:
-        """Copy CodeCarbon's new readings into the estimate curves (cheap: no measurement)."""
-        if self.tracker is None:
-            return
-        with self.tracker.bp_lock:
-            snaps = self.tracker.snapshots[self._snap_i:]
-        self._snap_i += len(snaps)
-        for c, m in self.methods.items():
-            if m == "estimate":
-                for t, tot in snaps:
-                    self.curves[c].add(t, tot[c])
 
     # -- window ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -472,13 +700,12 @@ class Meter:
         if self.cooldown_s > 0:
             time.sleep(self.cooldown_s)
         self._open()
-        if self.tracker is not None:
-            self.tracker.start()
-            self._drive_tracker = self.tracker.take_over()
-        self._rss_hwm = reset_peak_rss()  # reset again at the window start; here: is it supported?
+        if self.estimate is not None:
+            self.estimate.start()
+        self.memory.hwm = reset_peak_rss()  # reset again at the window start; here: is it supported?
         self._sample()
-        self._thread = threading.Thread(target=self._run_sampler, name="bpfree-meter", daemon=True)
-        self._thread.start()
+        self.sampler = Sampler(self._sample, self._sampler_period(), self.estimate, self.estimate_interval_s)
+        self.sampler.start()
         if self.idle_seconds > 0:
             sync(self.device)
             self._edge("idle_start")
@@ -487,11 +714,7 @@ class Meter:
                 self.tracker.measure_now()  # close CodeCarbon's interval at the end of the idle phase
             self._edge("idle_end")
         gc.collect()  # CodeCarbon's set-up leaves garbage: collect it before, not inside, the window
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        self._rss_start = rss_mib()
-        self._rss_hwm = reset_peak_rss()
-        self._rss_peak_sampled = self._rss_start
+        self.memory.open()
         sync(self.device)
         self._t0 = self._t_mark = self._edge("start")
 
@@ -503,35 +726,30 @@ class Meter:
         CodeCarbon reading first (~5-25 ms), so that estimates are not extrapolated; for the marks a
         checkpoint keeps."""
         sync(self.device)
-        if refresh and self._drive_tracker:
+        if refresh and self.estimate is not None and self.estimate.driven:
             self.tracker.measure_now()
         t = self._edge("mark")
-        self._estimate_snapshot()
-        prev = self._t_mark
-        self._t_mark = t
-        comps = {c: self._between(c, prev, t) for c in self.methods}
+        if self.estimate is not None:
+            self.estimate.collect()
+        prev, self._t_mark = self._t_mark, t
+        curves = self.curves
+        comps = {c: energy_between(curves.get(c), prev, t) for c in self.methods}
         known = [v for v in comps.values() if v is not None]
-        window = {c: self._between(c, self._t0, t) for c in self.methods}
+        window = {c: energy_between(curves.get(c), self._t0, t) for c in self.methods}
         if self.gpu is not None and self.gpu.power:
-            window["board"] = board_energy([(ts, w) for ts, w, *_ in self._samples if self._t0 <= ts <= t
+            window["board"] = board_energy([(ts, w) for ts, w, *_ in self.samples if self._t0 <= ts <= t
                                             and w is not None], min(self.sample_hz, ORIGINAL_STUDY_HZ))[0]
         return {"seconds": t - prev, "elapsed_s": t - self._t0, "energy_j": sum(known) if known else None,
                 **{f"energy_{c}_j": v for c, v in comps.items()}, "window_j": window}
-
-    def _between(self, comp: str, a: float, b: float) -> float | None:
-        curve = self.curves.get(comp)
-        if curve is None or not curve.t:
-            return None
-        ea, eb = curve.at(a), curve.at(b)
-        return None if ea is None or eb is None else eb - ea
 
     def stop(self) -> dict:
         """Close the window and return every scalar the run records (see docs/metering.md)."""
         sync(self.device)
         t_end = self._edge("stop")
-        peak = self._peak_memory()
+        peak = self.memory.result()
         self._halt()
-        self._estimate_snapshot()
+        if self.estimate is not None:
+            self.estimate.collect()
         return self._result(t_end, peak)
 
     def close(self) -> None:
@@ -542,171 +760,47 @@ class Meter:
         if self._closed:
             return
         self._closed = True
-        self._stop_evt.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self.sampler is not None:
+            self.sampler.stop()
         if self.tracker is not None:
             self.tracker.stop()  # takes a final reading after the stop edge
 
     # -- results ---------------------------------------------------------------------------------
-    def _peak_memory(self) -> dict:
-        if self.device.type == "cuda":
-            out = {"peak_memory_mib": torch.cuda.max_memory_allocated(self.device) / MIB,
-                   "peak_memory_method": "torch.cuda.max_memory_allocated (process-local, reset at window start)"}
-        elif self._rss_hwm and (hwm := _status_kib("VmHWM")) is not None:
-            out = {"peak_memory_mib": hwm / 1024,
-                   "peak_memory_method": "VmHWM (kernel peak resident set of the process, reset at window start)"}
-        else:
-            self._rss_peak_sampled = max(self._rss_peak_sampled, rss_mib())
-            out = {"peak_memory_mib": self._rss_peak_sampled,
-                   "peak_memory_method": f"max resident set sampled at {self.sample_hz:g} Hz during the window"}
-        out["rss_at_start_mib"] = self._rss_start
-        return out
-
-    def _method_label(self, methods: Iterable[str]) -> str:
-        ms = dict(methods)
-        if len(set(ms.values())) == 1:
-            return next(iter(ms.values()))
-        return "mixed: " + ", ".join(f"{c}={ms[c]}" for c in COMPONENTS if c in ms)
-
     def _result(self, t_end: float, peak: dict) -> dict:
-        seconds = t_end - self._t0
-        edges = dict(self.edges)
-        idle = ("idle_start" in edges and "idle_end" in edges)
-        idle_s = edges["idle_end"] - edges["idle_start"] if idle else None
-        comps: dict[str, dict] = {}
-        for c in (c for c in COMPONENTS if c in self.methods):
-            j = self._between(c, self._t0, t_end)
-            method = self.methods[c] if j is not None else UNAVAILABLE
-            idle_w = None
-            if idle and j is not None:
-                ij = self._between(c, edges["idle_start"], edges["idle_end"])
-                idle_w = ij / idle_s if ij is not None and idle_s > 0 else None
-            comps[c] = {"j": j, "method": method, "idle_w": idle_w,
-                        "dynamic_j": j - idle_w * seconds if idle_w is not None else None}
-        known = {c: v for c, v in comps.items() if v["j"] is not None}
-        energy = sum(v["j"] for v in known.values()) if known else None
-        label = self._method_label((c, v["method"]) for c, v in comps.items())
-        idle_ws = [v["idle_w"] for v in known.values()]
+        seconds, edges = t_end - self._t0, dict(self.edges)
+        idle = (edges["idle_start"], edges["idle_end"]) if "idle_start" in edges and "idle_end" in edges else None
+        comps = component_energy(self.curves, self.methods, self._t0, t_end, idle)
+        known = [v for v in comps.values() if v["j"] is not None]
+        energy = sum(v["j"] for v in known) if known else None
+        label = method_label({c: v["method"] for c, v in comps.items()})
+        idle_ws = [v["idle_w"] for v in known]
         idle_w = sum(idle_ws) if idle_ws and None not in idle_ws else None
         out: dict[str, Any] = {
-            "train_time_s": seconds,
-            "energy_j": energy,
-            "energy_method": label,
-            "energy_components": comps,
-            "idle_power_w": idle_w,
-            "idle_seconds": idle_s,
+            "train_time_s": seconds, "energy_j": energy, "energy_method": label, "energy_components": comps,
+            "idle_power_w": idle_w, "idle_seconds": idle[1] - idle[0] if idle else None,
             "energy_dynamic_j": energy - idle_w * seconds if idle_w is not None and energy is not None else None,
             "idle_note": None if idle else "no idle baseline (protocol.metering.idle_seconds = 0)",
         }
         for c, v in comps.items():
             out[f"energy_{c}_j"], out[f"energy_{c}_method"] = v["j"], v["method"]
-        out.update(self._emissions(energy, label))
+        out.update(emissions(getattr(self.tracker, "final_emissions_data", None), energy, label, self.country))
         out.update(peak)
-        out.update(self._gpu_summary(t_end))
-        out.update(self._board(t_end))
-        out["energy_window_warning"] = self._window_warning(comps, seconds, out["energy_board_samples"])
+        out.update(gpu_summary(self.samples, self.gpu, self._t0, t_end, self.sample_hz))
+        out.update(board_summary(self.samples, self._t0, t_end, self.sample_hz, self.gpu, self.device.type == "cuda"))
+        n_power = sum(1 for t, w, *_ in self.samples if self._t0 <= t and w is not None)
+        has_board = self.gpu is not None and self.gpu.power
+        out["energy_window_warning"] = window_warning(
+            comps, seconds, n_power if self.methods.get("gpu") == "nvml-power" else None,
+            out["energy_board_samples"] if has_board else None)
         out["cooldown_s"] = self.cooldown_s
-        out["meter_sample_hz"] = 1.0 / self._period
-        out["meter_samples"] = len(self._samples)
-        self.epochs = self._epoch_records()
+        out["meter_sample_hz"] = 1.0 / self.sampler.period
+        out["meter_samples"] = len(self.samples)
+        self.epochs = epoch_records(self.curves, self.methods, self._t0, [t for n, t in self.edges if n == "mark"])
         return out
-
-    def _emissions(self, energy: float | None, label: str) -> dict:
-        d = getattr(self.tracker, "final_emissions_data", None) if self.tracker is not None else None
-        if d is None or energy is None or not d.energy_consumed:
-            return {"emissions_kg": None, "carbon_intensity_g_per_kwh": None,
-                    "emissions_method": "unavailable (CodeCarbon did not report)"}
-        kg_per_kwh = d.emissions / d.energy_consumed  # the offline country intensity
-        return {"emissions_kg": energy / KWH * kg_per_kwh, "carbon_intensity_g_per_kwh": 1e3 * kg_per_kwh,
-                "emissions_method": f"derived: energy_j ({label}) x CodeCarbon offline carbon intensity of "
-                                    f"{self.country}"}
-
-    def _gpu_summary(self, t_end: float) -> dict:
-        window = [s for s in self._samples if self._t0 <= s[0] <= t_end]
-        has_power = any(s[1] is not None for s in self._samples) or any(s[4] for s in self._samples)
-        out: dict[str, Any] = {
-            "power_trace": "power_trace.csv" if has_power else None,
-            "power_trace_note": None if has_power else "no power reading on this machine (no NVML, no readable RAPL)",
-        }
-        if self.gpu is not None:
-            utils = [s[2] for s in window if s[2] is not None]
-            mems = [s[3] for s in window if s[3] is not None]
-            out.update({
-                "gpu_name": self.gpu.name,
-                "gpu_util_mean_pct": sum(utils) / len(utils) if utils else None,
-                "gpu_device_memory_peak_mib": max(mems) if mems else None,
-                "gpu_device_memory_method": f"NVML memory used, device-wide incl. CUDA context, max of samples "
-                                            f"at {self.sample_hz:g} Hz",
-            })
-        return out
-
-    def _board(self, t_end: float) -> dict:
-        """energy_board_j: the original study's quantity (see the module docstring)."""
-        if self.gpu is None or not self.gpu.power:
-            why = "no GPU power reading (NVML)" if self.gpu is not None or self.device.type == "cuda" \
-                else "no GPU: a CPU-only run"
-            return {"energy_board_j": None, "energy_board_samples": 0,
-                    "energy_board_method": f"{UNAVAILABLE}: {why}"}
-        rate = min(self.sample_hz, ORIGINAL_STUDY_HZ)
-        j, n = board_energy([(t, w) for t, w, *_ in self._samples if self._t0 <= t <= t_end and w is not None], rate)
-        return {"energy_board_j": j, "energy_board_samples": n,
-                "energy_board_method": f"nvml-power at {rate:g} Hz, trapezoid, GPU board only, no idle subtraction "
-                                       "(the original study's method)" if j is not None else
-                                       f"{UNAVAILABLE}: fewer than 2 power samples in the window"}
-
-    def _window_warning(self, comps: dict, seconds: float, board_samples: int) -> str | None:
-        """Which figures come from a window too short to trust (None: none)."""
-        short = []
-        n_power = sum(1 for t, w, *_ in self._samples if self._t0 <= t and w is not None)
-        if self.methods.get("gpu") == "nvml-power" and n_power < MIN_POWER_SAMPLES:
-            short.append(f"gpu energy from {n_power} power samples")
-        if self.gpu is not None and self.gpu.power and board_samples < MIN_POWER_SAMPLES:
-            short.append(f"energy_board_j from {board_samples} power samples")
-        if seconds < MIN_COUNTER_S:
-            short += [f"{c} energy from {seconds:.2f} s of {v['method']} readings" for c, v in comps.items()
-                      if v["method"] in ("nvml-counter", "rapl")]
-        if not short:
-            return None
-        return (f"too short to trust: {'; '.join(short)} (need >= {MIN_POWER_SAMPLES} power samples, "
-                f"as MLPerf's power rules ask, or >= {MIN_COUNTER_S:g} s of counter readings)")
-
-    def _epoch_records(self) -> list[dict]:
-        """Per mark: seconds, elapsed, joules (total and per component) and cumulative joules."""
-        marks = [t for n, t in self.edges if n == "mark"]
-        rows, prev, cum = [], self._t0, 0.0
-        for t in marks:
-            row: dict[str, Any] = {"elapsed_s": t - self._t0, "window_s": t - prev}
-            total, ok = 0.0, False
-            for c in self.methods:
-                j = self._between(c, prev, t)
-                row[f"energy_{c}_j"] = j
-                if j is not None:
-                    total, ok = total + j, True
-            row["energy_j"] = total if ok else None
-            cum += total
-            row["cum_energy_j"] = cum if ok else None
-            rows.append(row)
-            prev = t
-        return rows
 
     def trace_rows(self) -> list[dict]:
-        """The power trace: one row per sampler reading (time from the first sample; phase setup,
-        idle or train; GPU power, utilisation and device memory; RAPL power from counter differences)."""
-        if not self._samples:
-            return []
-        edges = dict(self.edges)
-        t_first = self._samples[0][0]
-        rows, prev = [], None
-        for t, gpu_w, util, mem, rapl in self._samples:
-            phase = "train" if t >= self._t0 else ("idle" if "idle_start" in edges and t >= edges["idle_start"] else "setup")
-            row = {"t_s": t - t_first, "phase": phase, "gpu_w": gpu_w, "gpu_util_pct": util, "gpu_memory_mib": mem}
-            if rapl:
-                for c, e in rapl.items():
-                    row[f"{c}_w"] = (e - prev[1][c]) / (t - prev[0]) if prev and t > prev[0] else None
-                prev = (t, rapl)
-            rows.append(row)
-        return rows
+        """The power trace (see `trace_rows`)."""
+        return trace_rows(self.samples, self._t0, dict(self.edges).get("idle_start"))
 
 
 # ---- analysis -------------------------------------------------------------------------------------
