@@ -219,10 +219,6 @@ class Data:
         return self.meta["n_classes"]
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.meta["shape"])
-
-    @property
     def augment(self) -> bool:
         return bool(self.meta.get("augment", False))
 
