@@ -99,6 +99,16 @@ def nvidia_driver(nvml: Any = "auto") -> str | None:
         return None
 
 
+def gpu_count(nvml: Any = "auto") -> int:
+    """GPUs the driver lists (every one: CUDA_VISIBLE_DEVICES does not apply to NVML), without
+    initialising CUDA in this process; 0 without NVML."""
+    lib = load_nvml(nvml)
+    try:
+        return int(lib.nvmlDeviceGetCount()) if lib is not None else 0
+    except Exception:
+        return 0
+
+
 def nvml_handle(nvml: Any, device: torch.device | int) -> Any:
     """The NVML handle of a torch device (by UUID: CUDA_VISIBLE_DEVICES renumbers torch devices),
     or of an NVML index."""

@@ -11,7 +11,7 @@ It does nothing when CUDA_VISIBLE_DEVICES is already set (SLURM sets it for `--g
 the job runs on the CPU or on an explicit `cuda:N`, when fewer than two GPUs are visible (unless
 BPFREE_GPUS lists them), or when BPFREE_GPU_PIN=0.
 
-Environment: BPFREE_GPUS     devices to share out, e.g. "0,1,3" (default: every GPU nvidia-smi lists)
+Environment: BPFREE_GPUS     devices to share out, e.g. "0,1,3" (default: every GPU NVML lists)
              BPFREE_GPU_LOCK_DIR  where the lock files live (default /tmp/bpfree-gpu-locks-<uid>;
                               must be on the local machine, shared by all its jobs)
              BPFREE_GPU_PIN  0 turns pinning off
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,11 +36,9 @@ def gpus() -> list[str]:
     listed = os.environ.get("BPFREE_GPUS", "").strip()
     if listed:
         return [g.strip() for g in listed.split(",") if g.strip()]
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [str(i) for i, line in enumerate(l for l in out.stdout.splitlines() if l.startswith("GPU "))]
+    from bpfree.device import gpu_count
+
+    return [str(i) for i in range(gpu_count())]
 
 
 def try_lock(gpu: str) -> int | None:
