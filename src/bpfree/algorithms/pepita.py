@@ -89,7 +89,8 @@ class Settings(hparams.Settings):
     f_scale: float = hp(0.05, low=0.0, low_open=True,
                         doc="F = U(-1, 1) * sqrt(6 / d_0) * f_scale, the fixed error-to-input projection (paper: 0.05)")
     dropout_keep: float = hp(0.9, low=0.0, high=1.0, low_open=True,
-                             doc="probability of keeping a hidden unit; one mask shared by both passes (paper: 0.9; 1: none)")
+                             doc="probability of keeping a hidden unit; one mask shared by both passes "
+                                 "(paper: 0.9; 1: no dropout)")
     lr_milestones: str = hp("0.6,0.9", doc="comma-separated fractions of the stage's epoch budget at which the "
                                            "rate is multiplied by lr_decay (paper: epochs 60, 90 of 100); empty: none")
     lr_decay: float = hp(0.1, low=0.0, high=1.0, low_open=True, doc="factor applied at each milestone (paper: 0.1)")
