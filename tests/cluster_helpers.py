@@ -23,7 +23,7 @@ TINY = {
         "bp": {"impl": "bp", "fixed": {"batch_size": 128},
                "space": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
                          "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-3, "log": True}}},
-        "mf": {"impl": "mf", "fixed": {"batch_size": 128, "weight_decay": 0.0, "mode": "greedy", "predict": "last"},
+        "mf": {"impl": "mf", "fixed": {"batch_size": 128, "l2": 0.0, "mode": "greedy", "predict": "last"},
                "space": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}},
     },
     "protocol": {"seeds": [0], "stopping": {"max_epochs": 2, "patience": 2},

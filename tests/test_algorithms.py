@@ -50,10 +50,14 @@ def test_bp_one_step_matches_hand_computed_backprop():
     d1 = (d2 @ W2) * (z1 > 0)
     gW1, gb1 = d1.T @ x, d1.sum(0)
     algo.train_epoch(algo.stages()[0], data, generator(CPU, 0))
-    expect = [adamw_step(p, g, hp["lr"], hp["weight_decay"]) for p, g in
-              [(W1, gW1), (b1, gb1), (W2, gW2), (b2, gb2), (W3, gW3), (b3, gb3)]]
     got = [algo.net.hidden[0].weight, algo.net.hidden[0].bias, algo.net.hidden[1].weight,
            algo.net.hidden[1].bias, algo.net.head.weight, algo.net.head.bias]
+    # the gradients themselves (the one step's .grad, kept after it): an Adam step from zero
+    # moments is about lr x sign(g) and would not see a gradient of the wrong scale
+    for g, want in zip(got, [gW1, gb1, gW2, gb2, gW3, gb3]):
+        torch.testing.assert_close(g.grad, want, rtol=1e-5, atol=1e-7)
+    expect = [adamw_step(p, g, hp["lr"], hp["weight_decay"]) for p, g in
+              [(W1, gW1), (b1, gb1), (W2, gW2), (b2, gb2), (W3, gW3), (b3, gb3)]]
     for e, g in zip(expect, got):
         torch.testing.assert_close(g.detach(), e, rtol=1e-5, atol=1e-6)
 
@@ -83,7 +87,8 @@ def test_mf_projection_init_and_shapes():
 
 def test_mf_local_loss_and_gradients_match_hand_computation():
     """Layer 2's step: loss = CE(relu(a1 W2^T + b2) M2^T, y) with a1 from the frozen layer 1;
-    hand-computed gradients give the Adam update; layer 1 does not move."""
+    the step's gradients equal the hand-computed ones and give the Adam update; layer 1 gets no
+    gradient and does not move."""
     algo, data = mf()
     stages = algo.stages()
     assert [s.name for s in stages] == ["layer1", "layer2"] and all(s.monitor == "loss" for s in stages)
@@ -102,6 +107,9 @@ def test_mf_local_loss_and_gradients_match_hand_computation():
     gW2, gb2 = dz2.T @ a1, dz2.sum(0)
     loss = algo.train_epoch(stages[1], data, generator(CPU, 0))
     torch.testing.assert_close(loss, F.cross_entropy(G, y))
+    for p, want in ((algo.net.hidden[1].weight, gW2), (algo.net.hidden[1].bias, gb2), (algo.net.proj[1], gM2)):
+        torch.testing.assert_close(p.grad, want, rtol=1e-5, atol=1e-7)  # the gradients, not only the step
+    assert algo.net.hidden[0].weight.grad is None and algo.net.proj[0].grad is None
     adam = lambda p, g: adamw_step(p, g, 1e-2, 0.0)  # noqa: E731  Adam with wd 0 == AdamW with wd 0
     torch.testing.assert_close(algo.net.hidden[1].weight.detach(), adam(W2, gW2), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(algo.net.hidden[1].bias.detach(), adam(b2, gb2), rtol=1e-5, atol=1e-6)

@@ -105,7 +105,9 @@ def test_bad_checkpoint_interval_in_the_environment_is_named(monkeypatch, capsys
     from bpfree import cli
 
     monkeypatch.setenv("BPFREE_CHECKPOINT_EVERY", "ten")
-    with pytest.raises(SystemExit, match="BPFREE_CHECKPOINT_EVERY = 'ten' is not a number"):
+    with pytest.raises(SystemExit) as e:
         cli.main(["train", "--spec", "{}", "--data", "x.pt", "--best", "b.json", "--seed", "0", "--out-dir", "o"])
+    assert e.value.code == 2
+    assert "BPFREE_CHECKPOINT_EVERY = 'ten' is not a number" in capsys.readouterr().err
     cli.main(["doctor", "--json"])  # other commands do not read it
     assert capsys.readouterr().out.startswith("{")

@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+import yaml
 
 from bpfree import search
 from cluster_helpers import BIN, TINY, env, make_repo, snakemake
@@ -93,7 +94,7 @@ def test_killed_final_run_resumes_from_its_checkpoint(tmp_path):
 
     snakemake(root, "--cores", "1", f"{RUN}/metrics.json", extra_env=every_epoch)
     m = json.loads((root / f"{RUN}/metrics.json").read_text())
-    assert m["resumed"] is not None and m["resumed"]["from_epoch"] >= 4 and m["epochs"] == 30
+    assert m["resumed"] and m["resume"]["from_epoch"] >= 4 and m["epochs"] == 30
     assert not (root / f"{RUN}/checkpoint.pt").exists()
     resumed = pd.read_csv(root / f"{RUN}/epochs.csv")
     assert list(resumed.epoch) == list(range(1, 31))
@@ -112,3 +113,60 @@ def test_killed_final_run_resumes_from_its_checkpoint(tmp_path):
     assert (plain.train_loss.values == resumed.train_loss.values).all()
     assert (plain.val_acc.values == resumed.val_acc.values).all()
     assert json.loads((ref / "metrics.json").read_text())["test_accuracy"] == m["test_accuracy"]
+
+
+def _train(cfg_path: Path, data: Path, best: Path, out: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / "bpfree"), "train", "--config", str(cfg_path), "--architecture", "wide",
+                             "--algorithm", "bp", "--data", str(data), "--best", str(best), "--seed", "0",
+                             "--out-dir", str(out), "--threads", "1", "--checkpoint-every", "0"],
+                            env=env(), stdout=subprocess.DEVNULL, stderr=log.open("w"), start_new_session=True)
+
+
+def test_resumed_run_reports_time_and_energy_of_all_its_processes(tmp_path):
+    """SIGKILL a `bpfree train` half-way, rerun it: its time and energy are within 10 % of the same
+    run uninterrupted, per second of training computation (the engine's own per-epoch seconds: on
+    this shared machine two identical runs differ by up to 25 % in wall time, the same run's meter
+    and engine do not), where the resumed process alone metered about half."""
+    from bpfree.data import prepare
+
+    cfg = copy.deepcopy(TINY)
+    cfg["architectures"] = {"wide": {"type": "mlp", "widths": [512, 512]}}
+    cfg["comparisons"] = [{"architecture": "wide", "algorithms": ["bp"]}]
+    cfg["algorithms"]["bp"]["fixed"] = {"batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4}
+    cfg["protocol"]["stopping"] = {"max_epochs": 20, "patience": 20}  # every epoch runs: the same work
+    cfg["protocol"]["metering"] = {"estimate_interval_s": 0.5}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    data, best = tmp_path / "digits.pt", tmp_path / "best.json"
+    prepare("digits", None, data)
+    best.write_text(json.dumps({"params": cfg["algorithms"]["bp"]["fixed"]}))
+
+    ref, ref_log = tmp_path / "ref", tmp_path / "ref.log"
+    p = _train(tmp_path / "config.yaml", data, best, ref, ref_log)
+    assert p.wait(timeout=300) == 0, ref_log.read_text()
+    run, log = tmp_path / "killed", tmp_path / "killed.log"
+    p = _train(tmp_path / "config.yaml", data, best, run, log)
+    t0 = time.monotonic()
+    while "epoch  10/" not in log.read_text():
+        assert p.poll() is None and time.monotonic() - t0 < 300, log.read_text()
+        time.sleep(0.02)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert (run / "checkpoint.pt").exists() and not (run / "metrics.json").exists()
+    p = _train(tmp_path / "config.yaml", data, best, run, tmp_path / "resumed.log")
+    assert p.wait(timeout=300) == 0, (tmp_path / "resumed.log").read_text()
+
+    m, r = (json.loads((d / "metrics.json").read_text()) for d in (run, ref))
+    ep, ep_ref = pd.read_csv(run / "epochs.csv"), pd.read_csv(ref / "epochs.csv")
+    assert m["resumed"] and m["segments"] == 2 and m["resume"]["from_epoch"] >= 8 and m["epochs"] == 20
+    assert not r["resumed"] and r["segments"] == 1 and r["resume"] is None
+    assert m["energy_method"] == r["energy_method"] and m["energy_j"] is not None
+    work, work_ref = ep.seconds.sum(), ep_ref.seconds.sum()
+    for key in ("train_time_s", "energy_j"):
+        assert m[key] / work == pytest.approx(r[key] / work_ref, rel=0.10), (key, m[key], work, r[key], work_ref)
+    # what the resumed process alone metered (all that the summary used to report) is far from it
+    last = m["train_time_s"] - m["resume"]["earlier_train_time_s"]
+    assert last / work < 0.75 * r["train_time_s"] / work_ref
+    assert list(ep.segment.unique()) == [1, 2] and ep.metered.iloc[0] == "provisional mark of process 1"
+    assert (ep[ep.segment == 2].metered == "final").all()
+    assert ep.elapsed_s.is_monotonic_increasing and ep.cum_energy_j.is_monotonic_increasing
+    assert ep.elapsed_s.iloc[-1] == pytest.approx(m["train_time_s"], rel=0.02)

@@ -1,6 +1,7 @@
 """Data loading: the fixed splits, IDX (plain and gzipped) and CIFAR pickles, checksums, errors."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import pickle
@@ -59,7 +60,7 @@ def write_fake_mnist(root: Path, n_train=30, n_test=10, gz=True) -> dict:
 
 @pytest.mark.parametrize("gz", [True, False])
 def test_idx_files_plain_or_gzipped(tmp_path, monkeypatch, gz):
-    monkeypatch.setitem(D.N_VAL, "mnist", 5)
+    monkeypatch.setitem(D.REGISTRY, "mnist", dataclasses.replace(D.REGISTRY["mnist"], n_val=5))
     sums = write_fake_mnist(tmp_path / "root", gz=gz)
     meta = prepare("mnist", tmp_path / "root", tmp_path / "m.pt", checksums=sums)
     assert meta["sizes"] == {"train": 25, "val": 5, "test": 10} and meta["shape"] == [1, 28, 28]
@@ -69,7 +70,7 @@ def test_idx_files_plain_or_gzipped(tmp_path, monkeypatch, gz):
 
 
 def test_corrupt_file_names_file_checksum_and_where_to_put_data(tmp_path, monkeypatch):
-    monkeypatch.setitem(D.N_VAL, "mnist", 5)
+    monkeypatch.setitem(D.REGISTRY, "mnist", dataclasses.replace(D.REGISTRY["mnist"], n_val=5))
     root = tmp_path / "root"
     sums = write_fake_mnist(root)
     bad = root / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz"
@@ -132,7 +133,7 @@ def write_fake_cifar(root: Path, which: str, per_batch=4) -> dict:
 
 @pytest.mark.parametrize("which", ["cifar10", "cifar100"])
 def test_cifar_pickle_fixture(tmp_path, monkeypatch, which):
-    monkeypatch.setitem(D.N_VAL, which, 4)
+    monkeypatch.setitem(D.REGISTRY, which, dataclasses.replace(D.REGISTRY[which], n_val=4))
     sums = write_fake_cifar(tmp_path / "root", which)
     meta = prepare(which, tmp_path / "root", tmp_path / "c.pt", checksums=sums)
     assert meta["shape"] == [3, 32, 32] and meta["sizes"] == {"train": 16, "val": 4, "test": 4}
@@ -141,7 +142,7 @@ def test_cifar_pickle_fixture(tmp_path, monkeypatch, which):
     assert d.x_train.shape == (16, 3, 32, 32)
     # normalisation uses the protocol's per-channel statistics
     raw = torch.load(tmp_path / "c.pt", weights_only=True)["x_train"].float() / 255
-    mean, std = torch.tensor(D.NORM[which][0]).view(1, 3, 1, 1), torch.tensor(D.NORM[which][1]).view(1, 3, 1, 1)
+    mean, std = torch.tensor(D.REGISTRY[which].mean).view(1, 3, 1, 1), torch.tensor(D.REGISTRY[which].std).view(1, 3, 1, 1)
     torch.testing.assert_close(d.x_train, (raw - mean) / std)
 
 

@@ -138,3 +138,80 @@ def test_ff_downstream_mode_learns_digits(digits):
                            "downstream_lr": 1e-2, "downstream_weight_decay": 1e-3}, "cpu")
     fit(algo, digits, Stopping(max_epochs=10, patience=10), seed=0)
     assert accuracy(algo.predict(digits.x_test), digits.y_test) > 80.0
+
+
+# ---- SymBa (loss: symba) ---------------------------------------------------------------------------
+
+def test_symba_loss_and_gradient_match_hand_formula():
+    """L = mean_i log(1 + exp(-alpha (g+_i - g-_i))), g = mean_j z_j^2; by hand,
+    dL/dz+_i = -alpha s_i 2 z+_i / (d B) and dL/dz-_i = +alpha s_i 2 z-_i / (d B), s_i = sigmoid(-alpha gap_i):
+    equal and opposite pushes on the pair."""
+    algo = make(loss="symba", alpha=4.0)
+    g = torch.Generator().manual_seed(0)
+    zp = torch.rand(5, 32, generator=g, dtype=torch.float64, requires_grad=True)
+    zn = torch.rand(5, 32, generator=g, dtype=torch.float64, requires_grad=True)
+    loss = algo._symba_loss(zp, zn)
+    gp, gn = zp.detach().pow(2).mean(1), zn.detach().pow(2).mean(1)
+    gap = gp - gn
+    expected = torch.log(1 + torch.exp(-4.0 * gap)).mean()
+    torch.testing.assert_close(loss.detach(), expected)
+    loss.backward()
+    s = 1 / (1 + torch.exp(4.0 * gap))
+    torch.testing.assert_close(zp.grad, -4.0 * s[:, None] * 2 * zp.detach() / (32 * 5))
+    torch.testing.assert_close(zn.grad, 4.0 * s[:, None] * 2 * zn.detach() / (32 * 5))
+
+
+def test_symba_training_step_uses_the_pair_term_per_layer(digits):
+    """One batch of the algorithm's own training step: the layers' .grad equal the gradient of the
+    SymBa terms (negatives drawn as the algorithm draws them), layer by layer on detached inputs."""
+    algo = make(widths=(16, 12), loss="symba", alpha=4.0, peer_weight=0.0, batch_size=len(digits.y_train))
+    state = {k: v.clone() for k, v in algo.net.state_dict().items()}
+    gen = torch.Generator().manual_seed(3)  # the draws of train_epoch: the batch order, then the wrong labels
+    idx = torch.randperm(len(digits.y_train), generator=gen)
+    x, y = digits.x_train[idx], digits.y_train[idx]
+    wrong = (y + torch.randint(1, 10, (len(y),), generator=gen)) % 10
+    ref = make(widths=(16, 12), loss="symba", alpha=4.0, peer_weight=0.0)
+    ref.net.load_state_dict(state)
+    z = ref._embed(torch.cat([x, x]), torch.cat([y, wrong]))
+    grads = []
+    for layer in ref.net.layers:
+        z = StraightThroughReLU.apply(layer(z))
+        B = len(y)
+        gap = z[:B].pow(2).mean(1) - z[B:].pow(2).mean(1)
+        grads.append(torch.autograd.grad(F.softplus(-4.0 * gap).mean(), [layer.weight, layer.bias]))
+        z = rms_norm(z.detach())
+    algo.begin_stage(algo.stages()[0], digits, 1)
+    algo.train_epoch(algo.stages()[0], digits, torch.Generator().manual_seed(3))  # one batch: its .grad stays
+    for layer, (gw, gb) in zip(algo.net.layers, grads):
+        torch.testing.assert_close(layer.weight.grad, gw)
+        torch.testing.assert_close(layer.bias.grad, gb)
+
+
+def test_symba_settings_rules():
+    with pytest.raises(ValueError, match="alpha"):
+        make(loss="symba")
+    with pytest.raises(ValueError, match="loss ff has no alpha"):
+        make(alpha=4.0)
+
+
+def test_symba_validation_loss_is_the_expected_pair_term():
+    algo = make(widths=(16, 12), loss="symba", alpha=4.0)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 1, 8, 8, generator=g), torch.arange(6) % 10
+    data = D.Data(x, y, x, y, x, y, {**META, "augment": False})
+    G = algo.goodness(x) / torch.tensor([16.0, 12.0])  # (N, C, L): mean squared activation
+    total = 0.0
+    for i in range(6):
+        for layer in range(2):
+            total += sum(F.softplus(-4.0 * (G[i, y[i], layer] - G[i, c, layer])).item()
+                         for c in range(10) if c != y[i]) / 9
+    assert algo.validate(algo.stages()[0], data)["loss"] == pytest.approx(total / 6, rel=1e-5)
+
+
+def test_symba_learns_digits(digits):
+    torch.manual_seed(0)
+    algo = ForwardForward({"type": "mlp", "widths": [256, 256]}, digits.meta,
+                          {"lr": 3e-3, "weight_decay": 1e-4, "batch_size": 32, "loss": "symba", "alpha": 4.0}, "cpu")
+    res = fit(algo, digits, Stopping(max_epochs=30, patience=30), seed=0)
+    acc = accuracy(algo.predict(digits.x_test), digits.y_test)
+    assert acc > 90.0, f"test accuracy {acc:.1f}% (history {res.history[-3:]})"

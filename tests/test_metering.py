@@ -199,6 +199,57 @@ def test_meter_nvml_power_fallback_and_idle_baseline():
     assert [row["phase"] for row in m.trace_rows()].count("idle") >= 2
 
 
+def test_board_energy_is_the_original_studys_quantity():
+    """5 Hz, trapezoid, no idle subtraction: from a 10 Hz trace every other sample is used."""
+    trace = [(0.1 * i, 100.0 + 10.0 * i) for i in range(11)]  # 1 s, 100 -> 200 W linearly
+    j, n = metering.board_energy(trace)
+    assert n == 6 and j == pytest.approx(150.0)  # t = 0, 0.2, ..., 1.0: exact for a linear ramp
+    j, n = metering.board_energy([(0.0, 50.0), (0.2, 50.0), (0.3, 80.0), (0.4, 50.0)])
+    assert n == 3 and j == pytest.approx(20.0)  # the 0.3 s spike falls between two polls, as in the study
+    assert metering.board_energy([(0.0, 50.0)]) == (None, 1)
+
+
+def test_meter_reports_board_energy_beside_ours_and_flags_a_short_window():
+    nvml = FakeNVML(watts=300.0)
+    m = Meter("cpu", powercap_root=None, nvml=nvml, gpu=0, codecarbon=False, sample_hz=20, idle_seconds=0.1)
+    m.start()
+    spin(0.6)
+    r = m.stop()
+    assert r["energy_gpu_method"] == "nvml-counter"
+    assert "original study" in r["energy_board_method"] and "5 Hz" in r["energy_board_method"]
+    # no idle subtraction, first to last 5 Hz poll inside the window: a little under 300 W x the window
+    assert 0.5 * 300 * r["train_time_s"] < r["energy_board_j"] <= 300.0 * r["train_time_s"] + 1e-6
+    assert 2 <= r["energy_board_samples"] <= 4
+    assert "too short to trust" in r["energy_window_warning"] and "energy_board_j" in r["energy_window_warning"]
+    assert "gpu energy from" in r["energy_window_warning"]  # a 0.6 s window of the counter too
+
+
+def test_long_enough_window_has_no_warning(monkeypatch):
+    monkeypatch.setattr(metering, "MIN_POWER_SAMPLES", 4)  # 60 polls at 5 Hz would take 12 s
+    m = Meter("cpu", powercap_root=None, nvml=FakeNVML(watts=300.0), gpu=0, codecarbon=False, sample_hz=20)
+    m.start()
+    spin(1.3)
+    r = m.stop()
+    assert r["energy_board_samples"] >= 4 and r["energy_window_warning"] is None
+
+
+def test_cooldown_pauses_before_the_idle_baseline():
+    m = Meter("cpu", powercap_root=None, nvml=FakeNVML(), gpu=0, codecarbon=False, idle_seconds=0.1, cooldown_s=0.3)
+    t0 = time.perf_counter()
+    m.start()
+    r = m.stop()
+    idle_start = dict(m.edges)["idle_start"]
+    assert idle_start - t0 >= 0.3 and m._samples[0][0] - t0 >= 0.3  # nothing sampled during the pause
+    assert r["cooldown_s"] == 0.3 and r["idle_seconds"] == pytest.approx(0.1, abs=0.05)
+
+
+def test_cpu_only_run_has_no_board_energy_and_says_why():
+    m = Meter("cpu", powercap_root=None, nvml=None, codecarbon=False)
+    m.start()
+    r = m.stop()
+    assert r["energy_board_j"] is None and r["energy_board_method"] == "unavailable: no GPU: a CPU-only run"
+
+
 def test_gpu_without_nvml_is_unavailable_not_zero():
     class NoDriver(FakeNVML):
         def nvmlInit(self):

@@ -37,6 +37,7 @@ def fake_run(root: Path, dataset: str, arch: str, alg: str, seed: int, acc: floa
                   "train_loss": np.linspace(1, 0.1, epochs), "val_acc": val, "val_loss": np.linspace(1, 0.2, epochs),
                   "seconds": sec, "energy_j": joules}).to_csv(out / "epochs.csv", index=False)
     m = {"dataset": dataset, "architecture": arch, "algorithm": alg, "impl": alg.split("-")[0], "seed": seed,
+         "locality": "end-to-end" if alg == "bp" else "layer-local",
          "test_accuracy": acc, "val_accuracy": float(val.max()), "epochs": epochs, "best_epoch": epochs,
          "epoch_cap": 30, "patience": 5, "train_time_s": float(sec.sum()), "energy_j": float(joules.sum()),
          "energy_dynamic_j": float(joules.sum() * 0.4), "energy_method": "estimate",
@@ -82,6 +83,15 @@ def test_report_tables_plots_and_published_values(tmp_path):
     assert set(dl.metric) == {"test_accuracy", "train_time_s", "energy_j", "energy_dynamic_j", "peak_memory_mib"}
 
 
+def test_locality_is_shown_beside_each_algorithm(tmp_path):
+    files = [fake_run(tmp_path, "digits", "tiny", a, s, 90.0 + s) for a in ("bp", "mf") for s in range(2)]
+    report.run_report(files, tmp_path / "out", {"resamples": 200})
+    table, deltas = ((tmp_path / "out" / f).read_text() for f in ("table.md", "deltas.md"))
+    assert "| bp | end-to-end |" in table and "| mf | layer-local |" in table
+    assert "| mf | layer-local |" in deltas
+    assert set(pd.read_csv(tmp_path / "out" / "summary.csv").locality) == {"end-to-end", "layer-local"}
+
+
 def test_not_resolved_delta_is_labelled_with_n(tmp_path):
     files = [fake_run(tmp_path, "digits", "m", "bp", s, a) for s, a in enumerate([97.0, 96.0, 98.0])]
     files += [fake_run(tmp_path, "digits", "m", "mf", s, a) for s, a in enumerate([97.5, 95.0, 98.5])]
@@ -94,8 +104,70 @@ def test_cli_report_and_bad_statistics(tmp_path, capsys):
     files = [str(f) for f in fake_tree(tmp_path)]
     cli.main(["report", "--out-dir", str(tmp_path / "o"), "--statistics", '{"resamples": 200}', *files])
     assert (tmp_path / "o" / "deltas.md").exists()
-    with pytest.raises(SystemExit, match="resamples"):
+    with pytest.raises(SystemExit) as e:
         cli.main(["report", "--out-dir", str(tmp_path / "o"), "--statistics", '{"resamples": 5}', *files])
+    assert e.value.code == 2 and "statistics.resamples = 5" in capsys.readouterr().err
+
+
+def test_verdicts_claims_board_energy_and_resumed_runs_in_the_report(tmp_path):
+    files = fake_tree(tmp_path)
+    for f in files:  # a GPU's board energy on the mnist bp and mf runs; one mf run resumed after a kill
+        m = json.loads(f.read_text())
+        if m["algorithm"] in ("bp", "mf"):
+            m["energy_board_j"] = m["energy_j"] * (0.5 if m["algorithm"] == "mf" else 1.0)
+            m["energy_board_method"] = "nvml-power at 5 Hz, trapezoid, GPU board only, no idle subtraction"
+            m["resumed"], m["segments"] = (m["algorithm"], m["seed"]) == ("mf", 2), 1 + ((m["algorithm"], m["seed"]) == ("mf", 2))
+        f.write_text(json.dumps(m))
+    out = tmp_path / "out"
+    report.run_report(files, out, {"resamples": 500, "margins": {"test_accuracy": 0.1}})
+    deltas, table = (out / "deltas.md").read_text(), (out / "table.md").read_text()
+    verdicts = deltas.split("## Verdicts at the declared margins")[1].split("## Published claims")[0]
+    acc = next(line for line in verdicts.splitlines() if "| mf | test_accuracy |" in line)
+    assert "±0.1 pp" in acc and "better by more than 0.1 pp" in acc and "TOST" in acc  # constant +0.20
+    claims = deltas.split("## Published claims")[1].split("## Notes")[0]
+    mnist_acc = next(line for line in claims.splitlines() if "| original (published table) | mnist |" in line
+                     and "test_accuracy" in line)
+    # the published +0.09 lies inside ±0.1; ours, a constant +0.20, beyond it
+    assert "| equivalent within ±0.1 pp | better by more than 0.1 pp | disagrees |" in mnist_acc
+    energy = next(line for line in claims.splitlines() if "| original (published table) | mnist |" in line
+                  and "energy" in line)
+    assert "| energy_board_j |" in energy  # like with like: held against the board energy
+    assert "| -13.34 |" in energy and "| better by more than 10 % | better by more than 10 % | agrees |" in energy
+    assert "withdrawn by its authors" in claims  # MF-v2 beside the original mf claims
+    ff = next(line for line in claims.splitlines() if "camera-ready" in line and "| ff-adamw |" in line)
+    assert "+310 to +530" in ff and "no verdict of ours: unpaired" in ff
+    assert "1 of 4" in table and "0 of 4" in table  # resumed runs per cell
+    assert "1 of 4 runs resumed" in deltas
+    assert "unavailable: not recorded by these runs" in table  # ff and cafo have no board figure, not 0
+    dl = pd.read_csv(out / "deltas.csv")
+    assert {"margin", "verdict", "verdict_method", "seeds_needed", "seeds_needed_note"} <= set(dl.columns)
+
+
+def test_margin_verdict_of_a_claim_by_hand():
+    ours = {"metric": "test_accuracy", "unit": "pp", "margin": 0.5, "verdict_kind": "equivalent",
+            "verdict": "equivalent within ±0.5 pp", "status": "resolved", "seeds_needed_note": ""}
+    assert report.margin_verdict(ours, 0.09, 0.09)["agreement"] == "agrees"
+    assert report.margin_verdict(ours, 0.51, 0.51)["agreement"] == "disagrees"
+    assert report.margin_verdict(ours, 0, 0, "equivalent")["agreement"] == "agrees"
+    assert report.margin_verdict(ours, -0.2, 0.7)["agreement"] == "the claim is not a statement at this margin"
+    unresolved = {**ours, "verdict_kind": "not resolved", "verdict": "not resolved",
+                  "seeds_needed_note": "14 paired seeds to show equivalent within the margin (estimate ...)"}
+    assert report.margin_verdict(unresolved, 0.09, 0.09)["agreement"].startswith("not resolved: 14 paired seeds")
+    assert report.margin_verdict(None, 1, 1)["agreement"] == "no verdict of ours: no run of ours"
+
+
+def test_cli_report_from_a_recorded_summary(tmp_path, capsys):
+    cli.main(["report", "--out-dir", str(tmp_path), "--summary", str(ROOT / "docs/repro-mlp/summary.csv"),
+              "--statistics", '{"resamples": 500}'])
+    deltas = (tmp_path / "deltas.md").read_text()
+    assert "equivalent within ±0.5 pp" in deltas and "better by more than 10 %" in deltas
+    assert not (tmp_path / "plots").exists()
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    for args, message in ((["--summary", "x.csv", "m.json"], "not both"),
+                          (["--summary", str(tmp_path / "bad.csv")], "lacks the columns")):
+        with pytest.raises(SystemExit) as e:  # a known failure: one line, exit status 2
+            cli.main(["report", "--out-dir", str(tmp_path), *args])
+        assert e.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_published_tables_are_package_data_with_checked_provenance():
@@ -108,6 +180,11 @@ def test_published_tables_are_package_data_with_checked_provenance():
     assert "*.csv" in pkg_data["bpfree.published"] and "*.md" in pkg_data["bpfree.published"]
     res = published.load("results")
     assert {"test_acc_mean", "energy_wh", "source"} <= set(res.columns)
+    claims = published.load("claims")
+    assert set(claims.source) == {"camera-ready", "mf-v2"} and set(claims.stated) <= {"difference", "equivalent",
+                                                                                        "withdrawn"}
+    diff = claims[claims.stated == "difference"]
+    assert (diff.low <= diff.high).all() and set(claims.metric) <= set(report.stats.DELTA_METRICS)
 
 
 # ---- snakemake --report on a finished tiny workflow ---------------------------------------------
@@ -126,7 +203,8 @@ def test_snakemake_html_report_embeds_every_figure(tmp_path):
     shutil.copytree(ROOT / "workflow", work / "workflow")
     shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy(ROOT / "Snakefile", work / "Snakefile")
-    cfg = {"datasets": ["mnist"], "data_root": "/nonexistent",
+    (work / "data" / "MNIST" / "raw").mkdir(parents=True)  # data_root names a real folder (checked)
+    cfg = {"datasets": ["mnist"], "data_root": str(work / "data"),
            "architectures": {"mlp-2x1000": {"type": "mlp", "widths": [1000, 1000]}},
            "comparisons": [{"architecture": "mlp-2x1000", "algorithms": ["bp", "mf"]}],
            "algorithms": {"bp": {"impl": "bp", "fixed": {"batch_size": 128, "lr": 1e-3, "weight_decay": 0.0}},

@@ -177,7 +177,9 @@ def test_to_target_table_uses_fraction_of_bp_mean():
 
 
 @pytest.mark.parametrize("bad", [{"resamples": 10}, {"confidence": 1.5}, {"target_fraction": 0}, {"typo": 1},
-                                 {"interval": "bca"}])
+                                 {"interval": "bca"}, {"margins": {"test_accuracy": 0}},
+                                 {"margins": {"energy_j": "ten"}}, {"verdict_method": "eyeball"}, {"alpha": 0.5},
+                                 {"power": 1.0}, {"max_seeds": 2}])
 def test_stats_config_refuses_bad_values(bad):
     with pytest.raises(ValueError):
         StatsConfig.from_dict(bad)
@@ -188,3 +190,122 @@ def test_metric_missing_on_one_side_is_not_measured_rather_than_unpaired():
     d = paired_delta(pd.Series([nan, nan], index=[0, 1]), pd.Series([1.0, 2.0], index=[0, 1]), "energy_dynamic_j",
                      "pct", CFG)
     assert d.status == "not measured: no value in ours" and math.isnan(d.estimate)
+
+
+# ---- verdicts at a margin -----------------------------------------------------------------------
+
+def _acc(diffs, margin=0.5, **kw) -> stats.Delta:
+    diffs = np.asarray(diffs, dtype=float)
+    ref = pd.Series(97.0 + np.arange(len(diffs)) * 0.1)
+    cfg = StatsConfig(resamples=2000, margins={**stats.MARGINS, "test_accuracy": margin}, **kw)
+    return paired_delta(ref + diffs, ref, "test_accuracy", "pp", cfg)
+
+
+def test_accuracy_verdicts_with_known_answers():
+    eq = _acc([0.10, 0.05, 0.15, 0.08, 0.12])  # mean 0.10, sd 0.0381: t interval well inside ±0.5
+    assert eq.verdict == "equivalent within ±0.5 pp" and eq.margin == 0.5
+    assert "TOST" in eq.verdict_method and "90% t interval" in eq.verdict_method
+    # by hand: 0.10 ± t_4(0.95) * 0.0381 / sqrt(5) = 0.10 ± 2.1318 * 0.01703
+    assert (eq.verdict_low, eq.verdict_high) == pytest.approx((0.10 - 0.03631, 0.10 + 0.03631), abs=2e-4)
+    assert math.isnan(eq.seeds_needed) and eq.seeds_needed_note == ""
+    assert _acc([1.1, 0.9, 1.0, 1.2, 0.8]).verdict == "better by more than 0.5 pp"
+    assert _acc([-1.1, -0.9, -1.0, -1.2, -0.8]).verdict == "worse by more than 0.5 pp"
+    wide = _acc([1.0, -0.8, 0.6, -0.4, 0.2])  # mean 0.12, sd 0.72: no conclusion at n = 5
+    assert wide.verdict == "not resolved" and wide.seeds_needed >= 6
+    assert "paired seeds" in wide.seeds_needed_note and "estimate" in wide.seeds_needed_note
+    # resolved against 0 yet not against the margin: "differs from bp" is not "better by more than m"
+    edge = _acc([0.3, 0.5, 0.7, 0.4, 0.6])  # mean on the margin
+    assert edge.resolved and edge.verdict == "not resolved"
+    inside = _acc([0.3, 0.35, 0.4, 0.45, 0.5])  # differs from 0, by less than the margin
+    assert inside.resolved and inside.verdict == "equivalent within ±0.5 pp"
+    # a tighter margin turns an equivalence into a difference
+    assert _acc([0.10, 0.05, 0.15, 0.08, 0.12], margin=0.05).verdict == "better by more than 0.05 pp"
+
+
+def test_percent_verdicts_follow_the_metric_direction():
+    bp = pd.Series([100.0, 110.0, 90.0, 105.0, 95.0])
+    cfg = StatsConfig(resamples=2000)
+    faster = paired_delta(bp * [0.50, 0.52, 0.48, 0.51, 0.49], bp, "train_time_s", "pct", cfg)
+    assert faster.verdict == "better by more than 10 %"  # less time is better
+    assert faster.verdict_low < -45 and faster.verdict_high > -55 and faster.verdict_high < -45
+    slower = paired_delta(bp * 1.5, bp * [1.0, 1.01, 0.99, 1.0, 1.0], "energy_j", "pct", cfg)
+    assert slower.verdict == "worse by more than 10 %"
+    same = paired_delta(bp * [1.01, 0.99, 1.02, 0.98, 1.0], bp, "energy_j", "pct", cfg)
+    assert same.verdict == "equivalent within ±10 %" and "log ratios" in same.verdict_method
+
+
+def test_bootstrap_interval_method_applies_the_inclusion_rule():
+    d = _acc([0.10, 0.05, 0.15, 0.08, 0.12], verdict_method="bootstrap-interval")
+    assert d.verdict == "equivalent within ±0.5 pp" and "bootstrap" in d.verdict_method
+    assert 0.05 <= d.verdict_low <= d.verdict_high <= 0.15  # inside the observed differences
+    assert stats.classify_interval(0.6, 0.9, 0.5, True) == stats.BETTER
+    assert stats.classify_interval(0.6, 0.9, 0.5, False) == stats.WORSE
+    assert stats.classify_interval(-0.4, 0.6, 0.5, True) == stats.UNRESOLVED
+
+
+N_SIM = 20000  # Monte Carlo SE of a 5 % rate: 0.15 %
+
+
+def _rate(kind: str, true_diff: float, sd: float = 1.0, n: int = 5, unit: str = "pp", margin: float = 0.5,
+          up: bool = True, alpha: float = 0.05, seed: int = 0) -> float:
+    """Share of N_SIM simulated paired data sets (n seeds, normal differences) given `kind`."""
+    rng = np.random.default_rng(seed)
+    ref = rng.normal(97.0, 0.3, size=(n, N_SIM)) if unit == "pp" else rng.lognormal(4.0, 0.2, size=(n, N_SIM))
+    noise = rng.normal(true_diff, sd, size=(n, N_SIM))
+    ours = ref + noise if unit == "pp" else ref * np.exp(noise)
+    return float((stats.verdict_arrays(ours, ref, unit, margin, up, alpha)["kind"] == kind).mean())
+
+
+@pytest.mark.parametrize("n", [3, 5, 10])
+def test_verdict_error_rates_hold_at_the_nominal_level(n):
+    """At a true delta on the margin each false verdict has probability alpha at most: "better by
+    more than m" at exactly +m (the one-sided t test: exactly alpha), "equivalent" at +m (TOST:
+    below alpha), on the percent scale too (log ratio on the bound)."""
+    tol = 4 * math.sqrt(0.05 * 0.95 / N_SIM)
+    assert _rate(stats.BETTER, 0.5, n=n) == pytest.approx(0.05, abs=tol)
+    assert _rate(stats.WORSE, -0.5, n=n, seed=1) == pytest.approx(0.05, abs=tol)
+    assert _rate(stats.EQUIVALENT, 0.5, n=n, seed=2) <= 0.05 + tol
+    assert _rate(stats.EQUIVALENT, -0.5, sd=0.1, n=n, seed=3) <= 0.05 + tol  # small spread: TOST near alpha
+    assert _rate(stats.EQUIVALENT, -0.5, sd=0.1, n=n, seed=3) >= 0.05 - tol
+    # time: the log ratio exactly at log(1.1), the "worse by more than 10 %" bound
+    assert _rate(stats.WORSE, math.log(1.1), sd=0.1, n=n, unit="pct", margin=10, up=False, seed=4) == \
+        pytest.approx(0.05, abs=tol)
+
+
+def test_verdicts_have_power_where_the_answer_is_clear():
+    assert _rate(stats.EQUIVALENT, 0.0, sd=0.2, n=10) > 0.95
+    assert _rate(stats.BETTER, 1.5, sd=0.5, n=5) > 0.9
+
+
+def test_seeds_needed_reaches_its_power_in_simulation():
+    """At the estimated n the verdict is reached in at least the planned 80 % of simulated runs
+    (the estimate is a lower bound on power, so it may err high, but not by a factor of 2)."""
+    for true, kind in ((0.1, stats.EQUIVALENT), (1.0, stats.BETTER)):
+        n, note = stats.seeds_needed(true, 0.6, "pp", 0.5)
+        assert n is not None and "80% power" in note
+        assert _rate(kind, true, sd=0.6, n=n, seed=5) >= 0.8 - 0.01
+        assert _rate(kind, true, sd=0.6, n=max(2, n // 2), seed=6) < 0.8
+    n, _ = stats.seeds_needed(math.log(0.95), 0.1, "pct", 10)
+    assert _rate(stats.EQUIVALENT, math.log(0.95), sd=0.1, n=n, unit="pct", margin=10, up=False, seed=7) >= 0.79
+
+
+def test_seeds_needed_without_an_answer():
+    assert stats.seeds_needed(0.5, 0.3, "pp", 0.5)[0] is None  # on the margin
+    assert stats.seeds_needed(0.1, 0.0, "pp", 0.5) == (None, "no estimate: the observed differences have no spread")
+    n, note = stats.seeds_needed(0.49, 1.0, "pp", 0.5, max_seeds=50)
+    assert n is None and note.startswith("more than 50")
+
+
+def test_schema_defaults_are_the_statistics_defaults():
+    """The schema documents the defaults that StatsConfig applies: the two must not drift apart."""
+    import yaml
+    from dataclasses import asdict
+
+    from bpfree.config import SCHEMA
+
+    props = yaml.safe_load(SCHEMA.read_text())["properties"]["protocol"]["properties"]["statistics"]["properties"]
+    schema = {k: v["default"] for k, v in props.items() if k != "margins"}
+    schema["margins"] = {k: v["default"] for k, v in props["margins"]["properties"].items()}
+    ours = asdict(StatsConfig())
+    assert schema == {k: ours[k] for k in schema}
+    assert StatsConfig.from_dict(schema) == StatsConfig()

@@ -7,13 +7,27 @@ import os
 import sys
 from pathlib import Path
 
+from bpfree.errors import BpfreeError
+
 EPILOG = """A job's spec is the JSON slice of the config that decides its result; the workflow passes
 it with --spec. By hand, give --config FILE --architecture A --algorithm X instead."""
 
 
-def _json_arg(text: str) -> dict:
-    """A JSON argument given inline or as @FILE."""
-    return json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
+def _json_arg(text: str, option: str) -> dict:
+    """A JSON object given inline or as @FILE; ConfigError naming `option` (and the file) otherwise."""
+    from bpfree import io
+    from bpfree.config import ConfigError
+
+    if text.startswith("@"):
+        value = io.read_json(text[1:], f"{option} file")
+    else:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{option} = {text[:60]!r}: not JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{option}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _config_spec(path: str, architecture: str, algorithm: str, kind: str) -> dict:
@@ -25,9 +39,11 @@ def _config_spec(path: str, architecture: str, algorithm: str, kind: str) -> dic
 
 def _spec(args: argparse.Namespace, kind: str) -> dict:
     if args.spec:
-        return _json_arg(args.spec)
+        from bpfree import config
+
+        return config.check_spec(_json_arg(args.spec, "--spec"), kind)
     if not (args.config and args.architecture and args.algorithm):
-        raise SystemExit(f"bpfree {kind}: give --spec, or --config with --architecture and --algorithm")
+        raise BpfreeError("give --spec, or --config with --architecture and --algorithm")
     return _config_spec(args.config, args.architecture, args.algorithm, kind)
 
 
@@ -42,6 +58,7 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
 def cmd_prepare(a: argparse.Namespace) -> None:
     from bpfree.data import prepare
 
+    _outputs("prepare", [a.out])
     meta = prepare(a.dataset, a.data_root or None, a.out)
     print(json.dumps(meta))
 
@@ -55,21 +72,33 @@ def _pin_gpu(spec: dict) -> None:
         print(f"bpfree: pinned to GPU {gpu} (CUDA_VISIBLE_DEVICES={gpu})", file=sys.stderr, flush=True)
 
 
+def _outputs(cmd: str, files: list[str | Path | None]) -> None:
+    """Before a job's work: its output folders can be written (FileError naming one that cannot),
+    and the temporary files an interrupted earlier run of it left beside its outputs are removed."""
+    from bpfree import io
+
+    files = [Path(f) for f in files if f]
+    for folder in dict.fromkeys(f.parent for f in files):
+        io.check_writable(folder)
+    for stale in io.remove_stale_tmp(files):
+        print(f"bpfree {cmd}: removed {stale}, left by an interrupted write", file=sys.stderr, flush=True)
+
+
 def cmd_search(a: argparse.Namespace) -> None:
     from bpfree import search
 
     spec = _spec(a, "search")
+    _outputs("search", [a.journal, a.worker_out, a.best, a.trials or (a.best and Path(a.best).with_name("trials.csv"))])
     study = None  # n_trials 0: the fixed settings are the best parameters
     if spec["search"]["n_trials"] > 0 and a.collect:
-        try:
-            study = search.collect(spec, a.journal)
-        except RuntimeError as e:  # no journal, or fewer finished trials than the budget: named in e
-            raise SystemExit(f"bpfree search: error: {e}") from None
+        for f in a.worker_files or []:  # each worker job's summary: truncated or malformed is named
+            search.check_worker_file(f)
+        study = search.collect(spec, a.journal)
     elif spec["search"]["n_trials"] > 0:
         if not a.data:
-            raise SystemExit("bpfree search: --data is required (unless --collect)")
+            raise BpfreeError("--data is required (unless --collect)")
         if a.worker is not None and not 0 <= a.worker < a.workers:
-            raise SystemExit(f"bpfree search: --worker {a.worker} is not in 0..{a.workers - 1} (--workers {a.workers})")
+            raise BpfreeError(f"--worker {a.worker} is not in 0..{a.workers - 1} (--workers {a.workers})")
         _pin_gpu(spec)
         study = search.run_search(spec, a.data, a.journal, n_trials=a.n_trials, threads=a.threads,
                                   exclusive=not a.shared and a.workers == 1, worker=a.worker, workers=a.workers)
@@ -79,7 +108,7 @@ def cmd_search(a: argparse.Namespace) -> None:
         summary = search.worker_summary(study, a.worker or 0, a.workers) if study is not None else {}
         io.write_json(a.worker_out, {**summary, "provenance": provenance.collect(spec, search.resolve_device(spec["device"]))})
     if a.best:
-        best = search.write_outputs(spec, study, a.best, a.trials or Path(a.best).with_name("trials.csv"))
+        best = search.write_outputs(spec, study, a.best, a.trials or Path(a.best).with_name("trials.csv"), a.journal)
         print(json.dumps(best["params"]))
 
 
@@ -92,7 +121,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         try:
             every = float(env)
         except ValueError:
-            raise SystemExit(f"bpfree train: BPFREE_CHECKPOINT_EVERY = {env!r} is not a number of seconds") from None
+            raise BpfreeError(f"BPFREE_CHECKPOINT_EVERY = {env!r} is not a number of seconds") from None
     spec = _spec(a, "train")
     _pin_gpu(spec)
     every = None if every < 0 else every
@@ -103,11 +132,24 @@ def cmd_train(a: argparse.Namespace) -> None:
 def cmd_report(a: argparse.Namespace) -> None:
     from bpfree.report import run_report
 
-    stats = _json_arg(a.statistics) if a.statistics else None
+    from bpfree.report import PLOTS
+
+    stats = _json_arg(a.statistics, "--statistics") if a.statistics else None
+    if bool(a.summary) == bool(a.metrics):
+        raise BpfreeError("bpfree report: give metrics.json files, or --summary CSV (not both)")
+    out = Path(a.out_dir)
+    tables = ("deltas.csv", "deltas.md", "deltas.html") if a.summary else (
+        "summary.csv", "cells.csv", "deltas.csv", "to_target.csv", "table.md", "table.html", "deltas.md", "deltas.html")
+    plots = [] if a.summary else [out / "plots" / f"{p}.png" for p in PLOTS]  # no plots from a summary
+    _outputs("report", [out / f for f in tables] + plots)
     try:
-        df = run_report(a.metrics, a.out_dir, statistics=stats)
-    except ValueError as e:  # a bad statistics setting or an incomplete metrics.json, named in e
-        raise SystemExit(f"bpfree report: error: {e}") from None
+        if a.summary:
+            from bpfree.report import report_from_summary
+            df = report_from_summary(a.summary, a.out_dir, statistics=stats)
+        else:
+            df = run_report(a.metrics, a.out_dir, statistics=stats)
+    except ValueError as e:  # a bad statistics setting, named in e
+        raise BpfreeError(str(e)) from None
     print(f"{len(df)} runs summarised into {a.out_dir}")
 
 
@@ -124,11 +166,13 @@ def cmd_spec(a: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from bpfree.data import REGISTRY
+
     ap = argparse.ArgumentParser(prog="bpfree", description=__doc__, epilog=EPILOG)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("prepare", help="read, verify, split and save a dataset as tensors")
-    p.add_argument("--dataset", required=True, help="digits, mnist, fashion_mnist, cifar10 or cifar100")
+    p.add_argument("--dataset", required=True, help=f"one of {', '.join(REGISTRY)} (bpfree.data.REGISTRY)")
     p.add_argument("--data-root", default=None, help="folder in torchvision's layout (not needed for digits)")
     p.add_argument("--out", required=True, help="output file, e.g. resources/data/digits.pt")
     p.set_defaults(fn=cmd_prepare)
@@ -148,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--worker-out", help="write this worker's summary (JSON) here")
     p.add_argument("--collect", action="store_true",
                    help="run no trial: check the finished study (every worker done) and write --best/--trials")
+    p.add_argument("--worker-files", nargs="*", metavar="FILE",
+                   help="with --collect: the workers' --worker-out files, checked to be complete")
     p.set_defaults(fn=cmd_search)
 
     p = sub.add_parser("train", help="one final run with the best parameters and a seed", epilog=EPILOG)
@@ -166,8 +212,11 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("report", help="summary.csv, table.md and plots from finished runs")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--statistics", help="the config's protocol.statistics as JSON, or @FILE (bootstrap "
-                   "resamples, seed, confidence, interval, target_fraction; defaults otherwise)")
-    p.add_argument("metrics", nargs="+", help="metrics.json files of final runs")
+                   "resamples, seed, confidence, interval, target_fraction, verdict margins, verdict_method, alpha, "
+                   "power, max_seeds; defaults otherwise)")
+    p.add_argument("--summary", help="recompute the deltas, verdicts and published claims (deltas.csv, deltas.md, "
+                   "deltas.html) from a recorded summary.csv instead of metrics.json files")
+    p.add_argument("metrics", nargs="*", help="metrics.json files of final runs")
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("doctor", help="which energy-measurement methods this machine offers, the device, versions")
@@ -182,12 +231,9 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(fn=cmd_spec)
 
     args = ap.parse_args(argv)
-    from bpfree.config import ConfigError
-    from bpfree.data import DataError
-
     try:
         args.fn(args)
-    except (DataError, ConfigError) as e:
+    except BpfreeError as e:  # a known failure, named in its message: one line, no traceback
         print(f"bpfree {args.cmd}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 

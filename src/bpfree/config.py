@@ -12,9 +12,10 @@ from pathlib import Path
 
 import yaml
 
-from bpfree import algorithms, hparams
+from bpfree import algorithms, hparams, models
 from bpfree.algorithms.base import check_architecture
 from bpfree.errors import ConfigError  # noqa: F401 - raised by every check here; callers import it from config
+from bpfree.hparams import PROTOCOL_KEYS  # noqa: F401 - settings only `protocol` may hold
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -43,8 +44,22 @@ def validate(cfg: dict) -> None:
     try:
         sm_validate(cfg, str(SCHEMA))
     except WorkflowError as e:
-        raise ConfigError(str(e)) from e
+        raise ConfigError(_schema_error(cfg) or str(e)) from None
     check(cfg)
+
+
+def _schema_error(cfg: dict) -> str | None:
+    """The schema's most relevant complaint as one line with its key path (Snakemake's is a page
+    that dumps the schema and does not name the path)."""
+    import jsonschema
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    error = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(schema)(schema).iter_errors(cfg))
+    if error is None:
+        return None
+    path = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in error.absolute_path).lstrip(".")
+    value = f" = {error.instance!r}" if not isinstance(error.instance, (dict, list)) else ""
+    return f"{path or 'the config'}{value}: {error.message}"
 
 
 def check(cfg: dict, device: bool = True) -> None:
@@ -53,10 +68,19 @@ def check(cfg: dict, device: bool = True) -> None:
     name something real on this machine (data_root's folders; `device`, unless `device` is False:
     a cluster's submit host need not have the compute nodes' GPUs)."""
     algos, archs = cfg["algorithms"], cfg["architectures"]
+    _check_datasets(cfg)
     for name, arch in archs.items():
-        need = {"mlp": "widths", "cnn": "channels"}[arch["type"]]
+        need = {"mlp": "widths", "cnn": "channels", "cwc-cnn": "channels"}[arch["type"]]
         if need not in arch:
             raise ConfigError(f"architectures.{name}: type {arch['type']} needs `{need}`")
+        extra = sorted({"pool", "groups"} & set(arch)) if arch["type"] != "cwc-cnn" else []
+        if extra:
+            raise ConfigError(f"architectures.{name}: `{extra[0]}` is a cwc-cnn key, not one of type {arch['type']}")
+        if arch["type"] == "cwc-cnn":
+            try:
+                models.cwc_layout(arch)
+            except ValueError as e:
+                raise ConfigError(f"architectures.{name}: {e}") from None
     classes = {}
     searched = cfg["protocol"]["search"]["n_trials"] > 0
     for name, entry in algos.items():
@@ -82,27 +106,32 @@ def check(cfg: dict, device: bool = True) -> None:
         for d in comp.get("datasets", []):
             if d not in cfg["datasets"]:
                 raise ConfigError(f"comparisons[{i}].datasets: {d!r} is not in datasets {cfg['datasets']}")
-    _check_data_root(cfg)
     if device:
         check_device(cfg.get("device", "auto"), "device")
 
 
-def _check_data_root(cfg: dict) -> None:
-    from bpfree.data import SUBDIR
+def _check_datasets(cfg: dict) -> None:
+    """Every dataset is in the registry (bpfree.data.REGISTRY); data_root holds the folders of
+    those that are read from files."""
+    from bpfree.data import REGISTRY
 
-    needed = [d for d in cfg["datasets"] if d != "digits"]
+    for i, d in enumerate(cfg["datasets"]):
+        if d not in REGISTRY:
+            raise ConfigError(f"datasets[{i}] = {d!r}: unknown dataset; known: {', '.join(REGISTRY)}")
+    needed = [REGISTRY[d] for d in cfg["datasets"] if REGISTRY[d].folder is not None]
     root = cfg.get("data_root")
     if root is None:
         if needed:
-            raise ConfigError(f"data_root = null but datasets = {cfg['datasets']}: only digits is built in; "
+            built_in = ", ".join(n for n, d in REGISTRY.items() if d.folder is None)
+            raise ConfigError(f"data_root = null but datasets = {cfg['datasets']}: only {built_in} is built in; "
                               "set data_root to the folder with MNIST/, FashionMNIST/, ...")
         return
     where = ROOT / root  # a relative data_root is taken from the repository root
     if not where.is_dir():
         raise ConfigError(f"data_root = {root!r}: no such folder ({where})")
-    for d in needed:
-        if not (where / SUBDIR[d]).is_dir():
-            raise ConfigError(f"data_root = {root!r}: dataset {d} needs the folder {where / SUBDIR[d]} "
+    for ds in needed:
+        if not (where / ds.folder).is_dir():
+            raise ConfigError(f"data_root = {root!r}: dataset {ds.name} needs the folder {where / ds.folder} "
                               "(torchvision's layout)")
 
 
@@ -154,6 +183,32 @@ def search_spec(cfg: dict, architecture: str, algorithm: str) -> dict:
     search = dict(cfg["protocol"]["search"])
     search.pop("workers", None)  # how many processes share a study does not change its budget
     return {**spec, "space": entry.get("space", {}), "search": search}
+
+
+SPEC_KEYS = {"train": ("algorithm", "impl", "architecture", "arch", "fixed", "stopping", "device"),
+             "search": ("algorithm", "impl", "architecture", "arch", "fixed", "stopping", "device", "space",
+                        "search")}
+
+
+def check_spec(spec: dict, kind: str) -> dict:
+    """`spec` if it has the keys a `kind` job reads (as `train_spec`/`search_spec` make them), else
+    ConfigError naming the missing ones (a spec written by hand, or for the other kind of job)."""
+    missing = [k for k in SPEC_KEYS[kind] if k not in spec]
+    if kind == "search" and isinstance(spec.get("search"), dict) and "n_trials" not in spec["search"]:
+        missing.append("search.n_trials")
+    if missing:
+        raise ConfigError(f"--spec lacks {', '.join(missing)}: print a {kind} job's spec with "
+                          f"`bpfree spec --kind {kind} --config FILE --architecture A --algorithm X`")
+    if kind == "search":  # before the first trial, as the config check would
+        key = f"--spec algorithms.{spec['algorithm']}"
+        try:
+            cls = algorithms.get(spec["impl"])
+        except ValueError as e:
+            raise ConfigError(f"{key}.impl = {spec['impl']!r}: {e}") from None
+        check_architecture(cls, spec["arch"], f"--spec: algorithm {spec['algorithm']} on architecture "
+                                              f"{spec['architecture']}")
+        hparams.check_entry(cls.Settings, spec, key, spec["search"]["n_trials"] > 0)
+    return spec
 
 
 def spec_hash(spec: dict) -> str:

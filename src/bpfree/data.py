@@ -8,7 +8,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import pickle
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,83 +19,36 @@ import torch
 from bpfree import io
 from bpfree.errors import BpfreeError
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
-
-
 class DataError(BpfreeError, RuntimeError):
     """A data file is missing, unreadable or does not match its checksum."""
-
-
-# md5 of the *decoded* (decompressed) content; the .gz files may be recompressed copies.
-IDX_MD5 = {
-    "mnist": {
-        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
-    },
-    "fashion_mnist": {
-        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
-        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
-        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
-        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
-    },
-}
-# md5 of the pickle files as torchvision lists them (these files are never recompressed).
-CIFAR_MD5 = {
-    "cifar10": {
-        "data_batch_1": "c99cafc152244af753f735de768cd75f",
-        "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
-        "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
-        "data_batch_4": "634d18415352ddfa80567beed471001a",
-        "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
-        "test_batch": "40351d587109b95175f43aff81a1287e",
-    },
-    "cifar100": {
-        "train": "16019d7e3df5f24257cddd939b257f8d",
-        "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
-    },
-}
-SUBDIR = {"mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw",
-          "cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
-# Protocol: normalisation statistics (paper values) and the fixed number of validation images
-# taken from the end of the official training set.
-NORM = {
-    "mnist": ((0.1307,), (0.3081,)),
-    "fashion_mnist": ((0.2860,), (0.3530,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
-}
-N_VAL = {"mnist": 10_000, "fashion_mnist": 6_000, "cifar10": 5_000, "cifar100": 5_000}
-DIGITS_SPLIT = {"val": 360, "test": 360, "seed": 0}  # stratified, fixed
 
 
 def _md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
-def _where(dataset: str, root: Path) -> str:
-    return (f"put the {dataset} files under {root / SUBDIR[dataset]} (torchvision's layout) "
-            f"or set data_root in the config to the folder that holds {SUBDIR[dataset].split('/')[0]}/")
+def _where(ds: Dataset, root: Path) -> str:
+    return (f"put the {ds.name} files under {root / ds.folder} (torchvision's layout) "
+            f"or set data_root in the config to the folder that holds {ds.folder.split('/')[0]}/")
 
 
-def _read_checked(path: Path, expected: str | None, dataset: str, root: Path) -> bytes:
+def _read_checked(path: Path, expected: str | None, ds: Dataset, root: Path) -> bytes:
     """Return the decoded bytes of `path` (or `path.gz`), verified against `expected` md5."""
     candidates = [path, path.with_name(path.name + ".gz")]
     found = next((p for p in candidates if p.exists()), None)
     if found is None:
         raise DataError(f"missing data file {path}[.gz] (expected md5 of content {expected}); "
-                        + _where(dataset, root))
+                        + _where(ds, root))
     try:
         raw = found.read_bytes()
         data = gzip.decompress(raw) if found.suffix == ".gz" else raw
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise DataError(f"cannot read {found}: {e} (expected md5 of content {expected}); "
-                        + _where(dataset, root)) from e
+                        + _where(ds, root)) from e
     got = _md5(data)
     if expected is not None and got != expected:
         raise DataError(f"corrupt data file {found}: md5 of content is {got}, expected {expected}; "
-                        "delete it and " + _where(dataset, root))
+                        "delete it and " + _where(ds, root))
     return data
 
 
@@ -106,42 +61,46 @@ def _parse_idx(data: bytes, name: str) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def _load_idx(dataset: str, root: Path, checksums: dict | None) -> dict[str, np.ndarray]:
-    sums = IDX_MD5[dataset] if checksums is None else checksums
-    d = root / SUBDIR[dataset]
-    arr = {n: _parse_idx(_read_checked(d / n, sums.get(n), dataset, root), n) for n in IDX_MD5[dataset]}
+def read_idx(ds: Dataset, root: Path, checksums: dict | None) -> dict[str, np.ndarray]:
+    """MNIST-style IDX files (plain or .gz): train and t10k images and labels."""
+    sums = ds.files if checksums is None else checksums
+    d = root / ds.folder
+    arr = {n: _parse_idx(_read_checked(d / n, sums.get(n), ds, root), n) for n in ds.files}
     return {"x_train": arr["train-images-idx3-ubyte"][:, None], "y_train": arr["train-labels-idx1-ubyte"],
             "x_test": arr["t10k-images-idx3-ubyte"][:, None], "y_test": arr["t10k-labels-idx1-ubyte"]}
 
 
-def _load_cifar(dataset: str, root: Path, checksums: dict | None) -> dict[str, np.ndarray]:
-    sums = CIFAR_MD5[dataset] if checksums is None else checksums
-    d = root / SUBDIR[dataset]
-    key = b"labels" if dataset == "cifar10" else b"fine_labels"
+def read_cifar(ds: Dataset, root: Path, checksums: dict | None, *, test: str, label_key: bytes) -> dict[str, np.ndarray]:
+    """CIFAR python pickles: every file but `test` is a training batch."""
+    sums = ds.files if checksums is None else checksums
+    d = root / ds.folder
 
     def batch(name: str) -> tuple[np.ndarray, np.ndarray]:
-        raw = _read_checked(d / name, sums.get(name), dataset, root)
+        raw = _read_checked(d / name, sums.get(name), ds, root)
         try:
             entry = pickle.loads(raw, encoding="bytes")
             x = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            y = np.asarray(entry[key], dtype=np.int64)
+            y = np.asarray(entry[label_key], dtype=np.int64)
         except Exception as e:  # noqa: BLE001 - any decoding failure is a corrupt file
-            raise DataError(f"corrupt CIFAR pickle {d / name}: {e}; " + _where(dataset, root)) from e
+            raise DataError(f"corrupt CIFAR pickle {d / name}: {e}; " + _where(ds, root)) from e
         return x, y
 
-    names = sorted(n for n in CIFAR_MD5[dataset] if n not in ("test_batch", "test"))
-    parts = [batch(n) for n in names]
-    x_test, y_test = batch("test_batch" if dataset == "cifar10" else "test")
+    parts = [batch(n) for n in sorted(n for n in ds.files if n != test)]
+    x_test, y_test = batch(test)
     return {"x_train": np.concatenate([p[0] for p in parts]), "y_train": np.concatenate([p[1] for p in parts]),
             "x_test": x_test, "y_test": y_test}
 
 
-def _load_digits() -> dict[str, np.ndarray]:
+DIGITS_SPLIT = {"val": 360, "test": 360, "seed": 0}  # stratified, fixed
+
+
+def read_digits(ds: Dataset, root: Path | None, checksums: dict | None) -> dict[str, np.ndarray]:
+    """scikit-learn's bundled 8x8 digits (values 0..16), split here: stratified, fixed."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     b = load_digits()
-    x = b.images.astype(np.uint8)[:, None]  # values 0..16
+    x = b.images.astype(np.uint8)[:, None]
     y = b.target.astype(np.int64)
     s = DIGITS_SPLIT
     x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=s["test"], stratify=y,
@@ -151,30 +110,88 @@ def _load_digits() -> dict[str, np.ndarray]:
     return {"x_train": x_tr, "y_train": y_tr, "x_val": x_val, "y_val": y_val, "x_test": x_test, "y_test": y_test}
 
 
+@dataclass(frozen=True)
+class Dataset:
+    """One dataset: its files, reader, split, normalisation and augmentation (docs/adding-a-dataset.md).
+
+    read:    (dataset, data_root, checksums or None) -> arrays x_train, y_train, x_test, y_test
+             (uint8 images (N, C, H, W), int64 labels), and x_val, y_val if it splits itself
+    files:   file name -> md5 of its decoded content (verified on every read)
+    folder:  where the files lie under data_root (torchvision's layout); None for a built-in set
+    n_val:   the validation split is the last n_val images of the official training set (protocol)
+    mean, std: per channel, of images divided by `scale`; None: the training split's own statistics
+    augment: random crop (padding 4) and horizontal flip of every training batch
+    """
+
+    name: str
+    read: Callable[..., dict[str, np.ndarray]]
+    classes: int
+    files: dict[str, str] = field(default_factory=dict)
+    folder: str | None = None
+    n_val: int = 0
+    scale: float = 255.0
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    augment: bool = False
+
+
+# md5 of the *decoded* (decompressed) content of the IDX files (the .gz may be recompressed copies),
+# and of the CIFAR pickles as torchvision lists them (never recompressed). Normalisation statistics
+# and validation sizes are the protocol's (docs/protocol.md, "Data").
+REGISTRY: dict[str, Dataset] = {d.name: d for d in (
+    Dataset("digits", read_digits, classes=10, scale=16.0),
+    Dataset("mnist", read_idx, classes=10, folder="MNIST/raw", n_val=10_000, mean=(0.1307,), std=(0.3081,), files={
+        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637"}),
+    Dataset("fashion_mnist", read_idx, classes=10, folder="FashionMNIST/raw", n_val=6_000, mean=(0.2860,),
+            std=(0.3530,), files={
+        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965"}),
+    Dataset("cifar10", partial(read_cifar, test="test_batch", label_key=b"labels"), classes=10,
+            folder="cifar-10-batches-py", n_val=5_000, mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010),
+            augment=True, files={
+        "data_batch_1": "c99cafc152244af753f735de768cd75f",
+        "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        "data_batch_4": "634d18415352ddfa80567beed471001a",
+        "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+        "test_batch": "40351d587109b95175f43aff81a1287e"}),
+    Dataset("cifar100", partial(read_cifar, test="test", label_key=b"fine_labels"), classes=100,
+            folder="cifar-100-python", n_val=5_000, mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761),
+            augment=True, files={
+        "train": "16019d7e3df5f24257cddd939b257f8d",
+        "test": "f0ef6b0ae62326f3e7ffdfab6717acfc"}),
+)}
+
+
+def get(name: str) -> Dataset:
+    """The registry's record of `name`, or DataError listing the known ones."""
+    if name not in REGISTRY:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
 def prepare(dataset: str, data_root: str | Path | None, out: str | Path,
             checksums: dict | None = None) -> dict:
     """Read `dataset`, apply the fixed split, and save it to `out` (torch file). Returns its meta."""
-    if dataset not in DATASETS:
-        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    if dataset == "digits":
-        arr = _load_digits()
-        scale = 16.0
-        xtr = arr["x_train"].astype(np.float64) / scale
-        mean, std = (float(xtr.mean()),), (float(xtr.std()),)  # statistics of the training split
-    else:
-        if data_root is None:
-            raise DataError(f"dataset {dataset!r} needs data_root in the config; " + _where(dataset, Path("<data_root>")))
-        root = Path(data_root)
-        arr = (_load_idx if dataset in IDX_MD5 else _load_cifar)(dataset, root, checksums)
-        n_val = N_VAL[dataset]
-        arr["x_val"], arr["y_val"] = arr["x_train"][-n_val:], arr["y_train"][-n_val:]
-        arr["x_train"], arr["y_train"] = arr["x_train"][:-n_val], arr["y_train"][:-n_val]
-        scale = 255.0
-        mean, std = NORM[dataset]
+    ds = get(dataset)
+    if ds.folder is not None and data_root is None:
+        raise DataError(f"dataset {dataset!r} needs data_root in the config; " + _where(ds, Path("<data_root>")))
+    arr = ds.read(ds, None if data_root is None else Path(data_root), checksums)
+    if ds.n_val:
+        arr["x_val"], arr["y_val"] = arr["x_train"][-ds.n_val:], arr["y_train"][-ds.n_val:]
+        arr["x_train"], arr["y_train"] = arr["x_train"][:-ds.n_val], arr["y_train"][:-ds.n_val]
+    mean, std = ds.mean, ds.std
+    if mean is None:  # statistics of the training split
+        xtr = arr["x_train"].astype(np.float64) / ds.scale
+        mean, std = tuple(float(v) for v in xtr.mean((0, 2, 3))), tuple(float(v) for v in xtr.std((0, 2, 3)))
     n_classes = int(max(arr["y_train"].max(), arr["y_test"].max()) + 1)
     meta = {"dataset": dataset, "n_classes": n_classes, "shape": list(arr["x_train"].shape[1:]),
-            "scale": scale, "mean": list(mean), "std": list(std),
-            "augment": dataset.startswith("cifar"),
+            "scale": ds.scale, "mean": list(mean), "std": list(std), "augment": ds.augment,
             "sizes": {k: int(len(arr[f"y_{k}"])) for k in ("train", "val", "test")}}
     blob = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in arr.items()}
     blob["meta"] = meta
@@ -215,8 +232,17 @@ def load(path: str | Path, device: torch.device | str = "cpu", limit_train: int 
     path = Path(path)
     if not path.exists():
         raise DataError(f"prepared data {path} not found; run `bpfree prepare` (or snakemake) first")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    meta = blob["meta"]
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        meta = blob["meta"]
+        missing = [k for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test") if k not in blob]
+        missing += [f"meta.{k}" for k in ("dataset", "n_classes", "shape", "mean", "std", "scale", "sizes")
+                    if k not in meta]
+    except Exception as e:  # truncated zip, not a torch file, not a dict
+        raise DataError(f"prepared data {path} is truncated or not a `bpfree prepare` file ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}); delete it and prepare it again") from None
+    if missing:
+        raise DataError(f"prepared data {path} lacks {', '.join(missing)}; delete it and prepare it again")
     c = len(meta["mean"])
     mean = torch.tensor(meta["mean"], dtype=torch.float32, device=device).view(1, c, 1, 1)
     std = torch.tensor(meta["std"], dtype=torch.float32, device=device).view(1, c, 1, 1)
@@ -230,6 +256,23 @@ def load(path: str | Path, device: torch.device | str = "cpu", limit_train: int 
         meta = {**meta, "sizes": {**meta["sizes"], "train": int(len(yt))}}
     return Data(norm(xt), yt.to(device, torch.long), norm(blob["x_val"]), blob["y_val"].to(device, torch.long),
                 norm(blob["x_test"]), blob["y_test"].to(device, torch.long), meta)
+
+
+def warnings(data: Data, batch_size: int | None = None, limit_train: int | None = None) -> list[str]:
+    """Legal but suspicious inputs, one line each for the job's log: a batch larger than the
+    training split (one step per epoch), a training split cut by `limit_train` below 1000 examples
+    or below 10 examples of some class."""
+    out = []
+    n = len(data.y_train)
+    if batch_size is not None and batch_size > n:
+        out.append(f"batch_size = {batch_size} is larger than the training split ({n} examples): "
+                   "each epoch is one optimiser step on the whole split")
+    if limit_train is not None:
+        per_class = torch.bincount(data.y_train, minlength=data.n_classes).min().item()
+        if n < 1000 or per_class < 10:
+            out.append(f"limit_train = {limit_train} leaves {n} training examples ({per_class} in the rarest "
+                       "class): accuracies measured on so few are noisy and not comparable to full runs")
+    return out
 
 
 def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:

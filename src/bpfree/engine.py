@@ -11,10 +11,11 @@ import torch
 from bpfree.algorithms.base import Algorithm, accuracy, generator
 from bpfree.checkpoint import Checkpoint, algo_state, load_algo_state, load_rng_state, rng_state
 from bpfree.data import Data
+from bpfree.errors import BpfreeError
 
 
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
+class Diverged(BpfreeError, RuntimeError):
+    """The training loss became NaN or infinite (the message names the stage and the epoch)."""
 
 
 @dataclass(frozen=True)

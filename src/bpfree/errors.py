@@ -12,3 +12,9 @@ class BpfreeError(Exception):
 
 class ConfigError(BpfreeError, ValueError):
     """A configuration value is invalid; the message names the key and the value."""
+
+
+class FileError(BpfreeError):
+    """A file a job reads (metrics.json, best.json, a worker file, a journal, a prepared data set)
+    is missing, truncated or malformed, or a folder a job writes to cannot be written; the message
+    names the file and what to do."""

@@ -18,6 +18,13 @@ Energy is kept per component (`gpu`, `cpu`, `dram`) with the method that produce
 A component that cannot be measured or estimated is reported as `None` with method `unavailable`,
 never as 0 J. Emissions are derived from the energy with CodeCarbon's offline carbon intensity.
 
+Beside these, `energy_board_j` is the quantity the original study reported, so that its figures
+are compared with the column that measures the same thing: GPU board power polled every 0.2 s
+(`nvmlDeviceGetPowerUsage`), trapezoid-integrated, GPU only, no idle subtraction (its
+`src/utils/monitoring.py`; shared/spec/field-algorithms.md, last section). Without a GPU power
+reading it is `None`, "unavailable". A window too short to trust (fewer than 60 power samples, as
+MLPerf's power rules ask, or under 1 s of counter readings) is named in `energy_window_warning`.
+
 Every source becomes a cumulative-energy curve (time, joules); the energy between two edges is the
 difference of the curve at those times. Counters are read at each edge, so their edge values are
 exact; power samples and CodeCarbon readings are interpolated linearly, i.e. apportioned by time.
@@ -43,6 +50,9 @@ POWERCAP = Path("/sys/class/powercap")
 COMPONENTS = ("gpu", "cpu", "dram")
 METHODS = ("nvml-counter", "nvml-power", "rapl", "estimate")
 UNAVAILABLE = "unavailable"
+ORIGINAL_STUDY_HZ = 5.0  # the original study's power polling rate (one reading per 0.2 s)
+MIN_POWER_SAMPLES = 60  # MLPerf power rules: fewer samples than this in a window is too few
+MIN_COUNTER_S = 1.0  # counters (NVML energy, RAPL) update every few to tens of ms: under 1 s is too short
 
 
 def sync(device: torch.device) -> None:
@@ -97,6 +107,21 @@ class PowerCurve(Curve):
         else:
             return
         self._p = watts
+
+
+def board_energy(samples: list[tuple[float, float]], hz: float = ORIGINAL_STUDY_HZ) -> tuple[float | None, int]:
+    """The original study's GPU energy from (time s, power W) samples: the samples thinned to at most
+    `hz` (a sample is kept once 0.75 / hz s have passed since the last kept one, so a 10 Hz trace
+    gives every other reading), then trapezoid-integrated between the first and last kept sample.
+    Returns (joules, samples used); (None, n) with fewer than 2 samples."""
+    kept: list[tuple[float, float]] = []
+    for t, w in samples:
+        if not kept or t - kept[-1][0] >= 0.75 / hz:
+            kept.append((t, w))
+    if len(kept) < 2:
+        return None, len(kept)
+    j = sum(0.5 * (w0 + w1) * (t1 - t0) for (t0, w0), (t1, w1) in zip(kept, kept[1:]))
+    return j, len(kept)
 
 
 # ---- RAPL (powercap) ------------------------------------------------------------------------------
@@ -311,9 +336,10 @@ class Meter:
     def __init__(self, device: torch.device | str, country: str = "FRA", idle_seconds: float = 0.0,
                  sample_hz: float = 10.0, output_dir: str | None = None, *,
                  powercap_root: str | Path | None = POWERCAP, nvml: Any = "auto", gpu: Any = "auto",
-                 estimate_interval_s: float = 5.0, codecarbon: bool = True):
+                 estimate_interval_s: float = 5.0, codecarbon: bool = True, cooldown_s: float = 0.0):
         self.device = torch.device(device)
         self.country, self.idle_seconds, self.sample_hz = country, float(idle_seconds), float(sample_hz)
+        self.cooldown_s = float(cooldown_s)
         if self.sample_hz <= 0:
             raise ValueError(f"sample_hz = {sample_hz}: must be > 0")
         self.output_dir = output_dir
@@ -441,7 +467,10 @@ class Meter:
 
     # -- window ----------------------------------------------------------------------------------
     def start(self) -> None:
-        """Open the sources, measure the idle baseline (idle_seconds > 0), then open the window."""
+        """Pause `cooldown_s` (the previous run's heat fades), open the sources, measure the idle
+        baseline (idle_seconds > 0), then open the window."""
+        if self.cooldown_s > 0:
+            time.sleep(self.cooldown_s)
         self._open()
         if self.tracker is not None:
             self.tracker.start()
@@ -466,17 +495,28 @@ class Meter:
         sync(self.device)
         self._t0 = self._t_mark = self._edge("start")
 
-    def mark(self) -> dict:
-        """Close an epoch: seconds since the previous mark, and provisional joules (final per-epoch
-        values, with estimates apportioned over CodeCarbon's readings, are in `self.epochs` after stop)."""
+    def mark(self, refresh: bool = False) -> dict:
+        """Close an epoch: seconds since the previous mark and since the window opened, provisional
+        joules of the epoch (total and `energy_<component>_j`) and `window_j` (per component, since
+        the window opened; GPU board energy as `board`). Final per-epoch values, with estimates
+        apportioned over CodeCarbon's readings, are in `self.epochs` after stop. `refresh`: take a
+        CodeCarbon reading first (~5-25 ms), so that estimates are not extrapolated; for the marks a
+        checkpoint keeps."""
         sync(self.device)
+        if refresh and self._drive_tracker:
+            self.tracker.measure_now()
         t = self._edge("mark")
         self._estimate_snapshot()
         prev = self._t_mark
         self._t_mark = t
         comps = {c: self._between(c, prev, t) for c in self.methods}
         known = [v for v in comps.values() if v is not None]
-        return {"seconds": t - prev, "elapsed_s": t - self._t0, "energy_j": sum(known) if known else None}
+        window = {c: self._between(c, self._t0, t) for c in self.methods}
+        if self.gpu is not None and self.gpu.power:
+            window["board"] = board_energy([(ts, w) for ts, w, *_ in self._samples if self._t0 <= ts <= t
+                                            and w is not None], min(self.sample_hz, ORIGINAL_STUDY_HZ))[0]
+        return {"seconds": t - prev, "elapsed_s": t - self._t0, "energy_j": sum(known) if known else None,
+                **{f"energy_{c}_j": v for c, v in comps.items()}, "window_j": window}
 
     def _between(self, comp: str, a: float, b: float) -> float | None:
         curve = self.curves.get(comp)
@@ -564,6 +604,9 @@ class Meter:
         out.update(self._emissions(energy, label))
         out.update(peak)
         out.update(self._gpu_summary(t_end))
+        out.update(self._board(t_end))
+        out["energy_window_warning"] = self._window_warning(comps, seconds, out["energy_board_samples"])
+        out["cooldown_s"] = self.cooldown_s
         out["meter_sample_hz"] = 1.0 / self._period
         out["meter_samples"] = len(self._samples)
         self.epochs = self._epoch_records()
@@ -597,6 +640,36 @@ class Meter:
                                             f"at {self.sample_hz:g} Hz",
             })
         return out
+
+    def _board(self, t_end: float) -> dict:
+        """energy_board_j: the original study's quantity (see the module docstring)."""
+        if self.gpu is None or not self.gpu.power:
+            why = "no GPU power reading (NVML)" if self.gpu is not None or self.device.type == "cuda" \
+                else "no GPU: a CPU-only run"
+            return {"energy_board_j": None, "energy_board_samples": 0,
+                    "energy_board_method": f"{UNAVAILABLE}: {why}"}
+        rate = min(self.sample_hz, ORIGINAL_STUDY_HZ)
+        j, n = board_energy([(t, w) for t, w, *_ in self._samples if self._t0 <= t <= t_end and w is not None], rate)
+        return {"energy_board_j": j, "energy_board_samples": n,
+                "energy_board_method": f"nvml-power at {rate:g} Hz, trapezoid, GPU board only, no idle subtraction "
+                                       "(the original study's method)" if j is not None else
+                                       f"{UNAVAILABLE}: fewer than 2 power samples in the window"}
+
+    def _window_warning(self, comps: dict, seconds: float, board_samples: int) -> str | None:
+        """Which figures come from a window too short to trust (None: none)."""
+        short = []
+        n_power = sum(1 for t, w, *_ in self._samples if self._t0 <= t and w is not None)
+        if self.methods.get("gpu") == "nvml-power" and n_power < MIN_POWER_SAMPLES:
+            short.append(f"gpu energy from {n_power} power samples")
+        if self.gpu is not None and self.gpu.power and board_samples < MIN_POWER_SAMPLES:
+            short.append(f"energy_board_j from {board_samples} power samples")
+        if seconds < MIN_COUNTER_S:
+            short += [f"{c} energy from {seconds:.2f} s of {v['method']} readings" for c, v in comps.items()
+                      if v["method"] in ("nvml-counter", "rapl")]
+        if not short:
+            return None
+        return (f"too short to trust: {'; '.join(short)} (need >= {MIN_POWER_SAMPLES} power samples, "
+                f"as MLPerf's power rules ask, or >= {MIN_COUNTER_S:g} s of counter readings)")
 
     def _epoch_records(self) -> list[dict]:
         """Per mark: seconds, elapsed, joules (total and per component) and cumulative joules."""

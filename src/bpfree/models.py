@@ -92,12 +92,84 @@ class CNN(nn.Module):
         return self.head(x.flatten(1))
 
 
+# ---- the channel-wise competitive CNN (Papachristodoulou et al. 2024, CwComp) -----------------------
+
+def cwc_layout(arch: dict) -> list[tuple[int, bool, int]]:
+    """(channels, pools, groups) of every layer of a `cwc-cnn` entry: `pool` (booleans, default
+    every second layer, as the paper's code: layers 2, 4, ...) and `groups` (default 1; the
+    paper's CFSE network groups the pooling layers by the number of classes). ValueError when
+    the lists do not match `channels` or a layer's channels are not divisible by its groups."""
+    ch = list(arch["channels"])
+    pool = list(arch.get("pool") or [k % 2 == 1 for k in range(len(ch))])
+    groups = list(arch.get("groups") or [1] * len(ch))
+    for key, v in (("pool", pool), ("groups", groups)):
+        if len(v) != len(ch):
+            raise ValueError(f"{key} has {len(v)} entries but channels has {len(ch)}")
+    ins = [None, *ch[:-1]]
+    for k, (c_in, c, g) in enumerate(zip(ins, ch, groups)):
+        if c % g or (c_in is not None and c_in % g):
+            raise ValueError(f"layer {k + 1}: groups = {g} must divide its input and output channels "
+                             f"({c_in if c_in is not None else 'image'}, {c})")
+    return list(zip(ch, pool, groups))
+
+
+def cwc_layer(c_in: int, c_out: int, pool: bool, groups: int = 1) -> nn.Sequential:
+    """CwComp layer, as the paper's code: Conv2d(3x3, stride 1, pad 1, bias, `groups`; torch's
+    default init) -> ReLU -> [MaxPool(2)] -> BatchNorm2d(eps 1e-4)."""
+    conv = nn.Conv2d(c_in, c_out, 3, stride=1, padding=1, groups=groups)
+    return nn.Sequential(conv, nn.ReLU(), *([nn.MaxPool2d(2)] if pool else []), nn.BatchNorm2d(c_out, eps=1e-4))
+
+
+def cwc_shapes(arch: dict, shape: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """(C, H, W) of the input and of every layer's output of a `cwc-cnn` entry."""
+    c, h, w = shape
+    out = [(c, h, w)]
+    for ch, pool, _ in cwc_layout(arch):
+        if pool:
+            h, w = h // 2, w // 2
+            if h < 1 or w < 1:
+                raise ValueError(f"input {tuple(shape)} is too small for the pooling layers of {arch['channels']}")
+        out.append((ch, h, w))
+    return out
+
+
+def cwc_layer_macs(arch: dict, shape: tuple[int, ...]) -> list[int]:
+    """Multiply-adds per sample of each layer's convolution (ReLU, pooling, BatchNorm not counted):
+    the convolution runs at its input's resolution (padding 1), a grouped one on c_in / groups
+    input channels per output channel."""
+    s = cwc_shapes(arch, shape)
+    return [9 * (s[k][0] // g) * s[k + 1][0] * s[k][1] * s[k][2] for k, (_, _, g) in enumerate(cwc_layout(arch))]
+
+
+def cwc_layers(arch: dict, shape: tuple[int, ...]) -> nn.ModuleList:
+    """The layers of a `cwc-cnn` entry (no head)."""
+    ins = [shape[0], *arch["channels"][:-1]]
+    return nn.ModuleList(cwc_layer(a, c, p, g) for a, (c, p, g) in zip(ins, cwc_layout(arch)))
+
+
+class CwCCNN(nn.Module):
+    """The CwComp layers trained end to end, then Flatten -> Linear(flat, C) (the paper's softmax
+    classifier on the last layer)."""
+
+    def __init__(self, arch: dict, shape: tuple[int, ...], n_classes: int):
+        super().__init__()
+        self.layers = cwc_layers(arch, shape)
+        self.head = nn.Linear(math.prod(cwc_shapes(arch, shape)[-1]), n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x.flatten(1))
+
+
 def build(arch: dict, shape: tuple[int, ...], n_classes: int) -> nn.Module:
     """The end-to-end network for an architecture entry (what `bp` trains)."""
     if arch["type"] == "mlp":
         return MLP(mlp_widths(arch, shape), n_classes)
     if arch["type"] == "cnn":
         return CNN(arch["channels"], shape, n_classes)
+    if arch["type"] == "cwc-cnn":
+        return CwCCNN(arch, shape, n_classes)
     raise ValueError(f"unknown architecture type {arch['type']!r}")
 
 
@@ -107,6 +179,8 @@ def build_macs(arch: dict, shape: tuple[int, ...], n_classes: int) -> int:
         return mlp_macs(mlp_widths(arch, shape), n_classes)
     if arch["type"] == "cnn":
         return sum(cnn_block_macs(arch["channels"], shape)) + cnn_flat(arch["channels"], shape)[-1] * n_classes
+    if arch["type"] == "cwc-cnn":
+        return sum(cwc_layer_macs(arch, shape)) + math.prod(cwc_shapes(arch, shape)[-1]) * n_classes
     raise ValueError(f"unknown architecture type {arch['type']!r}")
 
 
@@ -116,4 +190,6 @@ def first_layer_macs(arch: dict, shape: tuple[int, ...]) -> int:
         return in_features(shape) * arch["widths"][0]
     if arch["type"] == "cnn":
         return cnn_block_macs(arch["channels"], shape)[0]
+    if arch["type"] == "cwc-cnn":
+        return cwc_layer_macs(arch, shape)[0]
     raise ValueError(f"unknown architecture type {arch['type']!r}")

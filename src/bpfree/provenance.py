@@ -33,11 +33,12 @@ def _git(*args: str) -> str | None:
 
 @lru_cache(maxsize=1)
 def git() -> dict:
-    """Commit of the source tree and whether tracked files differ from it (None: not a checkout)."""
+    """Commit of the source tree and whether the package tree (src/) holds files that are modified
+    or not tracked (not ignored) since it (None: not a checkout)."""
     commit = _git("rev-parse", "HEAD")
     if commit is None:
         return {"git_commit": None, "git_dirty": None}
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    status = _git("status", "--porcelain", "--untracked-files=all", "--", "src")
     return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
 
 
@@ -85,6 +86,13 @@ def hardware(device: torch.device | str) -> dict:
 
 def collect(spec: dict, device: torch.device | str = "cpu", **extra: object) -> dict:
     """Everything above plus the hash of the resolved spec (and of `extra`, e.g. hyperparameters
-    and seed): two results with the same `run_sha256` came from the same inputs."""
+    and seed): two results with the same `run_sha256` came from the same inputs; and `sources`, the
+    sha256 of every file the result depends on (bpfree.sources: the algorithm's module, tracked by
+    git or not, the core, and the stage's module: search.py for a search spec, else train.py and
+    metering.py)."""
+    from bpfree import sources
+
+    stage = ("search.py",) if "search" in spec else ("train.py", "metering.py")
     return {**git(), "packages": versions(), **hardware(device), "spec_sha256": spec_sha256(spec),
-            "run_sha256": spec_sha256({"spec": spec, **extra})}
+            "run_sha256": spec_sha256({"spec": spec, **extra}),
+            "sources": sources.hashes(spec.get("impl"), extra=stage)}

@@ -5,11 +5,14 @@ Written into `out_dir`:
   deltas.csv     paired deltas against bp with bootstrap intervals and their status
   to_target.csv  time and energy of each run to the target accuracy
   table.md/.html absolute table, the published values beside ours
-  deltas.md/.html delta table in the published layout, and each published claim checked
+  deltas.md/.html delta table in the published layout, the verdicts at the declared margins (with
+                 seeds needed where unresolved), and each published claim checked: the original
+                 deltas and the authors' later claims (published_claims.csv)
   plots/         accuracy_vs_energy, learning_curves, layer_accuracy, to_target, energy_components
 """
 from __future__ import annotations
 
+import fnmatch
 import math
 from pathlib import Path
 
@@ -17,15 +20,20 @@ import numpy as np
 import pandas as pd
 
 from bpfree import io, published, stats
+from bpfree.errors import FileError
 from bpfree.stats import CELL, StatsConfig
 
-COLUMNS = ["dataset", "architecture", "algorithm", "seed", "test_accuracy", "val_accuracy", "train_time_s",
-           "epochs", "best_epoch", "energy_j", "energy_dynamic_j", "energy_method", "emissions_kg",
+COLUMNS = ["dataset", "architecture", "algorithm", "locality", "optimizer", "seed", "test_accuracy", "val_accuracy", "train_time_s",
+           "epochs", "best_epoch", "resumed", "segments", "energy_j", "energy_dynamic_j", "energy_method",
+           "energy_board_j", "energy_board_method", "energy_window_warning", "emissions_kg",
            "peak_memory_mib", "peak_memory_method", "n_params", "train_flops", "predict_flops", "achieved_gflops",
            "device"]
 NESTED = ("hyperparameters", "energy_components", "layer_test_accuracy")
 PLOTS = ("accuracy_vs_energy", "learning_curves", "layer_accuracy", "to_target", "energy_components")
-PUBLISHED_ENERGY = "published, method not stated"
+PUBLISHED_ENERGY = ("GPU board power polled at 5 Hz, trapezoid-integrated, no idle subtraction (the original "
+                    "study's code; see published/PROVENANCE.md)")
+BOARD = "GPU board energy (J), the original study's method"
+LATER = {"camera-ready": "camera-ready (PPAM 2026)", "mf-v2": "Mono-Forward paper v2 (May 2026)"}
 DASH = "–"
 
 
@@ -34,10 +42,16 @@ DASH = "–"
 def load_runs(metric_files: list[str | Path]) -> list[dict]:
     runs = []
     for f in metric_files:
-        m = io.read_json(f)
+        m = io.read_json(f, "metrics.json")
+        if not isinstance(m, dict):
+            raise FileError(f"metrics.json {f} is not a JSON object; delete it and rerun its final run")
         missing = [k for k in ("dataset", "architecture", "algorithm", "seed", "test_accuracy") if k not in m]
         if missing:
-            raise ValueError(f"{f}: metrics.json lacks {', '.join(missing)}")
+            raise FileError(f"{f}: metrics.json lacks {', '.join(missing)}; delete it and rerun its final run")
+        acc = m["test_accuracy"]
+        if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc):
+            # would be dropped from every mean without a word
+            raise FileError(f"{f}: test_accuracy = {acc!r} is not a finite number; delete it and rerun its final run")
         m["_path"] = str(f)
         runs.append(m)
     return runs
@@ -180,25 +194,47 @@ def absolute_table(cells: pd.DataFrame, runs: pd.DataFrame, pub: pd.DataFrame) -
         methods = _methods(g)
         rows.append({
             "dataset": c.dataset, "architecture": c.architecture, "algorithm": c.algorithm,
-            "seeds": c.seeds + (" (a seed repeats!)" if c.duplicate_seeds else ""),
+            "locality": _locality(g), "seeds": c.seeds + (" (a seed repeats!)" if c.duplicate_seeds else ""),
             "test accuracy (%)": ours("test_accuracy", ".2f"),
             "published accuracy (%)": DASH if p is None else
             f"{p.test_acc_mean:.2f} ± {p.test_acc_sd:.2f} (n={p.n_runs}, {p.source})",
             "train time (s)": ours("train_time_s", ".1f"), "published time (s)": theirs("train_time_s", ".1f"),
             "energy (J)": ours("energy_j", ".1f"), "energy method": methods,
             "dynamic energy (J)": ours("energy_dynamic_j", ".1f"),
+            BOARD: ours("energy_board_j", ".1f") if _measured(g, "energy_board_j") else _board_why(g),
             "published energy (J)": theirs("energy_wh", ".0f", 3600.0),
             "peak memory (MiB)": ours("peak_memory_mib", ".0f"),
             "published memory (MiB)": theirs("peak_mem_mib", ".0f"),
             "epochs": ours("epochs", ".1f"), "published epochs": theirs("epochs", ".1f"),
+            "resumed runs": f"{_n_resumed(g)} of {len(g)}",
         })
     return pd.DataFrame(rows)
 
 
+def _locality(g: pd.DataFrame) -> str:
+    """The locality class the runs of a cell declare (bpfree.algorithms.base.LOCALITIES)."""
+    return ", ".join(sorted(set(g.locality.dropna()))) or DASH if "locality" in g else DASH
+
+
+def _measured(g: pd.DataFrame, col: str) -> bool:
+    return col in g and pd.to_numeric(g[col], errors="coerce").notna().any()
+
+
+def _board_why(g: pd.DataFrame) -> str:
+    """Why a cell has no GPU board energy: never 0, never blank."""
+    why = sorted(set(g.energy_board_method.dropna().astype(str))) if "energy_board_method" in g else []
+    return "; ".join(why) or "unavailable: not recorded by these runs"
+
+
+def _n_resumed(g: pd.DataFrame) -> int:
+    return int(g.resumed.eq(True).sum()) if "resumed" in g else 0
+
+
 def delta_table(dl: pd.DataFrame, runs: pd.DataFrame, pub: pd.DataFrame,
-                confidence: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:
+                confidence: float = 0.95, claims_pub: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The published layout (family, dataset, architecture, variant, then each delta) with ours and
-    our interval beside the published figure; and one row per published claim with its verdict."""
+    our interval beside the published figure; and one row per published claim (the original deltas,
+    then the authors' later claims of `claims_pub`) with its verdicts."""
     rows, claims = [], []
     ci = f"{confidence:.0%} CI"
     for (d, a, alg), g in dl.groupby(CELL, sort=True):
@@ -206,24 +242,111 @@ def delta_table(dl: pd.DataFrame, runs: pd.DataFrame, pub: pd.DataFrame,
         p = _pub_lookup(pub, {"dataset": d, "architecture": a, "variant": alg})
         impl = runs.loc[(runs.algorithm == alg), "impl"].iloc[0] if "impl" in runs else alg
         row = {"family": p.family if p is not None else impl, "dataset": d, "architecture": a, "variant": alg,
-               "n pairs": max((r["n_pairs"] for r in by_metric.values()), default=0)}
+               "locality": _locality(runs[runs.algorithm == alg]), "n pairs": max((r["n_pairs"] for r in by_metric.values()), default=0)}
         for m, col in (("test_accuracy", "delta_acc_pp"), ("train_time_s", "delta_time_pct"),
                        ("energy_j", "delta_energy_pct"), ("energy_dynamic_j", None),
-                       ("peak_memory_mib", "delta_mem_pct")):
-            if m == "energy_dynamic_j" and m not in by_metric:
+                       ("energy_board_j", None), ("peak_memory_mib", "delta_mem_pct")):
+            if col is None and not _has_estimate(by_metric.get(m)):
                 continue
-            label = col or "delta_dynamic_energy_pct"
+            label = col or {"energy_dynamic_j": "delta_dynamic_energy_pct", "energy_board_j": "delta_board_energy_pct"}[m]
             row[f"{label} ours [{ci}]"] = fmt_delta(by_metric.get(m))
             if col:
                 pv = float(p[col]) if p is not None else float("nan")
                 row[f"{label} published"] = _num(pv, "+.2f")
                 if p is not None:
-                    claims.append({"dataset": d, "architecture": a, "variant": alg, "delta": col,
-                                   "published": f"{pv:+.2f}", f"ours [{ci}]": fmt_delta(by_metric.get(m)),
-                                   "verdict": verdict(by_metric.get(m), pv)})
+                    ours = _like_with_like(by_metric, m)
+                    claims.append({"source": "original (published table)", "dataset": d, "architecture": a,
+                                   "variant": alg, "metric": _metric_label(ours, m), "condition": "",
+                                   "published": f"{pv:+.2f}", f"ours [{ci}]": fmt_delta(ours),
+                                   "against 0 (sign)": verdict(ours, pv), **margin_verdict(ours, pv, pv)})
+        for c in _later_claims(claims_pub, d, a, alg):
+            ours = _like_with_like(by_metric, c.metric)
+            stated = c.text if c.stated != "difference" else (
+                f"{c.low:+g}" if c.low == c.high else f"{c.low:+g} to {c.high:+g}")
+            claims.append({"source": LATER.get(c.source, c.source), "dataset": d, "architecture": a, "variant": alg,
+                           "metric": _metric_label(ours, c.metric),
+                           "condition": c.condition if isinstance(c.condition, str) else "", "published": stated,
+                           f"ours [{ci}]": fmt_delta(ours), "against 0 (sign)": DASH,
+                           **margin_verdict(ours, c.low, c.high, c.stated)})
         rows.append(row)
-    return pd.DataFrame(rows), pd.DataFrame(claims, columns=["dataset", "architecture", "variant", "delta", "published",
-                                                             f"ours [{ci}]", "verdict"])
+    cols = ["source", "dataset", "architecture", "variant", "metric", "condition", "published", f"ours [{ci}]",
+            "against 0 (sign)", "published at the margin", "ours at the margin", "agreement"]
+    return pd.DataFrame(rows), pd.DataFrame(claims, columns=cols)
+
+
+def _has_estimate(row: dict | None) -> bool:
+    return row is not None and math.isfinite(row["estimate"])
+
+
+def _like_with_like(by_metric: dict, metric: str) -> dict | None:
+    """Our delta to hold a published energy claim against: the GPU board energy (the study's
+    quantity) where these runs measured it, else our energy (a different quantity: the table says
+    which in its `metric` column)."""
+    if metric == "energy_j" and _has_estimate(by_metric.get("energy_board_j")):
+        return by_metric["energy_board_j"]
+    return by_metric.get(metric)
+
+
+def _metric_label(ours: dict | None, metric: str) -> str:
+    if ours is None:
+        return metric
+    return ours["metric"] + (" (not the study's quantity: see the notes)" if ours["metric"] == "energy_j" else "")
+
+
+def _later_claims(claims_pub: pd.DataFrame | None, d: str, a: str, alg: str) -> list:
+    if claims_pub is None:
+        return []
+    return [c for c in claims_pub.itertuples(index=False)
+            if all(fnmatch.fnmatchcase(v, pat) for v, pat in ((d, c.dataset), (a, c.architecture), (alg, c.variant)))]
+
+
+def margin_verdict(ours: dict | None, low: float, high: float, stated: str = "difference") -> dict:
+    """A published claim and our delta, each classified at our margin for that metric; whether they
+    agree. `low`-`high`: the claimed delta (one value: low = high) in pp or %."""
+    out = {"published at the margin": DASH, "ours at the margin": DASH, "agreement": DASH}
+    if stated == "withdrawn":
+        out["agreement"] = "withdrawn by its authors: nothing to test"
+        if ours is not None and ours.get("verdict"):
+            out["ours at the margin"] = ours["verdict"]
+        return out
+    if ours is None or not ours.get("verdict_kind"):
+        out["agreement"] = "no verdict of ours: " + (ours["status"] if ours is not None else "no run of ours")
+        return out
+    m, unit = ours["margin"], ours["unit"]
+    up = ours["metric"] in stats.HIGHER_IS_BETTER
+    claim = stats.EQUIVALENT if stated == "equivalent" else stats.classify_interval(low, high, m, up)
+    out["published at the margin"] = stats.verdict_text(claim, m, unit) if claim != stats.UNRESOLVED else \
+        f"spans the ±{m:g} margin: no verdict at it"
+    out["ours at the margin"] = ours["verdict"]
+    if ours["verdict_kind"] == stats.UNRESOLVED:
+        needed = ours.get("seeds_needed_note") or "no estimate"
+        out["agreement"] = f"not resolved: {needed}"
+    elif claim == stats.UNRESOLVED:
+        out["agreement"] = "the claim is not a statement at this margin"
+    else:
+        out["agreement"] = "agrees" if claim == ours["verdict_kind"] else "disagrees"
+    return out
+
+
+def verdict_table(dl: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell and metric with a verdict: the margin, the interval it rests on, the method,
+    and for an unresolved one the seeds-needed estimate."""
+    rows = []
+    for r in dl[dl.verdict.fillna("") != ""].itertuples(index=False):
+        unit = "pp" if r.unit == "pp" else "%"
+        fmt = "+.2f" if r.unit == "pp" else "+.1f"
+        rows.append({"dataset": r.dataset, "architecture": r.architecture, "variant": r.algorithm, "metric": r.metric,
+                     "n pairs": r.n_pairs, "margin": f"±{r.margin:g} {unit}",
+                     "interval of the verdict": f"[{_num(r.verdict_low, fmt)}, {_num(r.verdict_high, fmt)}] {unit}",
+                     "verdict": r.verdict, "method": r.verdict_method,
+                     "seeds needed (estimate)": r.seeds_needed_note or DASH})
+    return pd.DataFrame(rows, columns=["dataset", "architecture", "variant", "metric", "n pairs", "margin",
+                                       "interval of the verdict", "verdict", "method", "seeds needed (estimate)"])
+
+
+def _margins(dl: pd.DataFrame) -> str:
+    m = dl.dropna(subset=["margin"]).drop_duplicates("metric")
+    return ", ".join(f"{r.metric} ±{r.margin:g} {'pp' if r.unit == 'pp' else '%'}" for r in m.itertuples()) or "none"
 
 
 def notes(runs: pd.DataFrame, cells: pd.DataFrame, dl: pd.DataFrame, cfg: StatsConfig) -> str:
@@ -242,8 +365,24 @@ def notes(runs: pd.DataFrame, cells: pd.DataFrame, dl: pd.DataFrame, cfg: StatsC
     if "energy_dynamic_j" not in runs or runs.energy_dynamic_j.isna().all():
         why = "; ".join(sorted(set(runs.idle_note.dropna()))) if "idle_note" in runs else "no idle baseline"
         out.append(f"Dynamic energy (total minus idle power x time) not available: {why}.")
+    out.append(f"Verdicts at a declared margin per metric (margins {_margins(dl)}): {cfg.verdict_method}, "
+               f"alpha {cfg.alpha:g}. 'equivalent within ±m' and 'better/worse by more than m' are claims at that "
+               "margin; 'not resolved' comes with an estimate of the paired seeds that would resolve it "
+               f"({cfg.power:.0%} power, if the observed mean and sd of the per-seed differences were the true ones).")
     out.append(f"Published energy: {PUBLISHED_ENERGY}, converted from Wh to J; published runs used an A100 GPU, "
-               "3 runs per cell with some seeds duplicated, per-algorithm patience and unequal tuning budgets.")
+               "3 runs per cell with some seeds duplicated, per-algorithm patience and unequal tuning budgets. "
+               f"The column that measures the same thing is '{BOARD}'; a published energy claim is held against it "
+               "where our runs have it, else against our energy (then the claims table's metric is energy_j: a "
+               "different quantity).")
+    if not _measured(runs, "energy_board_j"):
+        out.append(f"{BOARD}: {_board_why(runs)} (it needs a GPU's power reading; never reported as 0).")
+    if "energy_window_warning" in runs:
+        for r in runs[runs.energy_window_warning.notna()].itertuples(index=False):
+            out.append(f"WARNING: {r.dataset}/{r.architecture}/{r.algorithm} seed {r.seed}: {r.energy_window_warning}.")
+    for key, g in runs.groupby(CELL, sort=True):
+        if (k := _n_resumed(g)):
+            out.append(f"{'/'.join(key)}: {k} of {len(g)} runs resumed after a kill; their time and energy are "
+                       "totals over all their processes.")
     dup = cells[cells.duplicate_seeds]
     for c in dup.itertuples(index=False):
         out.append(f"WARNING: a seed repeats in {c.dataset}/{c.architecture}/{c.algorithm} (seeds {c.seeds}): "
@@ -431,7 +570,37 @@ def plot_energy_components(comp: pd.DataFrame, path: str | Path) -> None:
     _save(fig, path)
 
 
-# ---- entry point --------------------------------------------------------------------------------
+# ---- entry point -------------------------------------------------------------------------------
+
+def write_deltas(runs: pd.DataFrame, dl: pd.DataFrame, cells: pd.DataFrame, cfg: StatsConfig, out: Path) -> str:
+    """deltas.csv, deltas.md and deltas.html (deltas, verdicts at the margins, published claims,
+    notes) into `out`; returns the notes."""
+    dtable, claims = delta_table(dl, runs, published.load("deltas"), cfg.confidence, published.load("claims"))
+    note = notes(runs, cells, dl, cfg)
+    dparts = [("Deltas against bp, paired by seed (layout of the published table)", dtable),
+              ("Verdicts at the declared margins", verdict_table(dl)),
+              ("Published claims: the original deltas and the authors' later claims, at our intervals and margins",
+               claims), ("Notes", note)]
+    io.write_csv(out / "deltas.csv", dl)
+    io.write_text(out / "deltas.md", "\n".join(
+        f"## {h}\n\n" + (markdown(p) if isinstance(p, pd.DataFrame) else p + "\n") for h, p in dparts))
+    io.write_text(out / "deltas.html", html_page("Deltas against bp", dparts))
+    return note
+
+
+def report_from_summary(summary_csv: str | Path, out_dir: str | Path,
+                        statistics: StatsConfig | dict | None = None) -> pd.DataFrame:
+    """The statistics of `run_report` (deltas.csv, deltas.md/.html: deltas, verdicts, published
+    claims) recomputed from a recorded summary.csv, e.g. one committed under docs/: what needs only
+    the per-run figures, without the runs' folders (no plots, no time to target)."""
+    cfg = statistics if isinstance(statistics, StatsConfig) else StatsConfig.from_dict(statistics)
+    runs = pd.read_csv(summary_csv)
+    missing = [k for k in (*CELL, "seed", "test_accuracy") if k not in runs]
+    if missing:
+        raise ValueError(f"{summary_csv}: lacks the columns {', '.join(missing)}")
+    write_deltas(runs, stats.deltas(runs, cfg), stats.cell_summary(runs), cfg, Path(out_dir))
+    return runs
+
 
 def run_report(metric_files: list[str | Path], out_dir: str | Path,
                statistics: StatsConfig | dict | None = None) -> pd.DataFrame:
@@ -447,25 +616,18 @@ def run_report(metric_files: list[str | Path], out_dir: str | Path,
     cells = stats.cell_summary(runs)
     dl = stats.deltas(runs, cfg)
     tt = stats.to_target_table(runs, curves, cfg.target_fraction)
-    pub_results, pub_deltas = published.load("results"), published.load("deltas")
+    pub_results = published.load("results")
 
     io.write_csv(out / "summary.csv", runs)
     io.write_csv(out / "cells.csv", cells)
-    io.write_csv(out / "deltas.csv", dl)
     io.write_csv(out / "to_target.csv", tt)
 
     absolute = absolute_table(cells, runs, pub_results)
-    dtable, claims = delta_table(dl, runs, pub_deltas, cfg.confidence)
-    note = notes(runs, cells, dl, cfg)
+    note = write_deltas(runs, dl, cells, cfg, out)
     io.write_text(out / "table.md", "# Results per cell, published values beside ours\n\n" + markdown(absolute)
                   + "\n" + note + "\n")
     io.write_text(out / "table.html", html_page("Results per cell, published values beside ours",
                                                 [("", absolute), ("Notes", note)]))
-    dparts = [("Deltas against bp, paired by seed (layout of the published table)", dtable),
-              ("Published claims checked against our intervals", claims), ("Notes", note)]
-    io.write_text(out / "deltas.md", "\n".join(
-        f"## {h}\n\n" + (markdown(p) if isinstance(p, pd.DataFrame) else p + "\n") for h, p in dparts))
-    io.write_text(out / "deltas.html", html_page("Deltas against bp", dparts))
 
     plots = out / "plots"
     plot_accuracy_energy(runs, plots / "accuracy_vs_energy.png")

@@ -11,10 +11,17 @@ from pathlib import Path
 
 import optuna
 import torch
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.storages.journal._file import get_lock_file
 
 from bpfree import algorithms, hparams, io
-from bpfree.data import Data, load
+from bpfree.data import Data, load, warnings
 from bpfree.engine import Diverged, Stopping, fit
+from bpfree.errors import BpfreeError, FileError
+
+
+class JournalError(FileError):
+    """A study journal holds a corrupt record; the message names the file, the line and the remedy."""
 from bpfree.progress import Progress
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -46,15 +53,97 @@ def sample(trial: optuna.Trial, space: dict) -> dict:
     return out
 
 
-def storage(journal: str | Path) -> optuna.storages.JournalStorage:
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+class Journal(JournalFileBackend):
+    """Optuna's journal file, made to survive a torn write (a full disk, a lost node, a killed
+    write): a last record without its newline would be glued to the next appended record, and
+    every later read of the study would fail. Under the journal's lock, on opening and before
+    every append, an unterminated last line is repaired: kept (newline added) if it is a complete
+    record, removed if it is a cut-off one. A corrupt record before the last line stops reads with
+    JournalError naming the file, the line and what to do. `log(message)` reports repairs."""
 
+    def __init__(self, path: str, log: Callable[[str], None] | None = None):
+        super().__init__(path, lock_obj=JournalFileOpenLock(path))
+        self.log = log or (lambda msg: None)
+        with get_lock_file(self._lock):
+            check_journal(path)
+            self._repair_tail()
+
+    def _repair_tail(self) -> None:
+        """Call under the lock."""
+        with open(self._file_path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            start = size - min(size, 1 << 20)
+            while True:  # the last newline before the end (records are small; read back in blocks)
+                f.seek(start)
+                block = f.read(size - start)
+                cut = block.rfind(b"\n")
+                if cut >= 0 or start == 0:
+                    break
+                start = max(0, start - (1 << 20))
+            keep = start + cut + 1
+            f.seek(keep)
+            tail = f.read()
+            try:
+                json.loads(tail)
+            except ValueError:
+                f.truncate(keep)
+                msg = f"removed its last line ({len(tail)} bytes, a record cut off by an interrupted write)"
+            else:
+                f.write(b"\n")
+                msg = "terminated its last line (a complete record whose newline was not written)"
+            f.flush()
+            os.fsync(f.fileno())
+        self.log(f"repaired the study journal {self._file_path}: {msg}")
+
+    def read_logs(self, log_number_from: int):
+        try:
+            yield from super().read_logs(log_number_from)
+        except ValueError:  # JSONDecodeError, or Optuna's "Invalid log format." for a glued line
+            check_journal(self._file_path)
+            raise
+
+    def append_logs(self, logs: list[dict]) -> None:
+        with get_lock_file(self._lock):
+            self._repair_tail()
+            text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
+            with open(self._file_path, "ab") as f:
+                f.write(text.encode())
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def check_journal(path: str | Path) -> None:
+    """JournalError naming `path`, the line and what to do if a complete (newline-terminated) line
+    is not a JSON record; an unterminated last line is a torn write, which Journal repairs."""
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    for number, line in enumerate(lines[:-1], start=1):  # lines[-1] is b"" or an unterminated tail
+        try:
+            ok = isinstance(json.loads(line), dict)
+        except ValueError as e:
+            ok, why = False, f"{type(e).__name__}: {e}"
+        else:
+            why = "not a record"
+        if not ok:
+            raise JournalError(
+                f"study journal {path}: line {number} of {len(lines) - 1} is corrupt ({why}); the study cannot "
+                f"be read past it. Keep the trials before it with `head -n {number - 1} {path} > {path}.fixed "
+                f"&& mv {path}.fixed {path}`, or move the journal aside to start the study afresh")
+
+
+def storage(journal: str | Path, log: Callable[[str], None] | None = None) -> optuna.storages.JournalStorage:
     path = str(journal)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+    return optuna.storages.JournalStorage(Journal(path, log))
 
 
-def make_study(spec: dict, journal: str | Path, worker: int | None = None) -> optuna.Study:
+def make_study(spec: dict, journal: str | Path, worker: int | None = None,
+               log: Callable[[str], None] | None = None) -> optuna.Study:
     """Create or load the study. Worker k > 0 of a parallel search seeds its sampler with
     sampler_seed + k: equal seeds would make the workers draw the same points."""
     s = spec["search"]
@@ -65,7 +154,7 @@ def make_study(spec: dict, journal: str | Path, worker: int | None = None) -> op
     else:
         pruner = optuna.pruners.NopPruner()
     sampler = optuna.samplers.TPESampler(seed=s.get("sampler_seed", 0) + (worker or 0))
-    return optuna.create_study(study_name="search", storage=storage(journal), direction="maximize",
+    return optuna.create_study(study_name="search", storage=storage(journal, log), direction="maximize",
                                sampler=sampler, pruner=pruner, load_if_exists=True)
 
 
@@ -131,6 +220,16 @@ def objective(spec: dict, data: Data, device: torch.device, log: Progress):
     return run
 
 
+def largest_batch(spec: dict) -> int | None:
+    """The largest batch size a search may run: fixed, or the top of its searched range."""
+    if "batch_size" in spec["fixed"]:
+        return spec["fixed"]["batch_size"]
+    p = spec["space"].get("batch_size")
+    if p is None:
+        return None
+    return max(p["choices"]) if p.get("type") == "categorical" else p["high"]
+
+
 def run_search(spec: dict, data_path: str | Path, journal: str | Path, n_trials: int | None = None,
                threads: int | None = None, exclusive: bool = True, worker: int | None = None,
                workers: int = 1) -> optuna.Study:
@@ -150,7 +249,9 @@ def run_search(spec: dict, data_path: str | Path, journal: str | Path, n_trials:
     data = load(data_path, device, spec.get("limit_train"))
     tag = "" if worker is None else f" worker {worker}/{workers}"
     log = Progress(f"search {data.meta['dataset']}/{spec['architecture']}/{spec['algorithm']}{tag}")
-    study = make_study(spec, journal, worker)
+    for w in warnings(data, largest_batch(spec), spec.get("limit_train")):
+        log(f"warning: {w}")
+    study = make_study(spec, journal, worker, log=log)
     if n_before := len(study.get_trials(deepcopy=False)):
         # resuming: a sampler seeded as at the start would draw the first trials' points again
         study.sampler = optuna.samplers.TPESampler(
@@ -194,19 +295,25 @@ def run_search(spec: dict, data_path: str | Path, journal: str | Path, n_trials:
             frozen = study.tell(trial, value)
         tell(study, frozen)
         if failures > budget:
-            raise RuntimeError(f"{failures} trials failed (out of memory) in this search worker; "
+            raise BpfreeError(f"{failures} trials failed (out of memory) in this search worker of {journal}; "
                                "reduce the batch size or the architecture")
     return study
 
 
-def best_params(spec: dict, study: optuna.Study | None) -> dict:
-    """The hyperparameters the final runs use: fixed settings plus the study's best point."""
+def best_params(spec: dict, study: optuna.Study | None, journal: str | Path = "") -> dict:
+    """The hyperparameters the final runs use: fixed settings plus the study's best point.
+    BpfreeError naming the journal if no trial completed (every one diverged, pruned or failed)."""
     if study is None:
         return {"params": dict(spec["fixed"]), "searched": {}, "value": None, "trial": None, "n_trials": 0}
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
-        raise RuntimeError("no trial of the study completed (all pruned or failed): widen the search "
-                           "space or relax the pruner")
+        trials = study.get_trials(deepcopy=False)
+        diverged = sum("diverged" in t.user_attrs for t in trials)
+        if trials and diverged == len(trials):
+            raise BpfreeError(f"study {journal}: every one of its {diverged} trials diverged (NaN or infinite "
+                              "training loss): lower the learning-rate range of the search space")
+        raise BpfreeError(f"study {journal}: no trial completed ({diverged} diverged, "
+                          f"{len(trials) - diverged} pruned or failed): widen the search space or relax the pruner")
     b = study.best_trial
     counts = {s.name.lower(): sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
     return {"params": {**spec["fixed"], **b.params}, "searched": b.params, "value": b.value,
@@ -219,8 +326,9 @@ def settings(spec: dict, params: dict) -> hparams.Settings:
     return hparams.parse(algorithms.get(spec["impl"]).Settings, params, f"algorithms.{spec['algorithm']}")
 
 
-def write_outputs(spec: dict, study: optuna.Study | None, best_path: str | Path, trials_path: str | Path) -> dict:
-    best = best_params(spec, study)
+def write_outputs(spec: dict, study: optuna.Study | None, best_path: str | Path, trials_path: str | Path,
+                  journal: str | Path = "") -> dict:
+    best = best_params(spec, study, journal)
     from bpfree import provenance
 
     s = settings(spec, best["params"])
@@ -241,18 +349,28 @@ def worker_summary(study: optuna.Study, worker: int, workers: int) -> dict:
             "study_finished": len(study.get_trials(deepcopy=False, states=FINISHED))}
 
 
+def check_worker_file(path: str | Path) -> dict:
+    """A search worker's summary (its job's output), or FileError naming the file."""
+    summary = io.read_json(path, "search worker file")
+    missing = [k for k in ("worker", "workers", "finished_trials", "provenance") if k not in summary]
+    if missing:
+        raise FileError(f"search worker file {path} lacks {', '.join(missing)}; delete it and rerun its worker "
+                        "(the study resumes)")
+    return summary
+
+
 def collect(spec: dict, journal: str | Path) -> optuna.Study:
     """The finished study, after every worker has stopped: trials still running belong to killed
     workers and are marked failed. Fails if the study holds fewer finished trials than its budget."""
     if not Path(journal).exists():
-        raise RuntimeError(f"no study journal at {journal}: run the search workers first")
+        raise FileError(f"no study journal at {journal}: run the search workers first")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = make_study(spec, journal)
     fail_stale(study)
     budget = spec["search"]["n_trials"]
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     if done < budget:
-        raise RuntimeError(f"study {journal} holds {done} finished trials, its budget is {budget}: a worker "
+        raise BpfreeError(f"study {journal} holds {done} finished trials, its budget is {budget}: a worker "
                            f"stopped early; delete {Path(journal).parent / 'workers'} and run the workflow again "
                            "(the study resumes)")
     return study

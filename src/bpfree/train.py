@@ -8,18 +8,17 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bpfree import algorithms, checkpoint, hparams, io, provenance
+from bpfree import algorithms, checkpoint, hparams, io, provenance, sources
 from bpfree.algorithms.base import accuracy
-from bpfree.data import load
-from bpfree.engine import Stopping, fit
-from bpfree.metering import Meter
+from bpfree.data import load, warnings
+from bpfree.engine import Diverged, Stopping, fit
+from bpfree.errors import FileError
+from bpfree.metering import KWH, Meter
 from bpfree.progress import Progress
 from bpfree.search import resolve_device
 
-# Besides the algorithm's module, the code a run's trajectory depends on (a checkpoint written by
-# another version of these is not resumed).
-CORE_SOURCES = [Path(__file__).with_name(f) for f in ("engine.py", "models.py", "data.py", "checkpoint.py")] + [
-    Path(__file__).parent / "algorithms" / "base.py"]
+# What a run writes into its folder (their temporary files, left by a kill, are removed at start).
+OUTPUTS = ("metrics.json", "epochs.csv", "checkpoint.pt", "power_trace.csv")
 
 
 def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: int, out_dir: str | Path,
@@ -31,42 +30,53 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
     if threads:
         torch.set_num_threads(threads)
     out_dir = Path(out_dir)
+    io.check_writable(out_dir)  # now, not after the last epoch
+    stale = io.remove_stale_tmp(out_dir / f for f in OUTPUTS)
     device = resolve_device(spec["device"])
     data = load(data_path, device, spec.get("limit_train"))
-    best = io.read_json(best_path)
+    best = io.read_json(best_path, "best.json")
+    if not isinstance(best, dict) or not isinstance(best.get("params"), dict):
+        raise FileError(f"best.json {best_path} has no `params` mapping; delete it and rerun the search step")
     cls = algorithms.get(spec["impl"])
     settings = hparams.parse(cls.Settings, best["params"], where=f"{best_path}: params")
     hp = settings.asdict()  # complete: the defaults of unset settings are recorded too
     cell = f"{data.meta['dataset']}/{spec['architecture']}/{spec['algorithm']}"
     log = Progress(f"train {cell} seed={seed}")
+    for f in stale:
+        log(f"removed {f}, left by an interrupted write")
+    for w in warnings(data, hp.get("batch_size"), spec.get("limit_train")):
+        log(f"warning: {w}")
     log(f"hyperparameters {hp}; optimiser {settings.optimizer_label()}")
     torch.manual_seed(seed)
     algo = cls(spec["arch"], data.meta, settings, device)
     stopping = Stopping(**spec["stopping"])
     m = spec.get("metering", {})
     meter = Meter(device, country=m.get("country_iso_code", "FRA"), idle_seconds=m.get("idle_seconds", 0),
-                  sample_hz=m.get("sample_hz", 10), estimate_interval_s=m.get("estimate_interval_s", 5.0))
+                  sample_hz=m.get("sample_hz", 10), estimate_interval_s=m.get("estimate_interval_s", 5.0),
+                  cooldown_s=m.get("cooldown_s", 0))
 
     ckpt = None
     if checkpoint_every is not None:
         run_key = checkpoint.key(spec, hp, seed, data.meta, torch.__version__, str(device),
-                                 files=[algorithms.source_file(spec["impl"]), *CORE_SOURCES])
+                                 files=sources.files(spec["impl"]))  # another code version: not resumed
         ckpt = checkpoint.Checkpoint(out_dir / "checkpoint.pt", run_key, every_s=checkpoint_every, log=log)
-    # what processes killed after a checkpoint metered (provisional per-epoch marks), and this one
-    earlier = {"train_time_s": 0.0, "energy_j": 0.0, "segments": 0}
+    # what the processes killed before this one metered, up to their last checkpoint
+    earlier = {"train_time_s": 0.0, "window_j": {}, "segments": 0}
     if ckpt is not None and (state := ckpt.load()) is not None:
         earlier.update(state["extra"])
-    segment_j: list[float | None] = [0.0]
+    segment = earlier["segments"] + 1
 
     def on_epoch(rec: dict) -> None:
-        mark = meter.mark()  # cheap: final per-epoch joules come from meter.epochs after stop()
-        if ckpt is not None:  # saved with the next checkpoint
-            e = mark["energy_j"]
-            segment_j[0] = None if e is None or segment_j[0] is None else segment_j[0] + e
-            ckpt.extra = {"train_time_s": earlier["train_time_s"] + mark["elapsed_s"],
-                          "energy_j": None if earlier["energy_j"] is None or segment_j[0] is None
-                          else earlier["energy_j"] + segment_j[0],
-                          "segments": earlier["segments"] + 1}
+        # cheap: final per-epoch joules come from meter.epochs after stop(); a checkpoint due after
+        # this epoch keeps this process's provisional marks, in its history and its totals
+        mark = meter.mark(refresh=ckpt is not None and ckpt.due())
+        rec["segment"] = segment
+        if ckpt is not None:
+            total = _add(earlier["window_j"], mark["window_j"])
+            rec.update({k: v for k, v in mark.items() if k.startswith("energy_")}, window_s=mark["seconds"],
+                       elapsed_s=earlier["train_time_s"] + mark["elapsed_s"], cum_energy_j=_energy(total),
+                       metered=f"provisional mark of process {segment}")
+            ckpt.extra = {"train_time_s": rec["elapsed_s"], "window_j": total, "segments": segment}
         log.epoch(rec, caps[rec["stage"]])
 
     if m.get("idle_seconds", 0):
@@ -79,11 +89,17 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
     try:
         res = fit(algo, data, stopping, seed=seed, on_epoch=on_epoch, checkpoint=ckpt)
         measured = meter.stop()
+    except Diverged as e:
+        raise Diverged(f"{cell} seed {seed} diverged with the hyperparameters of {best_path}: {e}") from None
     finally:
         meter.close()
-    # after a resume the first epochs were metered by the killed process: this window covers the rest
+    if earlier["segments"]:
+        measured = _with_earlier(measured, earlier)
+    # after a resume the first epochs were metered by the killed processes: this window covers the rest
+    e0 = _energy(earlier["window_j"]) or 0.0
     for rec, per_epoch in zip(res.history[len(res.history) - len(meter.epochs):], meter.epochs):
-        rec.update(per_epoch)
+        rec.update(per_epoch, metered="final", elapsed_s=earlier["train_time_s"] + per_epoch["elapsed_s"],
+                   cum_energy_j=None if per_epoch["cum_energy_j"] is None else e0 + per_epoch["cum_energy_j"])
     energy = f"{measured['energy_j']:.1f} J" if measured["energy_j"] is not None else "energy unavailable"
     test_acc = accuracy(algo.predict(data.x_test), data.y_test)  # the one test evaluation
     log(f"done: test_acc {test_acc:.2f}%  val_acc {res.val_acc:.2f}%  epochs {res.epochs}  "
@@ -103,16 +119,17 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
         **measured,
     }
     metrics["achieved_gflops"] = metrics["train_flops"] / measured["train_time_s"] / 1e9
-    metrics["resumed"] = None
+    metrics["resumed"], metrics["segments"] = bool(earlier["segments"]), segment
+    metrics["resume"] = None
     if ckpt is not None and ckpt.resumed_from is not None:
-        e, seg = earlier["energy_j"], measured["energy_j"]
-        metrics["resumed"] = {
-            "from_epoch": ckpt.resumed_from["epoch"], "segments": earlier["segments"] + 1,
-            "note": "train_time_s, energy_j and their components cover only the epochs after the resume; "
-                    "the earlier_* values are the killed processes' provisional per-epoch marks",
-            "earlier_train_time_s": earlier["train_time_s"], "earlier_energy_j": e,
-            "total_train_time_s": earlier["train_time_s"] + measured["train_time_s"],
-            "total_energy_j": None if e is None or seg is None else e + seg}
+        metrics["resume"] = {
+            "from_epoch": ckpt.resumed_from["epoch"],
+            "note": "train_time_s, energy_j and their components are totals over all processes: the killed "
+                    "ones up to their last checkpoint (provisional per-epoch marks, `metered` in epochs.csv), "
+                    "this one in full; epochs redone after a kill are not counted; dynamic energy uses this "
+                    "process's idle power; peak memory is this process's",
+            "earlier_train_time_s": earlier["train_time_s"], "earlier_energy_j": _energy(earlier["window_j"]),
+            "earlier_window_j": earlier["window_j"]}
     metrics["checkpoint"] = None if ckpt is None else {"saves": ckpt.saves, "seconds": ckpt.seconds,
                                                         "every_s": ckpt.every_s}
     metrics["provenance"] = provenance.collect(spec, device, hyperparameters=hp, seed=seed)
@@ -123,3 +140,34 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
     if ckpt is not None:
         ckpt.delete()
     return metrics
+
+
+def _add(a: dict, b: dict) -> dict:
+    """Sum per component of two segments' joules; None where either is unknown."""
+    return {c: None if a.get(c, 0.0) is None or b.get(c) is None else a.get(c, 0.0) + b[c] for c in b}
+
+
+def _energy(window_j: dict) -> float | None:
+    """Total joules of the measured components (as the meter sums them); the board column is apart."""
+    known = [v for c, v in window_j.items() if c != "board" and v is not None]
+    return sum(known) if known else None
+
+
+def _with_earlier(measured: dict, earlier: dict) -> dict:
+    """The meter's result with the killed processes' time and energy added: totals of the run."""
+    out = dict(measured)
+    t = out["train_time_s"] = earlier["train_time_s"] + measured["train_time_s"]
+    comps = {}
+    for c, v in measured["energy_components"].items():
+        j = _add(earlier["window_j"], {c: v["j"]})[c]
+        comps[c] = {**v, "j": j, "dynamic_j": None if j is None or v["idle_w"] is None else j - v["idle_w"] * t}
+        out[f"energy_{c}_j"] = j
+    out["energy_components"] = comps
+    out["energy_j"] = energy = _energy({c: v["j"] for c, v in comps.items()})
+    idle_w = measured["idle_power_w"]
+    out["energy_dynamic_j"] = energy - idle_w * t if idle_w is not None and energy is not None else None
+    if measured["emissions_kg"] is not None and energy is not None:
+        out["emissions_kg"] = energy / KWH * measured["carbon_intensity_g_per_kwh"] / 1e3
+    if measured["energy_board_j"] is not None:
+        out["energy_board_j"] = _add(earlier["window_j"], {"board": measured["energy_board_j"]})["board"]
+    return out

@@ -1,6 +1,7 @@
 from snakemake.utils import validate
 import bpfree.config as bpcfg
 from bpfree import algorithms as bpalg
+from bpfree import sources as bpsources
 from pathlib import Path
 from types import SimpleNamespace
 import functools
@@ -14,8 +15,9 @@ bpcfg.check(config, device=workflow.local_exec)
 CELLS = bpcfg.cells(config)
 SEEDS = config["protocol"]["seeds"]
 SRC = Path(workflow.basedir) / "src" / "bpfree"
-# The engine every training job runs through; editing it reruns every search and final run.
-CORE_SRC = [str(SRC / f) for f in ("engine.py", "models.py", "algorithms/base.py", "data.py")]
+# The engine every training job runs through (bpfree.sources, the one list that checkpoints and
+# provenance use too); editing one of them reruns every search and final run.
+CORE_SRC = [str(f) for f in bpsources.core(SRC)]
 
 
 # Cheap steps run where Snakemake runs (on a cluster: the submit host), not as cluster jobs:

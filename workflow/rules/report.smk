@@ -12,7 +12,8 @@ rule report:
         metrics=final_runs(),
         src=[str(SRC / f) for f in ("report.py", "stats.py", "metering.py")],
         published=[
-            str(SRC / "published" / f"published_{t}.csv") for t in ("results", "deltas")
+            str(SRC / "published" / f"published_{t}.csv")
+            for t in ("results", "deltas", "claims")
         ],
     output:
         summary=report(

@@ -51,4 +51,4 @@ rule search:
         "../envs/bpfree.yaml"
     shell:
         "bpfree search --spec {params.spec:q} --journal {params.journal:q} --collect "
-        "--best {output.best:q} --trials {output.trials:q} > {log:q} 2>&1"
+        "--best {output.best:q} --trials {output.trials:q} --worker-files {input.workers:q} > {log:q} 2>&1"

@@ -25,6 +25,7 @@ class Settings(hparams.Settings):
 class BP(Algorithm):
     Settings = Settings
     LOCALITY = "end-to-end"
+    ARCHITECTURES = ("mlp", "cnn", "cwc-cnn")
 
     def __init__(self, arch: dict, meta: dict, hp, device: torch.device):
         super().__init__(arch, meta, hp, device)

@@ -5,11 +5,11 @@ from importlib import resources
 
 import pandas as pd
 
-TABLES = ("results", "deltas", "hyperparameters")
+TABLES = ("results", "deltas", "hyperparameters", "claims")
 
 
 def path(name: str):
-    """The packaged file of table `name` (results, deltas or hyperparameters)."""
+    """The packaged file of table `name` (results, deltas, hyperparameters or claims)."""
     if name not in TABLES:
         raise ValueError(f"published table {name!r}: choose one of {', '.join(TABLES)}")
     return resources.files(__package__) / f"published_{name}.csv"

@@ -1,0 +1,507 @@
+"""A corpus of bad inputs: each is refused, at the earliest point where it can be known, with a
+message that names the key or the file (and the value).
+
+Config keys are refused by `bpfree.config.validate` (what the workflow runs before any job; a few
+cases go through `snakemake -n` in a copied repository too); data files, result files, journals,
+checkpoints and command-line arguments are refused by the `bpfree` command that reads them, as one
+line with exit status 2 and no traceback.
+
+docs/errors.md lists every case and its message; regenerate it after changing a case or a message:
+
+    .venv/bin/python tests/test_bad_inputs.py > docs/errors.md
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io as _io
+import json
+import math
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cluster_helpers import TINY, make_repo, snakemake  # noqa: E402
+
+from bpfree import cli, config, io, search  # noqa: E402
+from bpfree.config import ConfigError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    kind: str  # config, snakemake, data, result, journal, checkpoint, cli
+    what: str  # the input, in words
+    run: Callable[[Path, Path], str]  # (temp folder, prepared digits) -> the refusal's message
+    needles: tuple[str, ...]  # what the message names; "{tmp}" stands for the temp folder
+
+
+CASES: list[Case] = []
+
+
+# ---- config keys: refused by the config check, before any job --------------------------------
+
+def config_refusal(check: Callable[[], object]) -> str:
+    """The message of the ConfigError that `check()` raises (AssertionError if it accepts)."""
+    try:
+        check()
+    except ConfigError as e:
+        return str(e)
+    raise AssertionError("the config was accepted")
+
+
+def config_case(id: str, what: str, edit: Callable[[dict, Path], object], *needles: str) -> None:
+    def run(tmp: Path, digits: Path) -> str:
+        cfg = copy.deepcopy(DEFAULT)
+        edit(cfg, tmp)
+        return config_refusal(lambda: config.validate(cfg))
+
+    CASES.append(Case(id, "config", what, run, needles))
+
+
+def algo(name: str, part: str, **values) -> Callable[[dict, Path], None]:
+    return lambda c, tmp: c["algorithms"][name].setdefault(part, {}).update(values)
+
+
+def no_search(c: dict, tmp: Path) -> None:
+    c["protocol"]["search"]["n_trials"] = 0
+    for name, entry in c["algorithms"].items():  # every other required setting fixed: only bp lacks lr
+        if name != "bp":
+            entry["fixed"].update({k: p.get("low", (p.get("choices") or [None])[0]) for k, p in entry["space"].items()})
+
+
+config_case("fixed-misspelt-key", "`fixed: {batch_sise: 64}`", lambda c, t: c["algorithms"]["bp"].update(
+    fixed={"batch_sise": 64}), "algorithms.bp.fixed.batch_sise", "did you mean 'batch_size'")
+config_case("batch-size-zero", "`batch_size: 0`", algo("bp", "fixed", batch_size=0), "algorithms.bp.fixed.batch_size = 0")
+config_case("batch-size-string", '`batch_size: "128"`', algo("bp", "fixed", batch_size="128"),
+            "algorithms.bp.fixed.batch_size = '128'", "expected an integer")
+config_case("lr-bound-nan", "an `lr` bound `.nan`", lambda c, t: c["algorithms"]["bp"]["space"]["lr"].update(
+    low=math.nan), "algorithms.bp.space.lr.low = nan")
+config_case("no-search-no-fixed-lr", "`n_trials: 0` with no fixed `lr`", no_search,
+            "algorithms.bp", "'lr' is required", "n_trials = 0")
+config_case("mf-mode-typo", "`mf` with `mode: greedyy`", algo("mf", "fixed", mode="greedyy"),
+            "algorithms.mf.fixed.mode = 'greedyy'", "did you mean 'greedy'")
+config_case("ff-on-cnn", "`ff` compared on a CNN architecture", lambda c, t: c["comparisons"][1]["algorithms"].append(
+    "ff"), "comparisons[1]", "ff", "cnn-3block-small", "'cnn'")
+config_case("device-cuda-without-gpu", "`device: cuda` on a machine where torch sees no CUDA device",
+            lambda c, t: c.update(device="cuda"), "device = 'cuda'")
+config_case("device-cuda-index", "`device: cuda:3`", lambda c, t: c.update(device="cuda:3"), "device = 'cuda:3'")
+config_case("lr-bound-negative", "a negative `lr` bound", lambda c, t: c["algorithms"]["mf"]["space"]["lr"].update(
+    low=-1e-3), "algorithms.mf.space.lr.low = -0.001")
+config_case("lr-bound-inf", "an `lr` bound `.inf`", lambda c, t: c["algorithms"]["mf"]["space"]["lr"].update(
+    high=math.inf), "algorithms.mf.space.lr.high = inf")
+config_case("bounds-inverted", "`low` above `high`", lambda c, t: c["algorithms"]["bp"]["space"]["weight_decay"].update(
+    low=1e-2, high=1e-4), "algorithms.bp.space.weight_decay.low = 0.01 is above")
+config_case("log-range-from-zero", "a log-scale range starting at 0", lambda c, t: c["algorithms"]["bp"]["space"][
+    "weight_decay"].update(low=0.0), "algorithms.bp.space.weight_decay.low = 0.0", "log-scale")
+config_case("range-without-high", "a float range without `high`", lambda c, t: c["algorithms"]["bp"]["space"][
+    "lr"].pop("high"), "algorithms.bp.space.lr", "`high`")
+config_case("fixed-lr-zero", "`lr: 0`", algo("bp", "fixed", lr=0), "algorithms.bp.fixed.lr = 0")
+config_case("fixed-lr-inf", "`lr: .inf`", algo("bp", "fixed", lr=math.inf), "algorithms.bp.fixed.lr = inf")
+config_case("fixed-lr-null", "`lr: null`", algo("bp", "fixed", lr=None), "algorithms.bp.fixed.lr = null")
+config_case("batch-size-bool", "`batch_size: true`", algo("bp", "fixed", batch_size=True),
+            "algorithms.bp.fixed.batch_size = True")
+config_case("batch-size-fraction", "`batch_size: 64.5`", algo("bp", "fixed", batch_size=64.5),
+            "algorithms.bp.fixed.batch_size = 64.5")
+config_case("fixed-and-searched", "`lr` both fixed and searched", algo("bp", "fixed", lr=1e-3),
+            "algorithms.bp", "'lr' is both fixed and searched")
+config_case("weight-decay-on-adam-l2", "`weight_decay` for `mf`, whose Adam takes an L2 penalty",
+            algo("mf", "fixed", weight_decay=1e-4), "algorithms.mf.fixed.weight_decay", "`l2`")
+config_case("l2-on-adamw", "`l2` for `bp`, whose AdamW takes decoupled decay", algo("bp", "fixed", l2=1e-4),
+            "algorithms.bp.fixed.l2", "`weight_decay`")
+config_case("protocol-key-in-fixed", "`seed` among an algorithm's fixed settings", algo("mf", "fixed", seed=1),
+            "algorithms.mf.fixed.seed", "belongs under protocol")
+config_case("protocol-key-in-entry", "`n_trials` on one algorithm", lambda c, t: c["algorithms"]["mf"].update(
+    n_trials=100), "algorithms.mf", "'n_trials'")
+config_case("space-type-mismatch", "a string setting searched as a float range", lambda c, t: c["algorithms"]["mf"][
+    "space"].update(mode={"type": "float", "low": 0, "high": 1}) or c["algorithms"]["mf"]["fixed"].pop("mode"),
+    "algorithms.mf.space.mode.type = 'float'")
+config_case("space-bad-choice", "a categorical choice that does not exist", lambda c, t: c["algorithms"]["mf"][
+    "space"].update(predict={"type": "categorical", "choices": ["last", "summ"]}) or c["algorithms"]["mf"]["fixed"].pop(
+    "predict"), "algorithms.mf.space.predict.choices[1] = 'summ'")
+config_case("int-searched-as-float", "`batch_size` searched as a float range", lambda c, t: c["algorithms"]["bp"][
+    "space"].update(batch_size={"type": "float", "low": 32, "high": 256}) or c["algorithms"]["bp"]["fixed"].pop(
+    "batch_size"), "algorithms.bp.space.batch_size.type = 'float'")
+config_case("empty-space-with-search", "`space: {}` while the search runs", lambda c, t: c["algorithms"]["ff"].update(
+    space={}, fixed={**c["algorithms"]["ff"]["fixed"], "lr": 1e-3}), "algorithms.ff.space is empty")
+config_case("cafo-loss-typo", "`loss: cee` for CaFo", algo("cafo-rand-ce", "fixed", loss="cee"),
+            "algorithms.cafo-rand-ce.fixed.loss = 'cee'")
+config_case("cafo-unused-setting", "`dfa_lr` for random CaFo blocks", algo("cafo-rand-ce", "fixed", dfa_lr=1e-3),
+            "algorithms.cafo-rand-ce.fixed.dfa_lr = 0.001", "does not use dfa_lr")
+config_case("ff-downstream-without-lr", "`ff` predicting downstream without `downstream_lr`",
+            algo("ff", "fixed", predict="downstream"), "algorithms.ff.fixed.downstream_lr", "downstream")
+config_case("unknown-impl", "`impl: nosuchalgo`", lambda c, t: c["algorithms"]["mf"].update(impl="nosuchalgo"),
+            "algorithms.mf.impl = 'nosuchalgo'")
+config_case("unknown-algorithm-compared", "a comparison naming an undefined algorithm",
+            lambda c, t: c["comparisons"][0]["algorithms"].append("backprop2"),
+            "comparisons[0].algorithms", "'backprop2'")
+config_case("unknown-architecture-compared", "a comparison on an undefined architecture",
+            lambda c, t: c["comparisons"][0].update(architecture="mlp-9x9"), "comparisons[0].architecture = 'mlp-9x9'")
+config_case("comparison-dataset-not-listed", "a comparison on a dataset not under `datasets`",
+            lambda c, t: c["comparisons"][0].update(datasets=["mnist"]), "comparisons[0].datasets", "'mnist'")
+config_case("mlp-without-widths", "an MLP architecture without `widths`",
+            lambda c, t: c["architectures"]["mlp-2x256"].pop("widths"), "architectures.mlp-2x256", "`widths`")
+config_case("unknown-dataset", "`datasets: [digits, svhn]`", lambda c, t: c.update(datasets=["digits", "svhn"]),
+            "datasets[1] = 'svhn'")
+config_case("mnist-without-data-root", "`mnist` with `data_root: null`", lambda c, t: c.update(datasets=["mnist"]),
+            "data_root = null", "mnist")
+config_case("data-root-missing", "`data_root` naming no folder", lambda c, t: c.update(
+    datasets=["mnist"], data_root=str(t / "nowhere")), "data_root = '{tmp}/nowhere'")
+config_case("data-root-without-dataset", "`data_root` without the dataset's folder", lambda c, t: c.update(
+    datasets=["mnist"], data_root=str(t)), "data_root = '{tmp}'", "{tmp}/MNIST")
+config_case("patience-zero", "`patience: 0`", lambda c, t: c["protocol"]["stopping"].update(patience=0),
+            "protocol.stopping.patience = 0")
+config_case("n-trials-negative", "`n_trials: -1`", lambda c, t: c["protocol"]["search"].update(n_trials=-1),
+            "protocol.search.n_trials = -1")
+config_case("no-seeds", "`seeds: []`", lambda c, t: c["protocol"].update(seeds=[]), "protocol.seeds")
+config_case("unknown-top-level-key", "a misspelt top-level key", lambda c, t: c.update(limit_trian=100),
+            "'limit_trian' was unexpected")
+
+
+def load_case(id: str, what: str, text: str | None, *needles: str) -> None:
+    def run(tmp: Path, digits: Path) -> str:
+        path = tmp / "config.yaml"
+        if text is not None:
+            path.write_text(text)
+        return config_refusal(lambda: config.load(path))
+
+    CASES.append(Case(id, "config", what, run, needles))
+
+
+load_case("config-file-missing", "`--config` naming no file", None, "{tmp}/config.yaml")
+load_case("config-not-yaml", "a config file that is not YAML", "datasets: [digits\n", "{tmp}/config.yaml",
+          "not valid YAML")
+load_case("config-not-a-mapping", "a config file holding a list", "- digits\n", "a config is a mapping")
+
+
+# ---- through Snakemake: refused before any job ---------------------------------------------------
+
+def snakemake_case(id: str, what: str, edit: Callable[[dict], object], *needles: str) -> None:
+    def run(tmp: Path, digits: Path) -> str:
+        cfg = copy.deepcopy(TINY)
+        edit(cfg)
+        root = make_repo(tmp / "repo", cfg)
+        out = snakemake(root, "-n", check=False)
+        text = out.stdout + out.stderr
+        assert out.returncode != 0, f"{id}: snakemake -n accepted it"
+        assert not (root / "resources").exists() and not (root / "results").exists()
+        return next((line.strip() for line in text.splitlines() if needles[0] in line), text[-2000:])
+
+    CASES.append(Case(id, "snakemake", what, run, needles))
+
+
+snakemake_case("snakemake-fixed-misspelt-key", "`fixed: {batch_sise: 64}`, through `snakemake -n`",
+               lambda c: c["algorithms"]["bp"].update(fixed={"batch_sise": 64}), "algorithms.bp.fixed.batch_sise")
+snakemake_case("snakemake-device-cuda", "`device: cuda` without a GPU, through `snakemake -n`",
+               lambda c: c.update(device="cuda"), "device = 'cuda'")
+snakemake_case("snakemake-mf-on-cnn", "`mf` on a CNN, through `snakemake -n`", lambda c: c.update(
+    architectures={"tiny": {"type": "cnn", "channels": [4]}}), "comparisons[0]: algorithm mf on architecture tiny")
+
+
+# ---- files and arguments: refused by the command that reads them (one line, exit status 2) ------
+
+CFG = copy.deepcopy(TINY)
+CFG["protocol"]["stopping"] = {"max_epochs": 1, "patience": 1}
+CFG["protocol"]["search"] = {"n_trials": 2, "workers": 1, "pruner": {"type": "none"}}
+TRAIN = config.train_spec(CFG, "tiny", "bp")
+SEARCH = config.search_spec(CFG, "tiny", "bp")
+PARAMS = {"lr": 1e-3, "batch_size": 128}
+
+
+def refused(argv: list[str], env: dict | None = None) -> str:
+    """The one error line of `bpfree argv`, which must exit with status 2 and no traceback."""
+    err = _io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.MonkeyPatch.context() as mp:
+        for k, v in (env or {}).items():
+            mp.setenv(k, v)
+        try:
+            cli.main(argv)
+        except SystemExit as e:
+            code = e.code
+        else:
+            raise AssertionError(f"bpfree {' '.join(argv)} succeeded")
+    text = err.getvalue()
+    errors = [line for line in text.splitlines() if line.startswith(f"bpfree {argv[0]}: error: ")]
+    assert code == 2 and "Traceback" not in text and len(errors) == 1, (code, text[-2000:])
+    return errors[0]
+
+
+def train_argv(tmp: Path, digits: Path, best: Path | None = None, out: Path | None = None,
+               spec: dict = TRAIN) -> list[str]:
+    if best is None:
+        best = tmp / "best.json"
+        io.write_json(best, {"params": PARAMS})
+    return ["train", "--spec", json.dumps(spec), "--data", str(digits), "--best", str(best), "--seed", "0",
+            "--out-dir", str(out or tmp / "run"), "--threads", "1", "--checkpoint-every", "-1"]
+
+
+def cli_case(id: str, kind: str, what: str, argv: Callable[[Path, Path], list[str]], *needles: str,
+             env: dict | None = None) -> None:
+    CASES.append(Case(id, kind, what, lambda tmp, digits: refused(argv(tmp, digits), env), needles))
+
+
+def written(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+def truncated_data(tmp: Path, digits: Path) -> Path:
+    blob = digits.read_bytes()
+    return written(tmp / "data.pt", blob[: len(blob) // 2])
+
+
+def data_without(tmp: Path, digits: Path) -> Path:
+    blob = torch.load(digits, weights_only=True)
+    del blob["x_train"]
+    torch.save(blob, tmp / "data.pt")
+    return tmp / "data.pt"
+
+
+cli_case("data-missing", "data", "a prepared data file that does not exist",
+         lambda t, d: train_argv(t, t / "none.pt"), "prepared data {tmp}/none.pt", "not found")
+cli_case("data-truncated", "data", "a prepared `.pt` file cut in half",
+         lambda t, d: train_argv(t, truncated_data(t, d)), "prepared data {tmp}/data.pt", "truncated")
+cli_case("data-not-torch", "data", "a prepared `.pt` file that is text",
+         lambda t, d: train_argv(t, written(t / "data.pt", "hello")), "prepared data {tmp}/data.pt")
+cli_case("data-lacks-split", "data", "a prepared file without its training images",
+         lambda t, d: train_argv(t, data_without(t, d)), "prepared data {tmp}/data.pt", "lacks x_train")
+cli_case("prepare-unknown-dataset", "data", "`bpfree prepare --dataset svhn`",
+         lambda t, d: ["prepare", "--dataset", "svhn", "--out", str(t / "x.pt")], "unknown dataset 'svhn'")
+cli_case("prepare-mnist-without-root", "data", "`bpfree prepare --dataset mnist` without `--data-root`",
+         lambda t, d: ["prepare", "--dataset", "mnist", "--out", str(t / "x.pt")], "mnist", "data_root")
+cli_case("prepare-mnist-missing-files", "data", "`--data-root` without MNIST's files",
+         lambda t, d: ["prepare", "--dataset", "mnist", "--data-root", str(t), "--out", str(t / "x.pt")],
+         "{tmp}/MNIST/raw/train-images-idx3-ubyte", "md5")
+
+cli_case("best-missing", "result", "a best.json that does not exist",
+         lambda t, d: train_argv(t, d, best=t / "none.json"), "best.json {tmp}/none.json does not exist")
+cli_case("best-truncated", "result", "a truncated best.json",
+         lambda t, d: train_argv(t, d, best=written(t / "best.json", '{"params": {"lr": 0.0')),
+         "best.json {tmp}/best.json is truncated or malformed")
+cli_case("best-without-params", "result", "a best.json without `params`",
+         lambda t, d: train_argv(t, d, best=written(t / "best.json", '{"value": 97.0}')),
+         "best.json {tmp}/best.json has no `params`")
+cli_case("best-unknown-setting", "result", "a best.json whose params hold a misspelt setting",
+         lambda t, d: train_argv(t, d, best=written(t / "best.json", json.dumps({"params": {**PARAMS, "batch_sise": 6}}))),
+         "{tmp}/best.json: params.batch_sise")
+cli_case("best-wrong-type", "result", "a best.json whose `lr` is a string",
+         lambda t, d: train_argv(t, d, best=written(t / "best.json", json.dumps({"params": {**PARAMS, "lr": "fast"}}))),
+         "{tmp}/best.json: params.lr = 'fast'")
+
+
+def diverging(tmp: Path, digits: Path) -> list[str]:
+    best = written(tmp / "best.json", json.dumps({"params": {"lr": 1e30, "batch_size": 128}}))
+    return train_argv(tmp, digits, best=best)
+
+
+cli_case("run-diverges", "result", "hyperparameters whose training loss becomes NaN", diverging,
+         "digits/tiny/bp seed 0 diverged", "{tmp}/best.json", "training loss is nan")
+cli_case("output-folder-unwritable", "result", "an output folder that cannot be created or written",
+         lambda t, d: train_argv(t, d, out=written(t / "file", "") / "run"), "cannot write to the output folder {tmp}/file/run")
+
+
+def metrics(tmp: Path, **changes) -> Path:
+    m = {"dataset": "digits", "architecture": "tiny", "algorithm": "bp", "seed": 0, "test_accuracy": 95.0,
+         "train_time_s": 1.0, "energy_j": 1.0, "epochs": 1}
+    m.update(changes)
+    for k in [k for k, v in changes.items() if v is KeyError]:
+        del m[k]
+    return written(tmp / "metrics.json", json.dumps(m, allow_nan=True))
+
+
+def report_argv(tmp: Path, path: Path) -> list[str]:
+    return ["report", "--out-dir", str(tmp / "out"), str(path)]
+
+
+cli_case("metrics-truncated", "result", "a truncated metrics.json",
+         lambda t, d: report_argv(t, written(t / "metrics.json", '{"dataset": "dig')),
+         "metrics.json {tmp}/metrics.json is truncated or malformed")
+cli_case("metrics-missing", "result", "a metrics.json that does not exist",
+         lambda t, d: report_argv(t, t / "none.json"), "metrics.json {tmp}/none.json does not exist")
+cli_case("metrics-not-object", "result", "a metrics.json holding a list",
+         lambda t, d: report_argv(t, written(t / "metrics.json", "[1, 2]")), "{tmp}/metrics.json", "not a JSON object")
+cli_case("metrics-lacks-accuracy", "result", "a metrics.json without `test_accuracy`",
+         lambda t, d: report_argv(t, metrics(t, test_accuracy=KeyError)), "{tmp}/metrics.json", "lacks test_accuracy")
+cli_case("metrics-accuracy-nan", "result", "`test_accuracy: NaN` fed to the report",
+         lambda t, d: report_argv(t, metrics(t, test_accuracy=math.nan)), "{tmp}/metrics.json", "test_accuracy = nan")
+cli_case("metrics-accuracy-null", "result", "`test_accuracy: null` fed to the report",
+         lambda t, d: report_argv(t, metrics(t, test_accuracy=None)), "{tmp}/metrics.json", "test_accuracy = None")
+cli_case("metrics-accuracy-string", "result", '`test_accuracy: "95"` fed to the report',
+         lambda t, d: report_argv(t, metrics(t, test_accuracy="95")), "{tmp}/metrics.json", "test_accuracy = '95'")
+cli_case("report-bad-statistics", "cli", "`--statistics '{\"resamples\": 5}'`",
+         lambda t, d: ["report", "--out-dir", str(t / "out"), "--statistics", '{"resamples": 5}', str(metrics(t))],
+         "statistics.resamples = 5")
+
+
+def study(tmp: Path, states: list[str]) -> Path:
+    """A journal whose trials end in `states` (complete, pruned, diverged)."""
+    journal = tmp / "study.journal"
+    s = search.make_study(SEARCH, journal)
+    for state in states:
+        t = s.ask()
+        if state == "diverged":
+            t.set_user_attr("diverged", "training loss is nan in stage all, epoch 1")
+        s.tell(t, 90.0 if state == "complete" else None,
+               state=optuna.trial.TrialState.COMPLETE if state == "complete" else optuna.trial.TrialState.PRUNED)
+    return journal
+
+
+def collect_argv(tmp: Path, journal: Path, *extra: str) -> list[str]:
+    return ["search", "--spec", json.dumps(SEARCH), "--journal", str(journal), "--collect",
+            "--best", str(tmp / "best.json"), *extra]
+
+
+def corrupt_middle(tmp: Path) -> Path:
+    journal = study(tmp, ["complete", "complete"])
+    lines = journal.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1][:12] + b"\n"
+    journal.write_bytes(b"".join(lines))
+    return journal
+
+
+def worker_file(tmp: Path, text: str) -> list[str]:
+    return collect_argv(tmp, study(tmp, ["complete", "complete"]), "--worker-files", str(written(tmp / "0.json", text)))
+
+
+cli_case("journal-corrupt-line", "journal", "a study journal with a corrupt record in the middle",
+         lambda t, d: collect_argv(t, corrupt_middle(t)), "study journal {tmp}/study.journal: line 2", "head -n 1")
+cli_case("journal-missing", "journal", "collecting a study whose journal does not exist",
+         lambda t, d: collect_argv(t, t / "none.journal"), "no study journal at {tmp}/none.journal")
+cli_case("journal-short", "journal", "collecting a study with fewer finished trials than its budget",
+         lambda t, d: collect_argv(t, study(t, ["complete"])), "study {tmp}/study.journal holds 1 finished trials",
+         "budget is 2")
+cli_case("study-all-diverged", "journal", "a study whose every trial diverged",
+         lambda t, d: collect_argv(t, study(t, ["diverged", "diverged"])), "study {tmp}/study.journal",
+         "every one of its 2 trials diverged")
+cli_case("study-none-complete", "journal", "a study whose every trial was pruned",
+         lambda t, d: collect_argv(t, study(t, ["pruned", "diverged"])), "study {tmp}/study.journal",
+         "no trial completed (1 diverged, 1 pruned")
+cli_case("worker-file-truncated", "result", "a truncated search worker file",
+         lambda t, d: worker_file(t, '{"worker": 0, "fin'), "search worker file {tmp}/0.json is truncated")
+cli_case("worker-file-incomplete", "result", "a search worker file without its trials",
+         lambda t, d: worker_file(t, '{"worker": 0}'), "search worker file {tmp}/0.json lacks workers")
+
+cli_case("spec-not-json", "cli", "`--spec '{bad'`", lambda t, d: [*train_argv(t, d)[:2], "{bad", *train_argv(t, d)[3:]],
+         "--spec = '{bad'", "not JSON")
+cli_case("spec-file-missing", "cli", "`--spec @FILE` naming no file",
+         lambda t, d: ["search", "--spec", f"@{t}/spec.json", "--journal", str(t / "j")],
+         "--spec file {tmp}/spec.json does not exist")
+cli_case("spec-incomplete", "cli", "a `--spec` without the search's keys", lambda t, d: [
+         "search", "--spec", json.dumps(TRAIN), "--data", str(d), "--journal", str(t / "j")], "--spec lacks space, search")
+cli_case("spec-unknown-setting", "cli", "a `--spec` whose fixed settings hold a misspelt key", lambda t, d: [
+         "search", "--spec", json.dumps({**SEARCH, "fixed": {"batch_sise": 6}}), "--data", str(d), "--journal",
+         str(t / "j"), "--threads", "1"], "--spec algorithms.bp.fixed.batch_sise")
+cli_case("spec-algorithm-on-wrong-architecture", "cli", "a `--spec` running mf on a CNN", lambda t, d: [
+         "search", "--spec", json.dumps({**config.search_spec(CFG, "tiny", "mf"), "arch": {"type": "cnn", "channels": [4]}}),
+         "--data", str(d), "--journal", str(t / "j")], "--spec: algorithm mf on architecture tiny", "'cnn'")
+cli_case("worker-out-of-range", "cli", "`--worker 5 --workers 2`", lambda t, d: [
+         "search", "--spec", json.dumps(SEARCH), "--data", str(d), "--journal", str(t / "j"), "--worker", "5",
+         "--workers", "2"], "--worker 5 is not in 0..1")
+cli_case("search-without-data", "cli", "`bpfree search` without `--data`", lambda t, d: [
+         "search", "--spec", json.dumps(SEARCH), "--journal", str(t / "j")], "--data is required")
+cli_case("checkpoint-interval-env", "cli", "`BPFREE_CHECKPOINT_EVERY=ten`", lambda t, d: train_argv(t, d)[:-2],
+         "BPFREE_CHECKPOINT_EVERY = 'ten'", env={"BPFREE_CHECKPOINT_EVERY": "ten"})
+cli_case("spec-without-config", "cli", "`bpfree train` with neither `--spec` nor `--config`", lambda t, d: [
+         "train", "--data", str(d), "--best", "b.json", "--seed", "0", "--out-dir", str(t)], "give --spec, or --config")
+cli_case("config-arg-missing-file", "cli", "`bpfree spec --config` naming no file", lambda t, d: [
+         "spec", "--config", str(t / "none.yaml"), "--architecture", "a", "--algorithm", "b"],
+         "cannot read config file {tmp}/none.yaml")
+
+
+# ---- checkpoints: a bad one is refused (ignored, and the log says why); the run starts afresh -----
+
+def checkpoint_case(id: str, what: str, content: Callable[[Path, Path], bytes], *needles: str) -> None:
+    def run(tmp: Path, digits: Path) -> str:
+        out = tmp / "run"
+        written(out / "checkpoint.pt", content(tmp, digits))
+        argv = train_argv(tmp, digits, out=out)
+        argv[-1] = "0"  # checkpointing on: the rerun looks for a checkpoint
+        err = _io.StringIO()
+        with contextlib.redirect_stderr(err):
+            cli.main(argv)
+        assert (out / "metrics.json").exists() and not (out / "checkpoint.pt").exists()
+        return next(line.split("] ", 1)[1] for line in err.getvalue().splitlines() if "ignoring" in line)
+
+    CASES.append(Case(id, "checkpoint", what, run, needles))
+
+
+def foreign_checkpoint(tmp: Path, digits: Path) -> bytes:
+    buf = _io.BytesIO()
+    torch.save({"format": 1, "key": "another run", "result": {"epochs": 3}, "stage": 0, "extra": {}}, buf)
+    return buf.getvalue()
+
+
+checkpoint_case("checkpoint-truncated", "a truncated checkpoint.pt beside a rerun",
+                lambda t, d: foreign_checkpoint(t, d)[:40], "ignoring unreadable checkpoint {tmp}/run/checkpoint.pt")
+checkpoint_case("checkpoint-other-run", "a checkpoint.pt of another configuration or code version",
+                foreign_checkpoint, "ignoring checkpoint {tmp}/run/checkpoint.pt", "another configuration")
+
+
+# ---- the tests ---------------------------------------------------------------------------------
+
+def test_corpus_is_large_and_ids_unique():
+    ids = [c.id for c in CASES]
+    assert len(ids) >= 50 and len(set(ids)) == len(ids)
+    assert sum(c.kind == "snakemake" for c in CASES) >= 3
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_refused_by_name(case, tmp_path, digits_path):
+    message = case.run(tmp_path, digits_path)
+    for needle in case.needles:
+        assert needle.replace("{tmp}", str(tmp_path)) in message, (case.id, message)
+
+
+def test_docs_list_every_case():
+    doc = (ROOT / "docs" / "errors.md").read_text()
+    missing = [c.id for c in CASES if f"| `{c.id}` |" not in doc]
+    assert not missing, f"docs/errors.md lacks {missing}: regenerate it (see this file's docstring)"
+
+
+def markdown() -> str:
+    """docs/errors.md: every case with the message it gets (paths shown as <tmp>)."""
+    from bpfree.data import prepare
+
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        digits = Path(d) / "digits.pt"
+        prepare("digits", None, digits)
+        for case in CASES:
+            tmp = Path(tempfile.mkdtemp(dir=d))
+            message = case.run(tmp, digits).replace(str(tmp), "<tmp>").replace("|", "\\|")
+            rows.append(f"| `{case.id}` | {case.kind} | {case.what.replace('|', '/')} | {message} |")
+    return "\n".join([
+        "# Errors: what bpfree refuses, and the message it gives",
+        "",
+        "Every known failure names the key or the file at fault (and the value). A config key is refused",
+        "before any job runs (by the config check that `snakemake` and `bpfree --config` run); a data file,",
+        "result file, journal or argument by the `bpfree` command that reads it, as one line",
+        "`bpfree <command>: error: <message>` with exit status 2. A bad checkpoint is ignored, and the log",
+        "says why. Find your message below to see which input causes it.",
+        "",
+        "This table is generated from the test corpus `tests/test_bad_inputs.py` (each row is a test);",
+        "regenerate it with `.venv/bin/python tests/test_bad_inputs.py > docs/errors.md`. `<tmp>` stands for",
+        "the folder of the file concerned. Suspicious but legal inputs (a batch larger than the training split,",
+        "`limit_train` below 1000 examples or 10 per class) are not refused: a `warning:` line in the job's",
+        "log names them.",
+        "",
+        "| case | kind | input | message |",
+        "| --- | --- | --- | --- |",
+        *rows, ""])
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    print(markdown(), end="")
