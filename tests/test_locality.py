@@ -32,6 +32,10 @@ LOCALITY_TESTS = {
     "elm": ["test_locality.py::test_elm_computes_no_gradient"],
     "cwcomp": ["test_cwcomp.py::test_no_gradient_of_a_layer_loss_reaches_an_earlier_layer"],
     "local": ["test_local.py::test_no_gradient_of_a_layer_loss_reaches_an_earlier_layer"],
+    "pepita": ["test_pepita.py::test_no_backward_pass_and_each_update_is_local_to_its_layer",
+               "test_pepita.py::test_one_step_matches_the_paper"],
+    "fwdgrad": ["test_fwdgrad.py::test_no_backward_in_the_training_step",
+                "test_fwdgrad.py::test_local_losses_send_no_signal_to_earlier_layers"],
 }
 
 

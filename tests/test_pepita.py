@@ -96,6 +96,23 @@ def test_first_epoch_steps_sgd_with_the_update():
         torch.testing.assert_close(W.detach(), W0 - 0.1 * dW, rtol=1e-5, atol=1e-7)
 
 
+def test_no_backward_pass_and_each_update_is_local_to_its_layer():
+    """modulated-forward: no reverse-mode call and no autograd graph in a training epoch; a hidden
+    layer's update depends only on its own two activities and the modulated activity below it, so
+    rescaling the output layer (which changes e, hence both passes) is the only route by which the
+    layers above reach it: with F = 0 the second pass equals the first and hidden layers get 0."""
+    algo, data = make(dropout_keep=1.0)
+    stage = algo.stages()[0]
+    algo.begin_stage(stage, data, 10)
+    with no_backward():
+        algo.train_epoch(stage, data, generator(CPU, 0))
+    assert all(not p.requires_grad and p.grad.grad_fn is None for p in algo.net.parameters())
+    algo.net.F.zero_()
+    algo.step(algo._input(data.x_train), data.y_train, None)
+    assert all(torch.equal(W.grad, torch.zeros_like(W)) for W in algo.net.weights[:-1])
+    assert algo.net.weights[-1].grad.abs().sum() > 0  # the output layer still learns from e
+
+
 def test_both_passes_share_one_dropout_mask():
     algo, data = make(dropout_keep=0.5)
     seen = []
