@@ -57,8 +57,8 @@ class Settings(hparams.Settings):
     batch_size: int = hparams.batch_size()
     optimizer: str = hp("sgd", choices=("sgd", "adamw"), doc="SGD with momentum (l2) or AdamW (weight_decay)")
     momentum: float = hp(0.9, low=0.0, high=1.0, high_open=True, doc="SGD momentum (optimizer sgd)")
-    l2: float = hparams.l2(doc="L2 penalty (optimizer sgd)")
-    weight_decay: float = hparams.weight_decay(doc="decoupled weight decay (optimizer adamw)")
+    l2: float = hparams.l2("L2 penalty (optimizer sgd)")
+    weight_decay: float = hparams.weight_decay("decoupled weight decay (optimizer adamw)")
     schedule: str = hp("constant", choices=("constant", "cosine"),
                        doc="learning rate constant, or cosine-decayed to 0 over the stage's epoch budget")
 

@@ -83,9 +83,9 @@ def milestones(spec: str) -> list[float]:
 @dataclass(frozen=True, kw_only=True)
 class Settings(hparams.Settings):
     lr: float = hparams.lr("SGD learning rate (paper: 0.1 on MNIST, 0.01 on CIFAR-10)")
-    batch_size: int = hparams.batch_size(doc="training examples per update (paper: 64)")
+    batch_size: int = hparams.batch_size("training examples per update (paper: 64)")
     momentum: float = hp(0.9, low=0.0, high=1.0, high_open=True, doc="SGD momentum (paper: 0.9; 0 is plain SGD)")
-    l2: float = hparams.l2(doc="L2 penalty of the SGD step (paper: none)")
+    l2: float = hparams.l2("L2 penalty of the SGD step (paper: none)")
     f_scale: float = hp(0.05, low=0.0, low_open=True,
                         doc="F = U(-1, 1) * sqrt(6 / d_0) * f_scale, the fixed error-to-input projection (paper: 0.05)")
     dropout_keep: float = hp(0.9, low=0.0, high=1.0, low_open=True,
