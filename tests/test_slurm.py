@@ -152,6 +152,19 @@ def runs(cluster, tmp_path_factory):
     return local, remote, cancel, out
 
 
+def test_provenance_names_an_array_task_as_squeue_does(monkeypatch):
+    from bpfree import provenance
+
+    monkeypatch.setenv("SLURM_JOB_ID", "208")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    assert provenance.slurm()["slurm_job_id"] == "208"
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "205")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert provenance.slurm() == {"slurm_job_id": "205_3", "slurm_raw_job_id": "208", "slurm_array_job_id": "205",
+                                  "slurm_array_task_id": "3"}
+
+
 def test_status_command_of_the_profile_answers_on_this_cluster(cluster):
     """The plugin polls with the profile's status command until every job has a state; one that
     fails (sacct without an accounting database) leaves the run waiting forever."""
@@ -204,7 +217,8 @@ def test_cancelled_final_run_resumed_from_its_checkpoint(runs):
     assert cancel["checkpoint"] and not cancel["finished"] and cancel["scancel"] == 0, cancel
     assert _job_states().get(cancel["job"], "").startswith("CANCELLED"), cancel
     m = json.loads((remote / f"{CANCELLED}/metrics.json").read_text())
-    assert m["resumed"] is not None and m["resumed"]["from_epoch"] >= 3, m["resumed"]
+    # cancelled once epoch 3 was logged: the checkpoint of epoch 2 at least was on disk
+    assert m["resumed"] is not None and m["resumed"]["from_epoch"] >= 2, m["resumed"]
     assert m["provenance"]["slurm_job_id"] != cancel["job"]  # the retry, a new job
     assert m["epochs"] == 30 and not (remote / f"{CANCELLED}/checkpoint.pt").exists()
 
