@@ -123,7 +123,7 @@ def _run(root: Path, *args: str, extra_env: dict) -> subprocess.CompletedProcess
 @pytest.fixture(scope="module")
 def runs(cluster, tmp_path_factory):
     """The config run locally and through SLURM at the same time; the SLURM run's first final run
-    is cancelled mid-training. Returns (local root, SLURM root, cancel record, seconds per run)."""
+    is cancelled mid-training. Returns (local root, SLURM root, cancel record, the SLURM run)."""
     base = tmp_path_factory.mktemp("slurm")
     local, remote = make_repo(base / "local", CONFIG), make_repo(base / "slurm", CONFIG)
     timings = {}
