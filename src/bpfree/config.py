@@ -16,9 +16,11 @@ from bpfree import algorithms, hparams, models
 from bpfree.algorithms.base import check_architecture
 from bpfree.errors import ConfigError  # noqa: F401 - raised by every check here; callers import it from config
 from bpfree.hparams import PROTOCOL_KEYS  # noqa: F401 - settings only `protocol` may hold
+from bpfree.schema import SCHEMA  # the schema's path and defaults live there (no torch needed)
 
 ROOT = Path(__file__).resolve().parents[2]
-SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+# Keys that moved: (old path, new path). A config that still has one is refused with the new place.
+MOVED = ((("protocol", "metering", "target_fraction"), ("protocol", "statistics", "target_fraction")),)
 
 
 def load(path: str | Path) -> dict:
@@ -41,11 +43,23 @@ def validate(cfg: dict) -> None:
 
     if not isinstance(cfg, dict):
         raise ConfigError(f"a config is a mapping of keys (datasets, architectures, ...), not {type(cfg).__name__}")
+    refuse_moved(cfg)
     try:
         sm_validate(cfg, str(SCHEMA))
     except WorkflowError as e:
         raise ConfigError(_schema_error(cfg) or str(e)) from None
     check(cfg)
+
+
+def refuse_moved(cfg: dict) -> None:
+    """ConfigError if `cfg` holds a key at a place it moved from (MOVED), naming where it is now."""
+    for old, new in MOVED:
+        node = cfg
+        for k in old[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict) and old[-1] in node:
+            raise ConfigError(f"{'.'.join(old)} has moved to {'.'.join(new)}: move the key there "
+                              "(its meaning and default are unchanged)")
 
 
 def _schema_error(cfg: dict) -> str | None:
@@ -170,9 +184,7 @@ def train_spec(cfg: dict, architecture: str, algorithm: str) -> dict:
     return {"algorithm": algorithm, "impl": entry["impl"], "architecture": architecture,
             "arch": cfg["architectures"][architecture], "fixed": entry.get("fixed", {}),
             "stopping": proto["stopping"], "limit_train": cfg.get("limit_train"),
-            "device": cfg.get("device", "auto"),
-            # target_fraction only changes the report: keep it out of the spec so editing it reruns no run
-            "metering": {k: v for k, v in proto.get("metering", {}).items() if k != "target_fraction"}}
+            "device": cfg.get("device", "auto"), "metering": proto.get("metering", {})}
 
 
 def search_spec(cfg: dict, architecture: str, algorithm: str) -> dict:
