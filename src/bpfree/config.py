@@ -16,7 +16,8 @@ from bpfree import algorithms, hparams, models
 from bpfree.algorithms.base import check_architecture
 from bpfree.errors import ConfigError  # noqa: F401 - raised by every check here; callers import it from config
 from bpfree.hparams import PROTOCOL_KEYS  # noqa: F401 - settings only `protocol` may hold
-from bpfree.schema import SCHEMA  # the schema's path and defaults live there (no torch needed)
+from bpfree import schema
+from bpfree.schema import SCHEMA  # the schema's path, defaults and errors live there (no torch)
 
 ROOT = Path(__file__).resolve().parents[2]
 # Keys that moved: (old path, new path). A config that still has one is refused with the new place.
@@ -65,15 +66,7 @@ def refuse_moved(cfg: dict) -> None:
 def _schema_error(cfg: dict) -> str | None:
     """The schema's most relevant complaint as one line with its key path (Snakemake's is a page
     that dumps the schema and does not name the path)."""
-    import jsonschema
-
-    schema = yaml.safe_load(SCHEMA.read_text())
-    error = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(schema)(schema).iter_errors(cfg))
-    if error is None:
-        return None
-    path = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in error.absolute_path).lstrip(".")
-    value = f" = {error.instance!r}" if not isinstance(error.instance, (dict, list)) else ""
-    return f"{path or 'the config'}{value}: {error.message}"
+    return schema.first_error(cfg)
 
 
 def check(cfg: dict, device: bool = True) -> None:

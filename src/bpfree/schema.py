@@ -15,12 +15,17 @@ def load() -> dict:
     return yaml.safe_load(SCHEMA.read_text())
 
 
-def section(*keys: str) -> dict:
-    """The schema of the config key `keys` (e.g. "protocol", "statistics"): its `properties`."""
-    node = load()
+def node(*keys: str) -> dict:
+    """The schema of the config key `keys` (e.g. "protocol", "statistics"); () for the whole config."""
+    out = load()
     for k in keys:
-        node = node["properties"][k]
-    return node["properties"]
+        out = out["properties"][k]
+    return out
+
+
+def section(*keys: str) -> dict:
+    """The `properties` of the schema of `keys`."""
+    return node(*keys)["properties"]
 
 
 def defaults(*keys: str) -> dict:
@@ -33,3 +38,17 @@ def defaults(*keys: str) -> dict:
         elif "default" in v:
             out[k] = v["default"]
     return out
+
+
+def first_error(instance, *keys: str) -> str | None:
+    """The most relevant complaint of the schema of `keys` about `instance` (that key's value) as
+    one line that names the key path ("protocol.statistics.alpha = 0.5: ..."); None if it is valid."""
+    import jsonschema
+
+    schema = node(*keys)
+    error = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(schema)(schema).iter_errors(instance))
+    if error is None:
+        return None
+    path = ".".join([*keys, *(f"[{k}]" if isinstance(k, int) else str(k) for k in error.absolute_path)])
+    value = f" = {error.instance!r}" if not isinstance(error.instance, (dict, list)) else ""
+    return f"{path.replace('.[', '[') or 'the config'}{value}: {error.message}"

@@ -39,8 +39,8 @@ NOT_METRICS = {"seed", "threads", "limit_train"}  # numeric columns that are set
 # n = 5 on normal data); the expanded percentile interval (Hesterberg 2015) widens its quantiles
 # to those a t interval would use: about 91 % at n = 5, 95 % from n = 10. No bootstrap interval
 # can reach beyond the observed values, so at n <= 4 none reaches its nominal coverage.
-INTERVALS = ("expanded-percentile", "percentile")
-VERDICT_METHODS = ("tost", "bootstrap-interval")
+INTERVALS = tuple(schema.section("protocol", "statistics")["interval"]["enum"])
+VERDICT_METHODS = tuple(schema.section("protocol", "statistics")["verdict_method"]["enum"])
 # The defaults of `protocol.statistics` are the schema's (workflow/schemas/config.schema.yaml), their
 # one home. Margins of the verdicts, in the unit of each metric's delta (pp or %). Accuracy 0.5 pp:
 # the size of the largest MLP accuracy edge the original study claimed on MNIST/Fashion-MNIST
@@ -68,34 +68,14 @@ class StatsConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> StatsConfig:
+        """From the config's `protocol.statistics` (or `bpfree report --statistics`), checked against
+        the schema (ValueError naming the key); margins not given keep their default."""
         d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"statistics: unknown keys {sorted(unknown)}")
-        bad = {k: v for k, v in (d.get("margins") or {}).items()
-               if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0}
-        if bad:
-            raise ValueError(f"statistics.margins: {bad}: a margin must be a number > 0")
+        why = schema.first_error(d, "protocol", "statistics")
+        if why:
+            raise ValueError(why)
         d["margins"] = {**MARGINS, **(d.get("margins") or {})}
-        cfg = cls(**d)
-        if cfg.resamples < 100:
-            raise ValueError(f"statistics.resamples = {cfg.resamples}: use at least 100")
-        if not 0 < cfg.confidence < 1:
-            raise ValueError(f"statistics.confidence = {cfg.confidence}: must lie in (0, 1)")
-        if cfg.interval not in INTERVALS:
-            raise ValueError(f"statistics.interval = {cfg.interval!r}: choose one of {', '.join(INTERVALS)}")
-        if not 0 < cfg.target_fraction <= 1:
-            raise ValueError(f"statistics.target_fraction = {cfg.target_fraction}: must lie in (0, 1]")
-        if cfg.verdict_method not in VERDICT_METHODS:
-            raise ValueError(f"statistics.verdict_method = {cfg.verdict_method!r}: choose one of "
-                             f"{', '.join(VERDICT_METHODS)}")
-        if not 0 < cfg.alpha < 0.5:
-            raise ValueError(f"statistics.alpha = {cfg.alpha}: must lie in (0, 0.5)")
-        if not 0 < cfg.power < 1:
-            raise ValueError(f"statistics.power = {cfg.power}: must lie in (0, 1)")
-        if cfg.max_seeds < 3:
-            raise ValueError(f"statistics.max_seeds = {cfg.max_seeds}: use at least 3")
-        return cfg
+        return cls(**d)
 
 
 def mean_sd(x) -> tuple[int, float, float]:
