@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from bpfree import device, doctor, metering
-from bpfree.metering import Curve, Meter, PowerCurve, Rapl, rapl_domains, to_target
+from bpfree.metering import Curve, Meter, PowerCurve, Rapl, rapl_domains
 
 MAX_UJ = 262_143_328_850
 
@@ -305,20 +305,6 @@ def test_no_counter_gives_labelled_nonzero_estimates(tmp_path):
     # epochs are apportioned from the same curve as the total: they sum to at most the window
     assert sum(e["energy_j"] for e in m.epochs) <= r["energy_j"] + 1e-9
     json.dumps(r)  # everything the run records is JSON
-
-
-# ---- time and energy to target ------------------------------------------------------------------
-
-def test_to_target():
-    df = pd.DataFrame({"epoch": [1, 2, 3], "val_acc": [50.0, 90.0, 95.0], "seconds": [1.0, 1.0, 1.0],
-                       "elapsed_s": [1.1, 2.2, 3.3], "energy_j": [10.0, 10.0, 10.0],
-                       "cum_energy_j": [10.0, 20.0, 30.0]})
-    assert to_target(df, 90.0) == (2.2, 20.0, 2)
-    assert to_target(df, 99.0) is None
-    old = df.drop(columns=["elapsed_s", "cum_energy_j"])
-    assert to_target(old, 94.0) == (3.0, 30.0, 3)
-    assert to_target(old.drop(columns=["energy_j"]), 10.0) == (1.0, None, 1)
-    assert to_target(df.assign(cum_energy_j=[math.nan] * 3), 50.0) == (1.1, None, 1)
 
 
 # ---- doctor --------------------------------------------------------------------------------------

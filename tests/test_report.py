@@ -66,7 +66,7 @@ def test_report_tables_plots_and_published_values(tmp_path):
     runs = report.run_report(files, out, {"resamples": 500, "seed": 1})
     assert len(runs) == 10
     for name in ("summary.csv", "cells.csv", "deltas.csv", "to_target.csv", "table.md", "table.html",
-                 "deltas.md", "deltas.html", *(f"plots/{p}.png" for p in report.PLOTS)):
+                 "deltas.md", "deltas.html", *(o.path for o in report.PLOTS)):
         assert (out / name).stat().st_size > 0, name
     table = (out / "table.md").read_text()
     assert "98.15 ± 0.13 (n=4)" in table               # our bp mean ± sd
@@ -201,15 +201,12 @@ def test_published_tables_are_package_data_with_checked_provenance():
 # ---- snakemake --report on a finished tiny workflow ---------------------------------------------
 
 def _report_outputs() -> list[str]:
-    """Every path marked report(...) in the report rule."""
-    text = (ROOT / "workflow" / "rules" / "report.smk").read_text()
-    return re.findall(r'report\(\s*"([^"]+)"', text)
+    """Every path the report rule marks report(...): the registry's entries with a caption."""
+    return [f"results/{o.path}" for o in report.OUTPUTS if o.caption]
 
 
-@pytest.mark.slow
-def test_snakemake_html_report_embeds_every_figure(tmp_path):
-    """A copy of the workflow whose runs are finished (a fake results tree, no training), then
-    `snakemake` (only the report job runs) and `snakemake --report report.html`."""
+def _finished_workflow(tmp_path: Path) -> Path:
+    """A copy of the workflow whose runs are finished (a fake results tree, no training)."""
     work = tmp_path / "wf"
     shutil.copytree(ROOT / "workflow", work / "workflow")
     shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
@@ -238,6 +235,12 @@ def test_snakemake_html_report_embeds_every_figure(tmp_path):
     for i, stage in enumerate(("resources", "results/search", "results/runs")):  # upstream first
         for p in (work / stage).rglob("*"):
             os.utime(p, (old + 1000 * (i + 1),) * 2)
+    return work
+
+
+def _html_report(work: Path) -> dict:
+    """`snakemake` (only the report job runs) then `snakemake --report report.html` in `work`: the
+    HTML's embedded results, by path."""
     env = {**os.environ, "PYTHONPATH": str(work / "src")}
     run = subprocess.run([str(SNAKEMAKE), "--cores", "1", "--rerun-triggers", "mtime"], cwd=work,
                          capture_output=True, text=True, env=env)
@@ -246,7 +249,15 @@ def test_snakemake_html_report_embeds_every_figure(tmp_path):
     run = subprocess.run([str(SNAKEMAKE), "--report", "report.html"], cwd=work, capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     html = (work / "report.html").read_text()
-    results = json.loads(re.search(r"var results = (\{.*?\});\n", html, re.S).group(1))
+    return json.loads(re.search(r"var results = (\{.*?\});\n", html, re.S).group(1))
+
+
+@pytest.mark.slow
+def test_snakemake_html_report_embeds_every_figure(tmp_path):
+    """A copy of the workflow whose runs are finished (a fake results tree, no training), then
+    `snakemake` (only the report job runs) and `snakemake --report report.html`."""
+    work = _finished_workflow(tmp_path)
+    results = _html_report(work)
     expected = _report_outputs()
     assert len(expected) >= 9 and sum(p.endswith(".png") for p in expected) == 5
     assert set(expected) == set(results), "every report(...) output, and only those, is in the HTML"
@@ -260,3 +271,39 @@ def test_snakemake_html_report_embeds_every_figure(tmp_path):
         if path.endswith(".png"):
             assert entry["mime_type"] == "image/png" and payload.startswith(b"\x89PNG")
     assert (work / "results" / "table.md").exists() and (work / "results" / "deltas.md").exists()
+
+
+def test_every_output_of_the_registry_has_its_caption_and_a_unique_key():
+    keys = [o.key for o in report.OUTPUTS]
+    assert len(set(keys)) == len(keys) and len({o.path for o in report.OUTPUTS}) == len(keys)
+    for o in report.OUTPUTS:
+        assert o.caption is None or (ROOT / "workflow" / "report" / o.caption).read_text().strip(), o.path
+    assert {o.path for o in report.OUTPUTS if o.from_summary} == {"deltas.csv", "deltas.md", "deltas.html"}
+
+
+def _guide_blocks() -> dict[str, str]:
+    """docs/adding-a-plot-or-table.md's worked example: the function, the record, the caption."""
+    guide = (ROOT / "docs" / "adding-a-plot-or-table.md").read_text()
+    blocks = re.findall(r"```(\w+)\n(.*?)```", guide, re.S)
+    return {"function": next(b for lang, b in blocks if lang == "python" and b.startswith("def ")),
+            "entry": next(b for lang, b in blocks if lang == "python" and b.startswith("plot(")),
+            "caption": next(b for lang, b in blocks if lang == "rst")}
+
+
+@pytest.mark.slow
+def test_a_plot_added_by_one_registry_entry_appears_in_the_html_report(tmp_path):
+    """The guide's plot, pasted into a copy of the package (its function and its one record in
+    PLOTS) with its caption: the workflow writes it and `snakemake --report` embeds it."""
+    work = _finished_workflow(tmp_path)
+    guide = _guide_blocks()
+    module = work / "src" / "bpfree" / "report.py"
+    anchor = "PLOTS = (\n"
+    module.write_text(module.read_text().replace(anchor, anchor + "    " + guide["entry"].strip() + "\n")
+                      + "\n\n" + guide["function"])
+    (work / "workflow" / "report" / "seed_accuracy.rst").write_text(guide["caption"])
+    results = _html_report(work)
+    new = "results/plots/seed_accuracy.png"
+    assert set(results) == {*_report_outputs(), new}
+    assert results[new]["mime_type"] == "image/png" and "one line per seed" in results[new]["caption"]
+    assert base64.b64decode(results[new]["data_uri"].split("base64,", 1)[1]) == (work / new).read_bytes()
+    assert "seed_accuracy" not in (ROOT / "src" / "bpfree" / "report.py").read_text()  # the copy only

@@ -155,6 +155,18 @@ def test_deltas_table_labels_every_kind_of_cell():
     assert "energy_j" not in dl.index.get_level_values("metric")  # absent metrics are not invented
 
 
+def test_time_to_target_reads_the_cumulative_records():
+    df = pd.DataFrame({"epoch": [1, 2, 3], "val_acc": [50.0, 90.0, 95.0], "seconds": [1.0, 1.0, 1.0],
+                       "elapsed_s": [1.1, 2.2, 3.3], "energy_j": [10.0, 10.0, 10.0],
+                       "cum_energy_j": [10.0, 20.0, 30.0]})
+    assert stats.time_to_target(df, 90.0) == (2.2, 20.0, 2)
+    assert stats.time_to_target(df, 99.0) is None
+    old = df.drop(columns=["elapsed_s", "cum_energy_j"])
+    assert stats.time_to_target(old, 94.0) == (3.0, 30.0, 3)
+    assert stats.time_to_target(old.drop(columns=["energy_j"]), 10.0) == (1.0, None, 1)
+    assert stats.time_to_target(df.assign(cum_energy_j=[math.nan] * 3), 50.0) == (1.1, None, 1)
+
+
 def test_to_target_by_hand():
     ep = pd.DataFrame({"epoch": [1, 2, 3, 4], "val_acc": [50.0, 80.0, 90.0, 95.0],
                        "seconds": [1.0, 2.0, 3.0, 4.0], "energy_j": [10.0, 20.0, 30.0, 40.0]})
@@ -309,3 +321,27 @@ def test_schema_defaults_are_the_statistics_defaults():
     ours = asdict(StatsConfig())
     assert schema == {k: ours[k] for k in schema}
     assert StatsConfig.from_dict(schema) == StatsConfig()
+
+
+def test_target_fraction_is_a_statistics_setting_and_its_old_place_is_refused():
+    """protocol.statistics.target_fraction reaches the report and no run's spec; the old key under
+    protocol.metering is refused with a message that names the new place."""
+    import copy
+
+    from bpfree import config
+    from cluster_helpers import TINY
+
+    cfg = copy.deepcopy(TINY)
+    config.validate(cfg)
+    assert StatsConfig.from_dict(cfg["protocol"]["statistics"]).target_fraction == 0.99  # the schema's default
+    spec = config.train_spec(cfg, "tiny", "bp")
+    moved = copy.deepcopy(TINY)
+    moved["protocol"]["statistics"] = {"target_fraction": 0.9}
+    config.validate(moved)
+    assert StatsConfig.from_dict(moved["protocol"]["statistics"]).target_fraction == 0.9
+    assert config.train_spec(moved, "tiny", "bp") == spec  # editing it reruns no run
+    old = copy.deepcopy(TINY)
+    old["protocol"]["metering"] = {"target_fraction": 0.9}
+    with pytest.raises(config.ConfigError, match=r"protocol.metering.target_fraction has moved to "
+                                                  r"protocol.statistics.target_fraction"):
+        config.validate(old)

@@ -131,18 +131,12 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def cmd_report(a: argparse.Namespace) -> None:
-    from bpfree.report import run_report
-
-    from bpfree.report import PLOTS
+    from bpfree.report import output_paths, run_report
 
     stats = _json_arg(a.statistics, "--statistics") if a.statistics else None
     if bool(a.summary) == bool(a.metrics):
         raise BpfreeError("bpfree report: give metrics.json files, or --summary CSV (not both)")
-    out = Path(a.out_dir)
-    tables = ("deltas.csv", "deltas.md", "deltas.html") if a.summary else (
-        "summary.csv", "cells.csv", "deltas.csv", "to_target.csv", "table.md", "table.html", "deltas.md", "deltas.html")
-    plots = [] if a.summary else [out / "plots" / f"{p}.png" for p in PLOTS]  # no plots from a summary
-    _outputs("report", [out / f for f in tables] + plots)
+    _outputs("report", output_paths(a.out_dir, from_summary=bool(a.summary)))
     try:
         if a.summary:
             from bpfree.report import report_from_summary

@@ -15,9 +15,12 @@ from bpfree import algorithms, hparams, models
 from bpfree.algorithms.base import check_architecture
 from bpfree.errors import ConfigError  # noqa: F401 - raised by every check here; callers import it from config
 from bpfree.hparams import PROTOCOL_KEYS  # noqa: F401 - settings only `protocol` may hold
+from bpfree import schema
+from bpfree.schema import SCHEMA  # the schema's path, defaults and errors live there (no torch)
 
 ROOT = Path(__file__).resolve().parents[2]
-SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+# Keys that moved: (old path, new path). A config that still has one is refused with the new place.
+MOVED = ((("protocol", "metering", "target_fraction"), ("protocol", "statistics", "target_fraction")),)
 
 
 def load(path: str | Path) -> dict:
@@ -40,6 +43,7 @@ def validate(cfg: dict) -> None:
 
     if not isinstance(cfg, dict):
         raise ConfigError(f"a config is a mapping of keys (datasets, architectures, ...), not {type(cfg).__name__}")
+    refuse_moved(cfg)
     try:
         sm_validate(cfg, str(SCHEMA))
     except WorkflowError as e:
@@ -47,18 +51,21 @@ def validate(cfg: dict) -> None:
     check(cfg)
 
 
+def refuse_moved(cfg: dict) -> None:
+    """ConfigError if `cfg` holds a key at a place it moved from (MOVED), naming where it is now."""
+    for old, new in MOVED:
+        node = cfg
+        for k in old[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict) and old[-1] in node:
+            raise ConfigError(f"{'.'.join(old)} has moved to {'.'.join(new)}: move the key there "
+                              "(its meaning and default are unchanged)")
+
+
 def _schema_error(cfg: dict) -> str | None:
     """The schema's most relevant complaint as one line with its key path (Snakemake's is a page
     that dumps the schema and does not name the path)."""
-    import jsonschema
-
-    schema = yaml.safe_load(SCHEMA.read_text())
-    error = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(schema)(schema).iter_errors(cfg))
-    if error is None:
-        return None
-    path = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in error.absolute_path).lstrip(".")
-    value = f" = {error.instance!r}" if not isinstance(error.instance, (dict, list)) else ""
-    return f"{path or 'the config'}{value}: {error.message}"
+    return schema.first_error(cfg)
 
 
 def check(cfg: dict, device: bool = True) -> None:
@@ -157,9 +164,7 @@ def train_spec(cfg: dict, architecture: str, algorithm: str) -> dict:
     return {"algorithm": algorithm, "impl": entry["impl"], "architecture": architecture,
             "arch": cfg["architectures"][architecture], "fixed": entry.get("fixed", {}),
             "stopping": proto["stopping"], "limit_train": cfg.get("limit_train"),
-            "device": cfg.get("device", "auto"),
-            # target_fraction only changes the report: keep it out of the spec so editing it reruns no run
-            "metering": {k: v for k, v in proto.get("metering", {}).items() if k != "target_fraction"}}
+            "device": cfg.get("device", "auto"), "metering": proto.get("metering", {})}
 
 
 def search_spec(cfg: dict, architecture: str, algorithm: str) -> dict:

@@ -802,21 +802,3 @@ class Meter:
         """The power trace (see `trace_rows`)."""
         return trace_rows(self.samples, self._t0, dict(self.edges).get("idle_start"))
 
-
-# ---- analysis -------------------------------------------------------------------------------------
-
-def to_target(epochs: Any, target_acc: float) -> tuple[float, float | None, int] | None:
-    """First epoch whose validation accuracy reaches `target_acc`: (seconds, joules, epoch) from the
-    cumulative per-epoch records (`elapsed_s`, `cum_energy_j`; else the sums of `seconds`, `energy_j`).
-    None if the target is never reached. `epochs` is an epochs.csv DataFrame."""
-    cols = set(epochs.columns)
-    secs = epochs["elapsed_s"] if "elapsed_s" in cols else epochs["seconds"].cumsum()
-    joules = (epochs["cum_energy_j"] if "cum_energy_j" in cols
-              else epochs["energy_j"].cumsum() if "energy_j" in cols else None)
-    hit = (epochs["val_acc"] >= target_acc).to_numpy().nonzero()[0]
-    if len(hit) == 0:
-        return None
-    i = int(hit[0])
-    j = None if joules is None or joules.iloc[i] != joules.iloc[i] else float(joules.iloc[i])
-    epoch = int(epochs["epoch"].iloc[i]) if "epoch" in cols else i + 1
-    return float(secs.iloc[i]), j, epoch

@@ -1,6 +1,7 @@
 """Aggregation of finished final runs into the files a reviewer reads.
 
-Written into `out_dir`:
+Written into `out_dir` (the files of OUTPUTS, the one list that `run_report` writes and the
+workflow's report rule declares; docs/adding-a-plot-or-table.md adds one):
   summary.csv    one row per run            cells.csv     n, mean, sd of every metric per cell
   deltas.csv     paired deltas against bp with bootstrap intervals and their status
   to_target.csv  time and energy of each run to the target accuracy
@@ -13,7 +14,11 @@ Written into `out_dir`:
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +33,6 @@ COLUMNS = ["dataset", "architecture", "algorithm", "locality", "optimizer", "see
            "energy_board_j", "energy_board_method", "energy_window_warning", "emissions_kg",
            "peak_memory_mib", "peak_memory_method", "n_params", "train_flops", "predict_flops", "achieved_gflops",
            "device"]
-NESTED = ("hyperparameters", "energy_components", "layer_test_accuracy")
-PLOTS = ("accuracy_vs_energy", "learning_curves", "layer_accuracy", "to_target", "energy_components")
 PUBLISHED_ENERGY = ("GPU board power polled at 5 Hz, trapezoid-integrated, no idle subtraction (the original "
                     "study's code; see published/PROVENANCE.md)")
 BOARD = "GPU board energy (J), the original study's method"
@@ -62,12 +65,11 @@ def _methods(df: pd.DataFrame) -> str:
     return ", ".join(sorted(set(df.energy_method.dropna()))) if "energy_method" in df else "?"
 
 
-def summarize(metric_files: list[str | Path] | list[dict]) -> pd.DataFrame:
-    """One flat row per run (nested fields dropped), sorted by cell and seed."""
-    rows = metric_files if metric_files and isinstance(metric_files[0], dict) else load_runs(metric_files)
-    df = pd.DataFrame(rows).drop(columns=["_path", *NESTED], errors="ignore")
+def summarize(runs: list[dict]) -> pd.DataFrame:
+    """One flat row per run of `load_runs` (nested fields dropped), sorted by cell and seed."""
+    df = pd.DataFrame(runs).drop(columns=["_path"], errors="ignore")
     nested = [c for c in df.columns if df[c].map(lambda v: isinstance(v, (dict, list))).any()]
-    df = df.drop(columns=nested)  # provenance, checkpoint...: kept in metrics.json, not flat
+    df = df.drop(columns=nested)  # hyperparameters, energy_components, provenance...: kept in metrics.json
     cols = [c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]
     return df[cols].sort_values(CELL + ["seed"]).reset_index(drop=True)
 
@@ -187,9 +189,10 @@ def absolute_table(cells: pd.DataFrame, runs: pd.DataFrame, pub: pd.DataFrame) -
     for c in cells.itertuples(index=False):
         g = runs[(runs.dataset == c.dataset) & (runs.architecture == c.architecture) & (runs.algorithm == c.algorithm)]
         p = _pub_lookup(pub, {"dataset": c.dataset, "architecture": c.architecture, "algorithm": c.algorithm})
+        cell = dict(zip(cells.columns, c))
 
-        def ours(m: str, fmt: str) -> str:
-            return fmt_mean_sd(*stats.mean_sd(g[m]), fmt) if m in g else DASH
+        def ours(m: str, fmt: str) -> str:  # n, mean and sd as stats.cell_summary made them
+            return fmt_mean_sd(cell[f"{m}_n"], cell[f"{m}_mean"], cell[f"{m}_sd"], fmt) if f"{m}_n" in cell else DASH
 
         def theirs(col: str, fmt: str, scale: float = 1.0) -> str:
             return DASH if p is None else _num(float(p[col]) * scale, fmt)
@@ -583,22 +586,145 @@ def plot_energy_components(comp: pd.DataFrame, path: str | Path) -> None:
     _save(fig, path)
 
 
+# ---- the registry of tables and plots ------------------------------------------------------------
+
+class Results:
+    """What the tables and plots are made from, each computed once, on first use: `runs` (one row
+    per run, as summary.csv), `raw` (the metrics.json records; empty for a recorded summary), and
+    `cfg` (`protocol.statistics`)."""
+
+    def __init__(self, runs: pd.DataFrame, raw: list[dict], cfg: StatsConfig):
+        self.runs, self.raw, self.cfg = runs, raw, cfg
+
+    @functools.cached_property
+    def curves(self) -> dict[tuple, pd.DataFrame]:
+        return read_curves(self.raw)
+
+    @functools.cached_property
+    def cells(self) -> pd.DataFrame:
+        return stats.cell_summary(self.runs)
+
+    @functools.cached_property
+    def deltas(self) -> pd.DataFrame:
+        return stats.deltas(self.runs, self.cfg)
+
+    @functools.cached_property
+    def to_target(self) -> pd.DataFrame:
+        return stats.to_target_table(self.runs, self.curves, self.cfg.target_fraction)
+
+    @functools.cached_property
+    def notes(self) -> str:
+        return notes(self.runs, self.cells, self.deltas, self.cfg)
+
+    @functools.cached_property
+    def absolute(self) -> pd.DataFrame:
+        return absolute_table(self.cells, self.runs, published.load("results"))
+
+    @functools.cached_property
+    def delta_parts(self) -> list[tuple[str, pd.DataFrame | str]]:
+        """Deltas in the published layout, verdicts at the margins, published claims, notes."""
+        dtable, claims = delta_table(self.deltas, self.runs, published.load("deltas"), self.cfg.confidence,
+                                     published.load("claims"))
+        return [("Deltas against bp, paired by seed (layout of the published table)", dtable),
+                ("Verdicts at the declared margins", verdict_table(self.deltas)),
+                ("Published claims: the original deltas and the authors' later claims, at our intervals and "
+                 "margins", claims), ("Notes", self.notes)]
+
+
+ABSOLUTE_TITLE = "Results per cell, published values beside ours"
+
+
+def absolute_md(r: Results) -> str:
+    return f"# {ABSOLUTE_TITLE}\n\n" + markdown(r.absolute) + "\n" + r.notes + "\n"
+
+
+def absolute_html(r: Results) -> str:
+    return html_page(ABSOLUTE_TITLE, [("", r.absolute), ("Notes", r.notes)])
+
+
+def markdown_parts(parts: list[tuple[str, pd.DataFrame | str]]) -> str:
+    """Headed tables or paragraphs as markdown (the markdown twin of `html_page`)."""
+    return "\n".join(f"## {h}\n\n" + (markdown(p) if isinstance(p, pd.DataFrame) else p + "\n") for h, p in parts)
+
+
+@dataclass(frozen=True)
+class Output:
+    """One file of the report: `path` under the report's folder, written by `write(results, path)`.
+    With a `caption` (a file under workflow/report/) it is embedded in `snakemake --report`, under
+    `category`, with `labels`; without, it is written but not embedded. `from_summary`: it can be
+    made from a recorded summary.csv alone (`bpfree report --summary`)."""
+
+    path: str
+    write: Callable[[Results, Path], None]
+    caption: str | None = None
+    category: str = ""
+    labels: dict | None = None
+    from_summary: bool = False
+
+    @property
+    def key(self) -> str:
+        """Its name among the report rule's outputs: "plots/to_target.png" -> "to_target_png"."""
+        return re.sub(r"\W", "_", Path(self.path).name)
+
+
+def table(path: str, write: Callable[[Results, Path], None], caption: str | None = None,
+          label: str | None = None, from_summary: bool = False) -> Output:
+    """A table: with a `label`, an HTML page among the report's tables; else a data file."""
+    category = "1. Tables" if label else "3. Data"
+    return Output(path, write, caption, category if caption else "", label and {"table": label}, from_summary)
+
+
+def plot(name: str, draw: Callable[[Results, Path], None], label: str) -> Output:
+    """A figure: plots/NAME.png, drawn by `draw(results, path)`, caption workflow/report/NAME.rst."""
+    return Output(f"plots/{name}.png", draw, f"{name}.rst", "2. Figures", {"figure": label})
+
+
+TABLES = (
+    table("summary.csv", lambda r, p: io.write_csv(p, r.runs), "summary.rst"),
+    table("cells.csv", lambda r, p: io.write_csv(p, r.cells), "cells.rst"),
+    table("deltas.csv", lambda r, p: io.write_csv(p, r.deltas), "deltas_csv.rst", from_summary=True),
+    table("to_target.csv", lambda r, p: io.write_csv(p, r.to_target), "to_target_csv.rst"),
+    table("table.md", lambda r, p: io.write_text(p, absolute_md(r))),
+    table("table.html", lambda r, p: io.write_text(p, absolute_html(r)), "table.rst",
+          label="absolute, beside published"),
+    table("deltas.md", lambda r, p: io.write_text(p, markdown_parts(r.delta_parts)), from_summary=True),
+    table("deltas.html", lambda r, p: io.write_text(p, html_page("Deltas against bp", r.delta_parts)), "deltas.rst",
+          label="paired deltas against bp", from_summary=True),
+)
+PLOTS = (
+    plot("accuracy_vs_energy", lambda r, p: plot_accuracy_energy(r.runs, p), "accuracy vs energy"),
+    plot("learning_curves", lambda r, p: plot_learning_curves(r.runs, r.curves, p), "learning curves"),
+    plot("layer_accuracy", lambda r, p: plot_layer_accuracy(layer_accuracies(r.raw), r.runs, p),
+         "per-layer accuracy"),
+    plot("to_target", lambda r, p: plot_to_target(r.to_target, r.cfg.target_fraction, p),
+         "time and energy to target"),
+    plot("energy_components", lambda r, p: plot_energy_components(components(r.raw), p), "energy by component"),
+)
+OUTPUTS = TABLES + PLOTS  # every file of the report, in the order they are written
+
+
+def output_paths(out_dir: str | Path, from_summary: bool = False) -> list[Path]:
+    """The files `run_report` (or, `from_summary`, `report_from_summary`) writes into `out_dir`."""
+    return [Path(out_dir) / o.path for o in OUTPUTS if o.from_summary or not from_summary]
+
+
+def rule_outputs(report: Callable, captions: str, folder: str = "results") -> dict:
+    """The workflow's report rule's `output:`: every file of OUTPUTS under `folder`, by its key;
+    those with a caption wrapped in Snakemake's `report` (captions: their folder)."""
+    out = {}
+    for o in OUTPUTS:
+        path = f"{folder}/{o.path}"
+        out[o.key] = report(path, caption=f"{captions}/{o.caption}", category=o.category, labels=o.labels) \
+            if o.caption else path
+    return out
+
+
 # ---- entry point -------------------------------------------------------------------------------
 
-def write_deltas(runs: pd.DataFrame, dl: pd.DataFrame, cells: pd.DataFrame, cfg: StatsConfig, out: Path) -> str:
-    """deltas.csv, deltas.md and deltas.html (deltas, verdicts at the margins, published claims,
-    notes) into `out`; returns the notes."""
-    dtable, claims = delta_table(dl, runs, published.load("deltas"), cfg.confidence, published.load("claims"))
-    note = notes(runs, cells, dl, cfg)
-    dparts = [("Deltas against bp, paired by seed (layout of the published table)", dtable),
-              ("Verdicts at the declared margins", verdict_table(dl)),
-              ("Published claims: the original deltas and the authors' later claims, at our intervals and margins",
-               claims), ("Notes", note)]
-    io.write_csv(out / "deltas.csv", dl)
-    io.write_text(out / "deltas.md", "\n".join(
-        f"## {h}\n\n" + (markdown(p) if isinstance(p, pd.DataFrame) else p + "\n") for h, p in dparts))
-    io.write_text(out / "deltas.html", html_page("Deltas against bp", dparts))
-    return note
+def _write(results: Results, out_dir: str | Path, from_summary: bool = False) -> None:
+    for o in OUTPUTS:
+        if o.from_summary or not from_summary:
+            o.write(results, Path(out_dir) / o.path)
 
 
 def report_from_summary(summary_csv: str | Path, out_dir: str | Path,
@@ -611,41 +737,18 @@ def report_from_summary(summary_csv: str | Path, out_dir: str | Path,
     missing = [k for k in (*CELL, "seed", "test_accuracy") if k not in runs]
     if missing:
         raise ValueError(f"{summary_csv}: lacks the columns {', '.join(missing)}")
-    write_deltas(runs, stats.deltas(runs, cfg), stats.cell_summary(runs), cfg, Path(out_dir))
+    _write(Results(runs, [], cfg), out_dir, from_summary=True)
     return runs
 
 
 def run_report(metric_files: list[str | Path], out_dir: str | Path,
                statistics: StatsConfig | dict | None = None) -> pd.DataFrame:
-    """Write every table and plot listed in the module docstring into `out_dir`; returns the
-    per-run summary. `statistics` is the config's `protocol.statistics` (defaults otherwise)."""
+    """Write every table and plot of OUTPUTS into `out_dir`; returns the per-run summary.
+    `statistics` is the config's `protocol.statistics` (its defaults otherwise)."""
     cfg = statistics if isinstance(statistics, StatsConfig) else StatsConfig.from_dict(statistics)
-    out = Path(out_dir)
     raw = load_runs(metric_files)
     if not raw:
         raise ValueError("report: no metrics.json given")
-    runs = summarize(raw)
-    curves = read_curves(raw)
-    cells = stats.cell_summary(runs)
-    dl = stats.deltas(runs, cfg)
-    tt = stats.to_target_table(runs, curves, cfg.target_fraction)
-    pub_results = published.load("results")
-
-    io.write_csv(out / "summary.csv", runs)
-    io.write_csv(out / "cells.csv", cells)
-    io.write_csv(out / "to_target.csv", tt)
-
-    absolute = absolute_table(cells, runs, pub_results)
-    note = write_deltas(runs, dl, cells, cfg, out)
-    io.write_text(out / "table.md", "# Results per cell, published values beside ours\n\n" + markdown(absolute)
-                  + "\n" + note + "\n")
-    io.write_text(out / "table.html", html_page("Results per cell, published values beside ours",
-                                                [("", absolute), ("Notes", note)]))
-
-    plots = out / "plots"
-    plot_accuracy_energy(runs, plots / "accuracy_vs_energy.png")
-    plot_learning_curves(runs, curves, plots / "learning_curves.png")
-    plot_layer_accuracy(layer_accuracies(raw), runs, plots / "layer_accuracy.png")
-    plot_to_target(tt, cfg.target_fraction, plots / "to_target.png")
-    plot_energy_components(components(raw), plots / "energy_components.png")
-    return runs
+    results = Results(summarize(raw), raw, cfg)
+    _write(results, out_dir)
+    return results.runs

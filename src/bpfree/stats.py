@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from bpfree import schema
+
 CELL = ["dataset", "architecture", "algorithm"]
 REFERENCE = "bp"
 # metric -> unit of its delta against bp: "pp" = difference of means in percentage points,
@@ -37,62 +39,43 @@ NOT_METRICS = {"seed", "threads", "limit_train"}  # numeric columns that are set
 # n = 5 on normal data); the expanded percentile interval (Hesterberg 2015) widens its quantiles
 # to those a t interval would use: about 91 % at n = 5, 95 % from n = 10. No bootstrap interval
 # can reach beyond the observed values, so at n <= 4 none reaches its nominal coverage.
-INTERVALS = ("expanded-percentile", "percentile")
-VERDICT_METHODS = ("tost", "bootstrap-interval")
-# Margins of the verdicts, in the unit of each metric's delta (pp or %). Accuracy 0.5 pp: the size
-# of the largest MLP accuracy edge the original study claimed on MNIST/Fashion-MNIST (+0.51 pp) and
-# within the seed-to-seed sd it published for bp (0.10-0.63 pp). Time, energy, memory 10 %: below
-# the smallest energy saving the camera-ready version claims (12.5 %).
-MARGINS = {"test_accuracy": 0.5, "train_time_s": 10.0, "energy_j": 10.0, "energy_dynamic_j": 10.0,
-           "energy_board_j": 10.0, "peak_memory_mib": 10.0}
+INTERVALS = tuple(schema.section("protocol", "statistics")["interval"]["enum"])
+VERDICT_METHODS = tuple(schema.section("protocol", "statistics")["verdict_method"]["enum"])
+# The defaults of `protocol.statistics` are the schema's (workflow/schemas/config.schema.yaml), their
+# one home. Margins of the verdicts, in the unit of each metric's delta (pp or %). Accuracy 0.5 pp:
+# the size of the largest MLP accuracy edge the original study claimed on MNIST/Fashion-MNIST
+# (+0.51 pp) and within the seed-to-seed sd it published for bp (0.10-0.63 pp). Time, energy,
+# memory 10 %: below the smallest energy saving the camera-ready version claims (12.5 %).
+DEFAULTS = schema.defaults("protocol", "statistics")
+MARGINS = DEFAULTS["margins"]
 HIGHER_IS_BETTER = {"test_accuracy"}
 
 
 @dataclass(frozen=True)
 class StatsConfig:
-    """`protocol.statistics` of the config (defaults as in the schema)."""
+    """`protocol.statistics` of the config; its defaults are the schema's (`DEFAULTS`)."""
 
-    resamples: int = 10000
-    seed: int = 0
-    confidence: float = 0.95
-    interval: str = "expanded-percentile"
-    target_fraction: float = 0.99
+    resamples: int = DEFAULTS["resamples"]
+    seed: int = DEFAULTS["seed"]
+    confidence: float = DEFAULTS["confidence"]
+    interval: str = DEFAULTS["interval"]
+    target_fraction: float = DEFAULTS["target_fraction"]
     margins: dict = field(default_factory=lambda: dict(MARGINS))  # merged over MARGINS by from_dict
-    verdict_method: str = "tost"
-    alpha: float = 0.05
-    power: float = 0.8
-    max_seeds: int = 1000
+    verdict_method: str = DEFAULTS["verdict_method"]
+    alpha: float = DEFAULTS["alpha"]
+    power: float = DEFAULTS["power"]
+    max_seeds: int = DEFAULTS["max_seeds"]
 
     @classmethod
     def from_dict(cls, d: dict | None) -> StatsConfig:
+        """From the config's `protocol.statistics` (or `bpfree report --statistics`), checked against
+        the schema (ValueError naming the key); margins not given keep their default."""
         d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"statistics: unknown keys {sorted(unknown)}")
-        bad = {k: v for k, v in (d.get("margins") or {}).items()
-               if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0}
-        if bad:
-            raise ValueError(f"statistics.margins: {bad}: a margin must be a number > 0")
+        why = schema.first_error(d, "protocol", "statistics")
+        if why:
+            raise ValueError(why)
         d["margins"] = {**MARGINS, **(d.get("margins") or {})}
-        cfg = cls(**d)
-        if cfg.resamples < 100:
-            raise ValueError(f"statistics.resamples = {cfg.resamples}: use at least 100")
-        if not 0 < cfg.confidence < 1:
-            raise ValueError(f"statistics.confidence = {cfg.confidence}: must lie in (0, 1)")
-        if cfg.interval not in INTERVALS:
-            raise ValueError(f"statistics.interval = {cfg.interval!r}: choose one of {', '.join(INTERVALS)}")
-        if not 0 < cfg.target_fraction <= 1:
-            raise ValueError(f"statistics.target_fraction = {cfg.target_fraction}: must lie in (0, 1]")
-        if cfg.verdict_method not in VERDICT_METHODS:
-            raise ValueError(f"statistics.verdict_method = {cfg.verdict_method!r}: choose one of "
-                             f"{', '.join(VERDICT_METHODS)}")
-        if not 0 < cfg.alpha < 0.5:
-            raise ValueError(f"statistics.alpha = {cfg.alpha}: must lie in (0, 0.5)")
-        if not 0 < cfg.power < 1:
-            raise ValueError(f"statistics.power = {cfg.power}: must lie in (0, 1)")
-        if cfg.max_seeds < 3:
-            raise ValueError(f"statistics.max_seeds = {cfg.max_seeds}: use at least 3")
-        return cfg
+        return cls(**d)
 
 
 def mean_sd(x) -> tuple[int, float, float]:
@@ -352,12 +335,27 @@ def deltas(runs: pd.DataFrame, cfg: StatsConfig = StatsConfig()) -> pd.DataFrame
 NOT_REACHED = {"reached": False, "epoch": float("nan"), "seconds": float("nan"), "energy_j": float("nan")}
 
 
-def to_target(epochs: pd.DataFrame, target_acc: float) -> dict:
-    """First epoch whose validation accuracy reaches `target_acc`, with the seconds and joules
-    accumulated up to and including it; NaN where the run never reaches it."""
-    from bpfree.metering import to_target as meter_to_target  # here: importing stats needs no torch
+def time_to_target(epochs: pd.DataFrame, target_acc: float) -> tuple[float, float | None, int] | None:
+    """First epoch whose validation accuracy reaches `target_acc`: (seconds, joules, epoch) from the
+    cumulative per-epoch records of epochs.csv (`elapsed_s`, `cum_energy_j`; older files: the sums
+    of `seconds`, `energy_j`); joules None where the run recorded none. None if never reached."""
+    cols = set(epochs.columns)
+    secs = epochs["elapsed_s"] if "elapsed_s" in cols else epochs["seconds"].cumsum()
+    joules = (epochs["cum_energy_j"] if "cum_energy_j" in cols
+              else epochs["energy_j"].cumsum() if "energy_j" in cols else None)
+    hit = (epochs["val_acc"] >= target_acc).to_numpy().nonzero()[0]
+    if len(hit) == 0:
+        return None
+    i = int(hit[0])
+    j = None if joules is None or joules.iloc[i] != joules.iloc[i] else float(joules.iloc[i])
+    epoch = int(epochs["epoch"].iloc[i]) if "epoch" in cols else i + 1
+    return float(secs.iloc[i]), j, epoch
 
-    hit = meter_to_target(epochs, target_acc)
+
+def to_target(epochs: pd.DataFrame, target_acc: float) -> dict:
+    """`time_to_target` as a row of to_target.csv: reached, epoch, seconds, energy_j (NaN where
+    the run never reaches the target or recorded no energy)."""
+    hit = time_to_target(epochs, target_acc)
     if hit is None:
         return dict(NOT_REACHED)
     seconds, joules, epoch = hit

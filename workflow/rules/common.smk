@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import functools
 
 
+bpcfg.refuse_moved(config)  # a key that moved: say where to, before the schema's generic complaint
 validate(config, "../schemas/config.schema.yaml")
 # The device is checked where jobs run: a cluster's submit host need not have its nodes' GPUs.
 bpcfg.check(config, device=workflow.local_exec)

@@ -1,0 +1,54 @@
+"""The config schema (workflow/schemas/config.schema.yaml): its path, and the defaults it declares,
+read without importing torch (the report and its statistics need none)."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import yaml
+
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+@functools.cache
+def load() -> dict:
+    return yaml.safe_load(SCHEMA.read_text())
+
+
+def node(*keys: str) -> dict:
+    """The schema of the config key `keys` (e.g. "protocol", "statistics"); () for the whole config."""
+    out = load()
+    for k in keys:
+        out = out["properties"][k]
+    return out
+
+
+def section(*keys: str) -> dict:
+    """The `properties` of the schema of `keys`."""
+    return node(*keys)["properties"]
+
+
+def defaults(*keys: str) -> dict:
+    """The default of every key the schema of `keys` declares one for (nested objects: their own
+    defaults, as a dict)."""
+    out = {}
+    for k, v in section(*keys).items():
+        if "properties" in v:
+            out[k] = defaults(*keys, k)
+        elif "default" in v:
+            out[k] = v["default"]
+    return out
+
+
+def first_error(instance, *keys: str) -> str | None:
+    """The most relevant complaint of the schema of `keys` about `instance` (that key's value) as
+    one line that names the key path ("protocol.statistics.alpha = 0.5: ..."); None if it is valid."""
+    import jsonschema
+
+    schema = node(*keys)
+    error = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(schema)(schema).iter_errors(instance))
+    if error is None:
+        return None
+    path = ".".join([*keys, *(f"[{k}]" if isinstance(k, int) else str(k) for k in error.absolute_path)])
+    value = f" = {error.instance!r}" if not isinstance(error.instance, (dict, list)) else ""
+    return f"{path.replace('.[', '[') or 'the config'}{value}: {error.message}"
