@@ -83,7 +83,7 @@ def test_killed_search_resumes_and_keeps_finished_trials(tmp_path):
 def test_killed_final_run_resumes_from_its_checkpoint(tmp_path):
     cfg = copy.deepcopy(TINY)
     cfg["comparisons"][0]["algorithms"] = ["bp"]
-    cfg["algorithms"]["bp"] = {"impl": "bp", "fixed": {"batch_size": 32, "lr": 3e-3, "weight_decay": 1e-4}}
+    cfg["algorithms"] = {"bp": {"impl": "bp", "fixed": {"batch_size": 32, "lr": 3e-3, "weight_decay": 1e-4}}}
     cfg["protocol"]["search"] = {"n_trials": 0}
     cfg["protocol"]["stopping"] = {"max_epochs": 30, "patience": 30}  # runs every epoch
     root = make_repo(tmp_path / "repo", cfg)
@@ -132,7 +132,9 @@ def test_resumed_run_reports_time_and_energy_of_all_its_processes(tmp_path):
     cfg = copy.deepcopy(TINY)
     cfg["architectures"] = {"wide": {"type": "mlp", "widths": [512, 512]}}
     cfg["comparisons"] = [{"architecture": "wide", "algorithms": ["bp"]}]
-    cfg["algorithms"]["bp"]["fixed"] = {"batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4}
+    # every entry is checked, used or not: bp's settings fixed, no search, no unused mf entry
+    cfg["algorithms"] = {"bp": {"impl": "bp", "fixed": {"batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4}}}
+    cfg["protocol"]["search"] = {"n_trials": 0}
     cfg["protocol"]["stopping"] = {"max_epochs": 20, "patience": 20}  # every epoch runs: the same work
     cfg["protocol"]["metering"] = {"estimate_interval_s": 0.5}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
