@@ -44,8 +44,10 @@ def test_slurm_profile_dry_run_on_default_config(tmp_path):
 FAKES = {
     # sbatch records its command line and refuses, so that Snakemake stops right after submitting
     "sbatch": 'printf "%s\\n" "$*" >> "$FAKE_SLURM_LOG"; echo "sbatch: error: fake cluster" >&2; exit 1',
-    "sacct": 'echo testacct',  # the plugin guesses the account with `sacct -nu USER -o Account`
-    "sacctmgr": 'echo testacct',  # ... and checks it with sacctmgr
+    # plugin 2.8.0 guesses an account with `sacct ... | tail -1` run without a shell, which a real sacct
+    # refuses: so does this one, and the account must come from the profile (BPFREE_SLURM_ACCOUNT)
+    "sacct": 'echo "sacct: error: Invalid field requested" >&2; exit 1',
+    "sacctmgr": 'echo testacct',  # the plugin checks the given account with sacctmgr
     "sshare": 'echo testacct',
     "sinfo": 'printf "PARTITION\\ngpu*\\ncpu\\n"',  # default partition: gpu
     "scontrol": 'printf "MaxArraySize = 1001\\nMinJobAge = 300 sec\\n"',
@@ -56,7 +58,8 @@ FAKES = {
 
 def test_fake_sbatch_sees_the_training_resources(tmp_path):
     """Submit the two final runs of a cell through the profile: one array job asking for one GPU,
-    16 GB, 240 minutes and 4 CPUs (read from the sbatch command line the plugin builds)."""
+    16 GB, 240 minutes and 4 CPUs, with the account of BPFREE_SLURM_ACCOUNT (read from the sbatch
+    command line the plugin builds). With `--config device=cpu` the same jobs ask for no GPU."""
     cfg = copy.deepcopy(TINY)
     cfg["protocol"]["seeds"] = [0, 1]
     root = make_repo(tmp_path / "repo", cfg)
@@ -70,15 +73,22 @@ def test_fake_sbatch_sees_the_training_resources(tmp_path):
     (root / "resources/data/digits.pt").write_bytes(b"")
     (root / f"{CELL}/bp").mkdir(parents=True)
     (root / f"{CELL}/bp/best.json").write_text('{"params": {"lr": 0.001, "weight_decay": 0.0, "batch_size": 128}}')
-    log = tmp_path / "sbatch.log"
-    out = snakemake(root, "--profile", "profiles/slurm", "--allowed-rules", "train", "--retries", "0",
-                    "--slurm-init-seconds-before-status-checks", "1",
-                    f"{RUNS}/bp/seed0/metrics.json", f"{RUNS}/bp/seed1/metrics.json", check=False,
-                    extra_env={"PATH": f"{fake}{os.pathsep}{env()['PATH']}", "FAKE_SLURM_LOG": str(log)})
-    assert out.returncode != 0  # the fake sbatch refuses
-    calls = log.read_text().splitlines() if log.exists() else []
-    assert len(calls) == 1, f"expected one array submission, got {calls}\n{out.stderr[-3000:]}"
-    call = calls[0]
+
+    def submit(*config: str) -> str:
+        log = tmp_path / "sbatch.log"
+        log.unlink(missing_ok=True)
+        out = snakemake(root, "--profile", "profiles/slurm", "--allowed-rules", "train", "--retries", "0",
+                        "--slurm-init-seconds-before-status-checks", "1",
+                        f"{RUNS}/bp/seed0/metrics.json", f"{RUNS}/bp/seed1/metrics.json", *config, check=False,
+                        extra_env={"PATH": f"{fake}{os.pathsep}{env()['PATH']}", "FAKE_SLURM_LOG": str(log),
+                                   "BPFREE_SLURM_ACCOUNT": "testacct"})
+        assert out.returncode != 0  # the fake sbatch refuses
+        calls = log.read_text().splitlines() if log.exists() else []
+        assert len(calls) == 1, f"expected one array submission, got {calls}\n{out.stderr[-3000:]}"
+        return calls[0]
+
+    assert "--gpus" not in submit("--config", "device=cpu")
+    call = submit()
     assert "--gpus=1" in call
     assert re.search(r"--mem \d+", call) and int(re.search(r"--mem (\d+)", call).group(1)) >= 16000  # + array fudge
     assert re.search(r"-t '?240'?( |$)", call)

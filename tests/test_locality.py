@@ -34,6 +34,10 @@ LOCALITY_TESTS = {
     "fa": ["test_fa_dfa.py::test_fa_error_reaches_a_layer_only_through_the_B_above_it"],
     "dfa": ["test_fa_dfa.py::test_dfa_no_gradient_passes_between_layers"],
     "local": ["test_local.py::test_no_gradient_of_a_layer_loss_reaches_an_earlier_layer"],
+    "pepita": ["test_pepita.py::test_no_backward_pass_and_each_update_is_local_to_its_layer",
+               "test_pepita.py::test_one_step_matches_the_paper"],
+    "fwdgrad": ["test_fwdgrad.py::test_no_backward_in_the_training_step",
+                "test_fwdgrad.py::test_local_losses_send_no_signal_to_earlier_layers"],
 }
 
 

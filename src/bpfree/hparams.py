@@ -55,25 +55,24 @@ def hp(default: Any = REQUIRED, *, doc: str, low: float | None = None, high: flo
 
 # ---- shared names: one meaning each, whatever the algorithm ----------------------------------------
 
-def lr(default: Any = REQUIRED, doc: str = "learning rate of the optimiser") -> Any:
+def lr(doc: str = "learning rate of the optimiser", *, default: Any = REQUIRED) -> Any:
     return hp(default, low=0.0, low_open=True, doc=doc, meaning="lr")
 
 
-def batch_size(default: Any = REQUIRED, doc: str = "training examples per optimiser step") -> Any:
+def batch_size(doc: str = "training examples per optimiser step", *, default: Any = REQUIRED) -> Any:
     return hp(default, low=1, unit="examples", doc=doc, meaning="batch_size")
 
 
-def weight_decay(default: Any = 0.0, doc: str = "") -> Any:
+def weight_decay(doc: str = "decoupled weight decay (AdamW): w <- w - lr * wd * w", *, default: Any = 0.0) -> Any:
     """Decoupled weight decay (Loshchilov and Hutter 2019, AdamW): w <- w - lr * wd * w, applied
     beside the optimiser's step, not through the gradient."""
-    return hp(default, low=0.0, doc=doc or "decoupled weight decay (AdamW): w <- w - lr * wd * w",
-              meaning="weight_decay")
+    return hp(default, low=0.0, doc=doc, meaning="weight_decay")
 
 
-def l2(default: Any = 0.0, doc: str = "") -> Any:
+def l2(doc: str = "L2 penalty added to the gradient (g + l2 * w)", *, default: Any = 0.0) -> Any:
     """L2 penalty: l2 * w added to the gradient before the optimiser's step (what torch's Adam and
     SGD call `weight_decay`); under Adam it is rescaled per weight, so it is not decoupled decay."""
-    return hp(default, low=0.0, doc=doc or "L2 penalty added to the gradient (g + l2 * w)", meaning="l2")
+    return hp(default, low=0.0, doc=doc, meaning="l2")
 
 
 SHARED = ("lr", "batch_size", "weight_decay", "l2")
@@ -152,6 +151,8 @@ def fields(cls: type[Settings]) -> dict[str, Field]:
         if t not in TYPE_NAMES:
             raise TypeError(f"{cls.__qualname__}.{f.name}: settings are float, int, str or bool, not {t}")
         out[f.name] = Field(f.name, t, nullable, f.metadata["hp"], f.default)
+        if f.default is not REQUIRED:  # a declaration's own default must be a legal value
+            check_value(f"{cls.__qualname__}.{f.name} (its declared default)", out[f.name], f.default)
     return out
 
 

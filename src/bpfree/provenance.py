@@ -70,10 +70,19 @@ def _nvidia_driver() -> str | None:
         return None
 
 
+def slurm() -> dict:
+    """The SLURM job this process runs in (all None outside SLURM). `slurm_job_id` is the id under
+    which squeue and sacct list it: `<array job>_<task>` for an array task (its SLURM_JOB_ID, kept as
+    `slurm_raw_job_id`, is a number of its own), else SLURM_JOB_ID."""
+    job, array, task = (os.environ.get(k) for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"))
+    return {"slurm_job_id": f"{array}_{task}" if array and task else job, "slurm_raw_job_id": job,
+            "slurm_array_job_id": array, "slurm_array_task_id": task}
+
+
 def hardware(device: torch.device | str) -> dict:
     device = torch.device(device)
     out = {"device_type": device.type, "host": socket.gethostname(), "platform": platform.platform(),
-           "cpu": platform.processor() or platform.machine(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+           "cpu": platform.processor() or platform.machine(), **slurm(),
            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     if device.type == "cuda":
         idx = device.index if device.index is not None else torch.cuda.current_device()

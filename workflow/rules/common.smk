@@ -76,6 +76,9 @@ def _study_key(architecture, algorithm):
 
 
 WORKERS = config["protocol"]["search"]["workers"]
+# GPUs a search worker or final run asks for (SLURM: --gpus; a workstation profile counts them):
+# none when the config says cpu, so that a CPU-only cluster needs only `--config device=cpu`.
+GPUS = 0 if config["device"] == "cpu" else 1
 
 
 def search_workers(wildcards):

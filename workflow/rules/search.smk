@@ -19,6 +19,8 @@ rule search_worker:
         journal=journal,
         workers=WORKERS,
     threads: config["threads"]
+    resources:
+        gpu=GPUS,
     log:
         "logs/search/{dataset}/{architecture}/{algorithm}/worker{worker}.log",
     benchmark:

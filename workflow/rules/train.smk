@@ -13,6 +13,8 @@ rule train:
         spec=train_spec,
         out_dir=subpath(output.metrics, parent=True),
     threads: config["threads"]
+    resources:
+        gpu=GPUS,
     log:
         "logs/train/{dataset}/{architecture}/{algorithm}/seed{seed}.log",
     benchmark:

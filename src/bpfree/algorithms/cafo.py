@@ -105,12 +105,12 @@ class Settings(hparams.Settings):
     combine: str = hp("sum", choices=COMBINE, doc="argmax of the summed raw outputs (paper) or of summed softmaxes "
                                                   "(original CaFo code)")
     batch_size: int = hparams.batch_size()
-    lr: float | None = hparams.lr(None, "Adam learning rate of the predictors (loss ce or sl)")
-    l2: float = hparams.l2(doc="L2 penalty of the predictors' Adam (loss ce or sl)")
+    lr: float | None = hparams.lr("Adam learning rate of the predictors (loss ce or sl)", default=None)
+    l2: float = hparams.l2("L2 penalty of the predictors' Adam (loss ce or sl)")
     ridge: float = hp(0.0, low=0.0, doc="ridge of the closed-form least-squares predictors (loss mse)")
     dfa_epochs: int | None = hp(None, low=1, unit="epochs", doc="fixed length of the DFA phase (block dfa)")
-    dfa_lr: float | None = hparams.lr(None, "Adam learning rate of the DFA phase (block dfa)")
-    dfa_l2: float = hparams.l2(doc="L2 penalty of the DFA phase's Adam (block dfa)")
+    dfa_lr: float | None = hparams.lr("Adam learning rate of the DFA phase (block dfa)", default=None)
+    dfa_l2: float = hparams.l2("L2 penalty of the DFA phase's Adam (block dfa)")
 
     def check(self) -> None:
         gradient = self.loss != "mse"

@@ -61,8 +61,8 @@ def cwc_loss(h: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
 @dataclass(frozen=True, kw_only=True)
 class Settings(hparams.Settings):
     lr: float = hparams.lr("Adam learning rate of every layer (paper 0.01)")
-    batch_size: int = hparams.batch_size(doc="training examples per step (paper 128)")
-    l2: float = hparams.l2(doc="L2 penalty of the Adam (paper 0)")
+    batch_size: int = hparams.batch_size("training examples per step (paper 128)")
+    l2: float = hparams.l2("L2 penalty of the Adam (paper 0)")
     schedule: str = hp("simultaneous", choices=("simultaneous", "ilt"),
                        doc="every layer on every batch, or the paper's interleaved layer training")
     ilt_first: int | None = hp(None, low=1, unit="epochs", doc="schedule ilt: epochs of layer 1 (paper MNIST 2)")

@@ -92,15 +92,15 @@ def cooldown(e: int, E: int) -> float:
 @dataclass(frozen=True, kw_only=True)
 class Settings(hparams.Settings):
     lr: float = hparams.lr("learning rate of the layers' parameter group")
-    batch_size: int = hparams.batch_size(doc="positive examples per step (each with one negative; paper 100)")
+    batch_size: int = hparams.batch_size("positive examples per step (each with one negative; paper 100)")
     optimizer: str = hp("adamw", choices=("adamw", "sgd"), doc="AdamW (weight_decay) or SGD, momentum 0.9 (l2)")
-    weight_decay: float = hparams.weight_decay(doc="decoupled weight decay of the layers (optimizer adamw)")
-    l2: float = hparams.l2(doc="L2 penalty of the layers (optimizer sgd)")
+    weight_decay: float = hparams.weight_decay("decoupled weight decay of the layers (optimizer adamw)")
+    l2: float = hparams.l2("L2 penalty of the layers (optimizer sgd)")
     predict: str = hp("goodness", choices=("goodness", "downstream"),
                       doc="argmax of the summed goodness of layers 2..L (paper), or a linear classifier on them")
-    downstream_lr: float | None = hparams.lr(None, "learning rate of the downstream classifier (null: none trained)")
-    downstream_weight_decay: float = hparams.weight_decay(doc="decoupled decay of the classifier (optimizer adamw)")
-    downstream_l2: float = hparams.l2(doc="L2 penalty of the classifier (optimizer sgd)")
+    downstream_lr: float | None = hparams.lr("learning rate of the downstream classifier (null: none trained)", default=None)
+    downstream_weight_decay: float = hparams.weight_decay("decoupled decay of the classifier (optimizer adamw)")
+    downstream_l2: float = hparams.l2("L2 penalty of the classifier (optimizer sgd)")
     peer_weight: float = hp(0.03, low=0.0, doc="weight of the peer-normalisation penalty")
     peer_momentum: float = hp(0.9, low=0.0, high=1.0, high_open=True,
                               doc="momentum of the running mean activity of the peer normalisation")

@@ -146,8 +146,8 @@ class Settings(hparams.Settings):
     lr: float = hparams.lr("learning rate of the one optimiser over all layers and heads")
     batch_size: int = hparams.batch_size()
     optimizer: str = hp("adam", choices=("adam", "adamw"), doc="Adam with an L2 penalty (the code's) or AdamW")
-    l2: float = hparams.l2(doc="L2 penalty of every parameter (optimizer adam; the code's --weight-decay)")
-    weight_decay: float = hparams.weight_decay(doc="decoupled weight decay of every parameter (optimizer adamw)")
+    l2: float = hparams.l2("L2 penalty of every parameter (optimizer adam; the code's --weight-decay)")
+    weight_decay: float = hparams.weight_decay("decoupled weight decay of every parameter (optimizer adamw)")
     nonlin: str = hp("relu", choices=("relu", "leakyrelu"),
                      doc="ReLU (bp's network) or LeakyReLU, slope 0.01 (the paper's for sim and predsim)")
     pred_dim: int = hp(4096, low=1, unit="features", doc="conv outputs are average-pooled until their flattened size "

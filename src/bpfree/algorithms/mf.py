@@ -48,7 +48,7 @@ class MonoForwardNet(nn.Module):
 @dataclass(frozen=True, kw_only=True)
 class Settings(hparams.Settings):
     lr: float = hparams.lr("Adam learning rate of every layer and its projection")
-    l2: float = hparams.l2(doc="L2 penalty of the layers' Adam (0 in the paper)")
+    l2: float = hparams.l2("L2 penalty of the layers' Adam (0 in the paper)")
     batch_size: int = hparams.batch_size()
     mode: str = hp("greedy", choices=("greedy", "simultaneous"),
                    doc="greedy: layer by layer, each with its own Adam and early stopping (paper); "
