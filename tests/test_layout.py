@@ -14,7 +14,7 @@ import yaml
 from bpfree import config, models
 from bpfree.algorithms.base import MONITORS, FrozenFeatures, Stage
 from bpfree.data import Data
-from bpfree.engine import EarlyStopping, Stopping
+from bpfree.engine import EarlyStopping, Stopping, fit
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "bpfree"
 MAX_FUNCTION, MAX_CLASS = 60, 200
@@ -166,3 +166,38 @@ def test_frozen_features_are_extended_layer_by_layer_not_recomputed():
     cache.clear()
     cache.prepare(2, data)
     assert from_images == [0, 0, 2, 2]
+
+
+@pytest.mark.parametrize("impl, arch, hp, kill_at", [
+    ("mf", {"type": "mlp", "widths": [16, 16]}, {"lr": 3e-2, "l2": 0.0}, 5),  # in layer 2, mid early stopping
+    ("cafo", {"type": "cnn", "channels": [4, 4]}, {"block": "dfa", "loss": "ce", "lr": 1e-2, "dfa_lr": 1e-3,
+                                                  "dfa_epochs": 2}, 4),  # in block 1, after the DFA phase
+])
+def test_greedy_runs_killed_mid_stage_resume_bit_identically(tmp_path, impl, arch, hp, kill_at):
+    """Checkpoints hold the early-stopping state; the frozen-feature cache is rebuilt by replaying
+    the finished stages: the resumed run's history and weights equal an uninterrupted run's."""
+    from bpfree import algorithms
+    from bpfree.checkpoint import Checkpoint
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(140, 1, 8, 8, generator=g), torch.randint(0, 3, (140,), generator=g)
+    data = Data(x[:100], y[:100], x[100:], y[100:], x[100:], y[100:], {"n_classes": 3, "shape": [1, 8, 8]})
+    stopping = Stopping(max_epochs=6, patience=2)
+
+    def run(path, kill=None):
+        torch.manual_seed(0)
+        algo = algorithms.get(impl)(arch, data.meta, {"batch_size": 32, **hp}, "cpu")
+
+        def on_epoch(record):
+            if record["epoch"] == kill:
+                raise KeyboardInterrupt
+        res = fit(algo, data, stopping, seed=0, on_epoch=on_epoch, checkpoint=Checkpoint(path, "k", every_s=0))
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in res.history], algo.net.state_dict()
+
+    whole, weights = run(tmp_path / "whole.pt")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "killed.pt", kill=kill_at)
+    resumed, resumed_weights = run(tmp_path / "killed.pt")
+    assert len(whole) > kill_at and resumed == whole
+    for k, v in weights.items():
+        assert torch.equal(resumed_weights[k], v), k
