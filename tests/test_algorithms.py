@@ -99,7 +99,7 @@ def test_mf_local_loss_and_gradients_match_hand_computation():
     x, y = data.x_train.flatten(1), data.y_train
     a1 = (x @ W1.T + algo.net.hidden[0].bias.detach()).clamp(min=0)
     algo.begin_stage(stages[1], data, 1)
-    torch.testing.assert_close(algo._cache["train"], a1)  # cached, not recomputed per batch
+    torch.testing.assert_close(algo.frozen.feats["train"], a1)  # cached, not recomputed per batch
     z2 = a1 @ W2.T + b2; a2 = z2.clamp(min=0); G = a2 @ M2.T
     dG = (G.softmax(1) - F.one_hot(y, 3).float()) / len(y)
     gM2 = dG.T @ a2

@@ -50,10 +50,10 @@ def test_cached_features_equal_recomputed_and_blocks_not_run_per_batch(block):
     for stage in algo.stages():
         algo.begin_stage(stage, data, 1)
         if stage.name != "dfa":
-            k = algo._index(stage)
             with torch.no_grad():
                 for split, x in (("train", data.x_train), ("val", data.x_val)):
-                    torch.testing.assert_close(algo._cache[split], algo.net.features(x, k), rtol=0, atol=1e-6)
+                    torch.testing.assert_close(algo.frozen.feats[split], algo.net.features(x, stage.index),
+                                               rtol=0, atol=1e-6)
             hooks = [b.register_forward_hook(lambda *a: calls.append(1)) for b in algo.net.blocks]
             algo.train_epoch(stage, data, gen)
             algo.train_epoch(stage, data, gen)
@@ -85,7 +85,7 @@ def test_augmented_data_runs_blocks_per_batch():
     algo = make(data)
     stage = algo.stages()[1]
     algo.begin_stage(stage, data, 1)
-    assert "train" not in algo._cache and "val" in algo._cache
+    assert "train" not in algo.frozen.feats and "val" in algo.frozen.feats
     loss = algo.train_epoch(stage, data, torch.Generator().manual_seed(0))
     assert torch.isfinite(loss)
 

@@ -3,14 +3,15 @@
 The engine (`bpfree.engine.fit(..., checkpoint=...)`) saves, after an epoch: the algorithm's state
 (every attribute with a `state_dict`: the network, optimisers, schedulers, scalers), the RNG
 states (the engine's batch generator, torch's CPU and CUDA generators), the stage and epoch, the
-early-stopping state (best value, best weights, epochs without improvement, whether the stage has
-stopped) and the history so far. A resumed run therefore continues the same trajectory: on a
-deterministic device it ends bit-identical to an uninterrupted one.
+early-stopping state (`bpfree.engine.EarlyStopping.state_dict`: best value, best weights, epochs
+without improvement, whether the stage has stopped) and the history so far. A resumed run
+therefore continues the same trajectory: on a deterministic device it ends bit-identical to an
+uninterrupted one.
 
 An algorithm whose state between epochs lives elsewhere (plain tensors, Python objects) defines
 `checkpoint_state() -> dict` and `load_checkpoint_state(dict)`; state that `begin_stage` and
-`end_stage` rebuild from the weights (cached features of frozen layers) needs nothing: on resume
-the engine replays them for the finished stages.
+`end_stage` rebuild from the weights (cached features of frozen layers, `base.FrozenFeatures`)
+needs nothing: on resume the engine replays them for the finished stages.
 
 A checkpoint carries a key (`bpfree.sources.digest` of everything that decides the run); a file with another key is
 ignored, so a changed config or source never resumes a stale run. Files are written to a

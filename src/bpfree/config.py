@@ -76,17 +76,10 @@ def check(cfg: dict, device: bool = True) -> None:
     algos, archs = cfg["algorithms"], cfg["architectures"]
     _check_datasets(cfg)
     for name, arch in archs.items():
-        need = {"mlp": "widths", "cnn": "channels", "cwc-cnn": "channels"}[arch["type"]]
-        if need not in arch:
-            raise ConfigError(f"architectures.{name}: type {arch['type']} needs `{need}`")
-        extra = sorted({"pool", "groups"} & set(arch)) if arch["type"] != "cwc-cnn" else []
-        if extra:
-            raise ConfigError(f"architectures.{name}: `{extra[0]}` is a cwc-cnn key, not one of type {arch['type']}")
-        if arch["type"] == "cwc-cnn":
-            try:
-                models.cwc_layout(arch)
-            except ValueError as e:
-                raise ConfigError(f"architectures.{name}: {e}") from None
+        try:
+            models.check(arch)  # the type's record in models.REGISTRY
+        except ValueError as e:
+            raise ConfigError(f"architectures.{name}: {e}") from None
     classes = {}
     searched = cfg["protocol"]["search"]["n_trials"] > 0
     for name, entry in algos.items():

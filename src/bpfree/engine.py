@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from bpfree.algorithms.base import Algorithm, accuracy, generator
+from bpfree.algorithms.base import MONITORS, Algorithm, Stage, accuracy, generator
 from bpfree.checkpoint import Checkpoint, algo_state, load_algo_state, load_rng_state, rng_state
 from bpfree.data import Data
 from bpfree.device import sync
@@ -38,10 +38,53 @@ class FitResult:
     macs: int = 0  # analytic multiply-adds of the whole training phase
 
 
+class EarlyStopping:
+    """The stopping state of one stage: the best monitored value and the epochs since it improved
+    (the protocol's rule), and the weights of the best epoch by the stage's `restore` quantity.
+    A stage with a fixed number of epochs only counts to its cap. Saves and restores itself with
+    the checkpoint (`state_dict`, `load_state_dict`)."""
+
+    def __init__(self, stage: Stage, stopping: Stopping):
+        self.stage, self.stopping = stage, stopping
+        self.best: float | None = None  # best monitored value
+        self.kept: float | None = None  # best value of the restore quantity, and its weights
+        self.best_state: dict | None = None
+        self.best_epoch = 0  # run-wide epoch number of best_state (0: none kept)
+        self.bad = 0  # epochs without improvement of the monitor
+        self.done = False
+
+    def update(self, val: dict[str, float], algo: Algorithm, epoch: int, last: bool) -> bool:
+        """Record the validation metrics of run-wide epoch `epoch` (`last`: the stage's cap);
+        True when the stage stops after it."""
+        self.done = last
+        if self.stage.epochs is None:
+            monitor, keep = self.stage.monitor, self.stage.keep
+            if _improved(val[monitor], self.best, monitor, self.stopping.min_delta):
+                self.best, self.bad = val[monitor], 0
+            else:
+                self.bad += 1
+                self.done = self.done or self.bad >= self.stopping.patience
+            if _improved(val[keep], self.kept, keep, 0.0):
+                self.kept, self.best_state, self.best_epoch = val[keep], algo.state_dict(), epoch
+        return self.done
+
+    def restore(self, algo: Algorithm) -> None:
+        """Load the kept weights into `algo` (if any: a fixed-epoch stage keeps its last)."""
+        if self.best_state is not None:
+            algo.load_state_dict(self.best_state)
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("best", "kept", "best_state", "best_epoch", "bad", "done")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
 def _improved(value: float, best: float | None, monitor: str, min_delta: float) -> bool:
     if best is None:
         return True
-    return value > best + min_delta if monitor == "acc" else value < best - min_delta
+    return value > best + min_delta if MONITORS[monitor] > 0 else value < best - min_delta
 
 
 def fit(algo: Algorithm, data: Data, stopping: Stopping, seed: int,
@@ -53,66 +96,64 @@ def fit(algo: Algorithm, data: Data, stopping: Stopping, seed: int,
     `checkpoint` (bpfree.checkpoint): resume from its saved state if it holds one, save after
     epochs (see Checkpoint.every_s); the caller deletes it once the results are written."""
     gen = generator(algo.device, seed)
-    res = FitResult()
-    n_train, n_val = len(data.y_train), len(data.y_val)
+    n_seen = len(data.y_train) + len(data.y_val)
     resume = checkpoint.load() if checkpoint is not None else None
+    res = FitResult(**resume["result"]) if resume is not None else FitResult()
     if resume is not None:
-        res = FitResult(**resume["result"])
         load_algo_state(algo, resume["algo"], partial=True)  # weights first: replayed end_stage calls use them
     for si, stage in enumerate(algo.stages()):
         cap = stage.epochs or stopping.max_epochs
         algo.begin_stage(stage, data, cap)
+        early, first = EarlyStopping(stage, stopping), 1
         if resume is not None and si < resume["stage"]:  # finished before the kill: replay its side effects
             algo.end_stage(stage, data)
             continue
-        cost = algo.cost(stage)
-        first = 1
         if resume is not None:  # the stage the run was in when it was killed
             load_algo_state(algo, resume["algo"])
             load_rng_state(gen, resume["rng"])
-            best, kept, best_state, best_epoch, bad = (
-                resume["early"][k] for k in ("best", "kept", "best_state", "best_epoch", "bad"))
-            first = cap + 1 if resume["early"]["done"] else resume["stage_epoch"] + 1
-            resume = None
+            early.load_state_dict(resume["early"])
+            first, resume = resume["stage_epoch"] + 1, None
         else:
-            res.macs += cost.once * (n_train + n_val)
-            best, kept, best_state, best_epoch, bad = None, None, None, 0, 0
-        keep = stage.restore or stage.monitor
+            res.macs += algo.cost(stage).once * n_seen
         for epoch in range(first, cap + 1):
-            t0 = time.perf_counter()
-            loss = algo.train_epoch(stage, data, gen)
-            val = algo.validate(stage, data)
-            loss = float(loss)
-            sync(algo.device)
-            seconds = time.perf_counter() - t0
-            res.epochs += 1
-            res.macs += cost.train * n_train + cost.eval * n_val
-            if not math.isfinite(loss):
-                raise Diverged(f"training loss is {loss} in stage {stage.name}, epoch {epoch}")
-            record = {"epoch": res.epochs, "stage": stage.name, "stage_epoch": epoch, "train_loss": loss,
-                      "val_acc": val["acc"], "val_loss": val["loss"], "seconds": seconds}
-            res.history.append(record)
+            if early.done:
+                break
+            record, val = _epoch(algo, stage, epoch, data, gen, res)
             if on_epoch is not None:
                 on_epoch(record)
-            done = epoch == cap
-            if stage.epochs is None:
-                if _improved(val[stage.monitor], best, stage.monitor, stopping.min_delta):
-                    best, bad = val[stage.monitor], 0
-                else:
-                    bad += 1
-                    done = done or bad >= stopping.patience
-                if _improved(val[keep], kept, keep, 0.0):
-                    kept, best_state, best_epoch = val[keep], algo.state_dict(), res.epochs
+            early.update(val, algo, res.epochs, last=epoch == cap)
             if checkpoint is not None and checkpoint.due():
-                checkpoint.save({
-                    "stage": si, "stage_epoch": epoch, "result": asdict(res), "algo": algo_state(algo),
-                    "rng": rng_state(gen), "early": {"best": best, "kept": kept, "best_state": best_state,
-                                                     "best_epoch": best_epoch, "bad": bad, "done": done}})
-            if done:
-                break
-        if best_state is not None:
-            algo.load_state_dict(best_state)
-        res.best_epoch = best_epoch or res.epochs
+                checkpoint.save({"stage": si, "stage_epoch": epoch, "result": asdict(res), "algo": algo_state(algo),
+                                 "rng": rng_state(gen), "early": early.state_dict()})
+        early.restore(algo)
+        res.best_epoch = early.best_epoch or res.epochs
         algo.end_stage(stage, data)
     res.val_acc = accuracy(algo.predict(data.x_val), data.y_val)
     return res
+
+
+def _epoch(algo: Algorithm, stage: Stage, stage_epoch: int, data: Data, gen: torch.Generator,
+           res: FitResult) -> tuple[dict, dict[str, float]]:
+    """Train and validate one epoch, count it in `res` and append its epochs.csv record (validation
+    quantity k as `val_k`, then the algorithm's `epoch_metrics`). Returns the record and the
+    validation metrics."""
+    t0 = time.perf_counter()
+    loss = algo.train_epoch(stage, data, gen)
+    val = algo.validate(stage, data)
+    loss = float(loss)
+    sync(algo.device)
+    seconds = time.perf_counter() - t0
+    cost = algo.cost(stage)
+    res.epochs += 1
+    res.macs += cost.train * len(data.y_train) + cost.eval * len(data.y_val)
+    if not math.isfinite(loss):
+        raise Diverged(f"training loss is {loss} in stage {stage.name}, epoch {stage_epoch}")
+    record = {"epoch": res.epochs, "stage": stage.name, "stage_epoch": stage_epoch, "train_loss": loss,
+              "val_acc": val["acc"], "val_loss": val["loss"],
+              **{f"val_{k}": v for k, v in val.items() if k not in MONITORS}, "seconds": seconds}
+    extra = algo.epoch_metrics(stage, data)
+    if clash := sorted(set(extra) & set(record)):
+        raise ValueError(f"{type(algo).__name__}.epoch_metrics: {', '.join(clash)} would overwrite the engine's columns")
+    record.update(extra)
+    res.history.append(record)
+    return record, val

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -162,34 +164,81 @@ class CwCCNN(nn.Module):
         return self.head(x.flatten(1))
 
 
+# ---- the registry: one record per architecture type ---------------------------------------------
+
+@dataclass(frozen=True)
+class Architecture:
+    """One architecture type of the config's `architectures` entries (`type: NAME`).
+
+    layers:   the key listing its layers' sizes ("widths" or "channels"), required by the config check.
+    build:    (entry, input shape (C, H, W), n_classes) -> the end-to-end network (what `bp` trains).
+    macs:     (entry, shape, n_classes) -> forward multiply-adds per sample of that network.
+    first:    (entry, shape) -> forward multiply-adds of its first layer (whose input gradient is
+              never needed).
+    options:  further keys only this type takes (the schema lists them; the check refuses them on
+              other types).
+    validate: (entry) -> None, ValueError for an entry the schema cannot refuse; None: nothing to check.
+    """
+
+    name: str
+    layers: str
+    build: Callable[[dict, tuple[int, ...], int], nn.Module]
+    macs: Callable[[dict, tuple[int, ...], int], int]
+    first: Callable[[dict, tuple[int, ...]], int]
+    options: tuple[str, ...] = ()
+    validate: Callable[[dict], object] | None = None
+
+
+REGISTRY: dict[str, Architecture] = {a.name: a for a in (
+    Architecture("mlp", "widths",
+                 build=lambda arch, shape, n: MLP(mlp_widths(arch, shape), n),
+                 macs=lambda arch, shape, n: mlp_macs(mlp_widths(arch, shape), n),
+                 first=lambda arch, shape: in_features(shape) * arch["widths"][0]),
+    Architecture("cnn", "channels",
+                 build=lambda arch, shape, n: CNN(arch["channels"], shape, n),
+                 macs=lambda arch, shape, n: (sum(cnn_block_macs(arch["channels"], shape))
+                                              + cnn_flat(arch["channels"], shape)[-1] * n),
+                 first=lambda arch, shape: cnn_block_macs(arch["channels"], shape)[0]),
+    Architecture("cwc-cnn", "channels",
+                 build=lambda arch, shape, n: CwCCNN(arch, shape, n),
+                 macs=lambda arch, shape, n: sum(cwc_layer_macs(arch, shape)) + math.prod(cwc_shapes(arch, shape)[-1]) * n,
+                 first=lambda arch, shape: cwc_layer_macs(arch, shape)[0],
+                 options=("pool", "groups"), validate=cwc_layout),
+)}
+
+
+def architecture(arch: dict) -> Architecture:
+    """The registry record of an architecture entry; ValueError for an unknown type."""
+    try:
+        return REGISTRY[arch["type"]]
+    except KeyError:
+        raise ValueError(f"unknown architecture type {arch['type']!r}; known: {', '.join(REGISTRY)}") from None
+
+
+def check(arch: dict) -> None:
+    """ValueError (without the entry's name) for an entry its type cannot build: the layers key
+    missing, another type's option, or what the type's own `validate` refuses."""
+    record = architecture(arch)
+    if record.layers not in arch:
+        raise ValueError(f"type {record.name} needs `{record.layers}`")
+    owner = {key: other.name for other in REGISTRY.values() for key in other.options if key not in record.options}
+    foreign = sorted(set(owner) & set(arch))
+    if foreign:
+        raise ValueError(f"`{foreign[0]}` is a {owner[foreign[0]]} key, not one of type {record.name}")
+    if record.validate is not None:
+        record.validate(arch)
+
+
 def build(arch: dict, shape: tuple[int, ...], n_classes: int) -> nn.Module:
     """The end-to-end network for an architecture entry (what `bp` trains)."""
-    if arch["type"] == "mlp":
-        return MLP(mlp_widths(arch, shape), n_classes)
-    if arch["type"] == "cnn":
-        return CNN(arch["channels"], shape, n_classes)
-    if arch["type"] == "cwc-cnn":
-        return CwCCNN(arch, shape, n_classes)
-    raise ValueError(f"unknown architecture type {arch['type']!r}")
+    return architecture(arch).build(arch, shape, n_classes)
 
 
 def build_macs(arch: dict, shape: tuple[int, ...], n_classes: int) -> int:
     """Forward multiply-adds per sample of `build(arch, ...)`."""
-    if arch["type"] == "mlp":
-        return mlp_macs(mlp_widths(arch, shape), n_classes)
-    if arch["type"] == "cnn":
-        return sum(cnn_block_macs(arch["channels"], shape)) + cnn_flat(arch["channels"], shape)[-1] * n_classes
-    if arch["type"] == "cwc-cnn":
-        return sum(cwc_layer_macs(arch, shape)) + math.prod(cwc_shapes(arch, shape)[-1]) * n_classes
-    raise ValueError(f"unknown architecture type {arch['type']!r}")
+    return architecture(arch).macs(arch, shape, n_classes)
 
 
 def first_layer_macs(arch: dict, shape: tuple[int, ...]) -> int:
     """Forward multiply-adds of the first layer (its input gradient is never needed)."""
-    if arch["type"] == "mlp":
-        return in_features(shape) * arch["widths"][0]
-    if arch["type"] == "cnn":
-        return cnn_block_macs(arch["channels"], shape)[0]
-    if arch["type"] == "cwc-cnn":
-        return cwc_layer_macs(arch, shape)[0]
-    raise ValueError(f"unknown architecture type {arch['type']!r}")
+    return architecture(arch).first(arch, shape)

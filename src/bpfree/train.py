@@ -3,22 +3,35 @@ checkpoint restored, the test split evaluated once, energy metered over the trai
 from __future__ import annotations
 
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from bpfree import algorithms, checkpoint, hparams, io, provenance, sources
-from bpfree.algorithms.base import accuracy
-from bpfree.data import load, warnings
+from bpfree.algorithms.base import Algorithm, accuracy
+from bpfree.data import Data, load, warnings
 from bpfree.device import resolve_device
-from bpfree.engine import Diverged, Stopping, fit
+from bpfree.engine import Diverged, FitResult, Stopping, fit
 from bpfree.errors import FileError
 from bpfree.metering import KWH, Meter
 from bpfree.progress import Progress
 
 # What a run writes into its folder (their temporary files, left by a kill, are removed at start).
 OUTPUTS = ("metrics.json", "epochs.csv", "checkpoint.pt", "power_trace.csv")
+
+
+@dataclass
+class Trained:
+    """What the metered training phase leaves: the engine's result, the meter's totals (over every
+    process of a resumed run), the power trace rows, and the segment (process) number."""
+
+    fit: FitResult
+    measured: dict
+    trace: list[dict]
+    earlier: dict
+    segment: int
 
 
 def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: int, out_dir: str | Path,
@@ -49,22 +62,45 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
     log(f"hyperparameters {hp}; optimiser {settings.optimizer_label()}")
     torch.manual_seed(seed)
     algo = cls(spec["arch"], data.meta, settings, device)
-    stopping = Stopping(**spec["stopping"])
-    m = spec.get("metering", {})
-    meter = Meter(device, country=m.get("country_iso_code", "FRA"), idle_seconds=m.get("idle_seconds", 0),
-                  sample_hz=m.get("sample_hz", 10), estimate_interval_s=m.get("estimate_interval_s", 5.0),
-                  cooldown_s=m.get("cooldown_s", 0))
-
     ckpt = None
     if checkpoint_every is not None:
         run_key = sources.digest([spec, hp, seed, data.meta, torch.__version__, str(device)],
                                  files=sources.files(spec["impl"]))  # another code version: not resumed
         ckpt = checkpoint.Checkpoint(out_dir / "checkpoint.pt", run_key, every_s=checkpoint_every, log=log)
+    try:
+        run = train_metered(algo, data, Stopping(**spec["stopping"]), seed, build_meter(device, spec, log), ckpt, log)
+    except Diverged as e:
+        raise Diverged(f"{cell} seed {seed} diverged with the hyperparameters of {best_path}: {e}") from None
+    metrics = assemble_metrics(spec, seed, algo, settings, data, run, ckpt, log)
+    io.write_csv(out_dir / "epochs.csv", pd.DataFrame(run.fit.history))
+    if run.measured["power_trace"]:
+        io.write_csv(out_dir / run.measured["power_trace"], pd.DataFrame(run.trace))
+    io.write_json(out_dir / "metrics.json", metrics)  # last: its presence means the run finished
+    if ckpt is not None:
+        ckpt.delete()
+    return metrics
+
+
+def build_meter(device: torch.device, spec: dict, log: Progress) -> Meter:
+    """The energy meter of a final run, from the spec's `metering` settings."""
+    m = spec.get("metering", {})
+    if m.get("idle_seconds", 0):
+        log(f"idle-power baseline: {m['idle_seconds']} s")
+    return Meter(device, country=m.get("country_iso_code", "FRA"), idle_seconds=m.get("idle_seconds", 0),
+                 sample_hz=m.get("sample_hz", 10), estimate_interval_s=m.get("estimate_interval_s", 5.0),
+                 cooldown_s=m.get("cooldown_s", 0))
+
+
+def train_metered(algo: Algorithm, data: Data, stopping: Stopping, seed: int, meter: Meter,
+          ckpt: checkpoint.Checkpoint | None, log: Progress) -> Trained:
+    """`engine.fit` inside the meter's window, with the killed processes' time and energy (saved
+    with the checkpoint) added after a resume, and every epoch's record given its final marks."""
     # what the processes killed before this one metered, up to their last checkpoint
     earlier = {"train_time_s": 0.0, "window_j": {}, "segments": 0}
     if ckpt is not None and (state := ckpt.load()) is not None:
         earlier.update(state["extra"])
     segment = earlier["segments"] + 1
+    caps = {s.name: s.epochs or stopping.max_epochs for s in algo.stages()}  # for the progress lines
 
     def on_epoch(rec: dict) -> None:
         # cheap: final per-epoch joules come from meter.epochs after stop(); a checkpoint due after
@@ -79,18 +115,13 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
             ckpt.extra = {"train_time_s": rec["elapsed_s"], "window_j": total, "segments": segment}
         log.epoch(rec, caps[rec["stage"]])
 
-    if m.get("idle_seconds", 0):
-        log(f"idle-power baseline: {m['idle_seconds']} s")
     # The first fused optimiser of a process imports torch._dynamo (seconds): do it outside the
     # window, since greedy algorithms build their optimisers inside it (in begin_stage).
-    torch.optim.Adam([torch.zeros(1, device=device, requires_grad=True)], fused=True)
-    caps = {s.name: s.epochs or stopping.max_epochs for s in algo.stages()}  # for the progress lines
+    torch.optim.Adam([torch.zeros(1, device=algo.device, requires_grad=True)], fused=True)
     meter.start()
     try:
         res = fit(algo, data, stopping, seed=seed, on_epoch=on_epoch, checkpoint=ckpt)
         measured = meter.stop()
-    except Diverged as e:
-        raise Diverged(f"{cell} seed {seed} diverged with the hyperparameters of {best_path}: {e}") from None
     finally:
         meter.close()
     if earlier["segments"]:
@@ -100,18 +131,27 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
     for rec, per_epoch in zip(res.history[len(res.history) - len(meter.epochs):], meter.epochs):
         rec.update(per_epoch, metered="final", elapsed_s=earlier["train_time_s"] + per_epoch["elapsed_s"],
                    cum_energy_j=None if per_epoch["cum_energy_j"] is None else e0 + per_epoch["cum_energy_j"])
+    return Trained(res, measured, meter.trace_rows() if measured["power_trace"] else [], earlier, segment)
+
+
+def assemble_metrics(spec: dict, seed: int, algo: Algorithm, settings: hparams.Settings, data: Data, run: Trained,
+           ckpt: checkpoint.Checkpoint | None, log: Progress) -> dict:
+    """metrics.json of a trained run: the one test evaluation, the algorithm's own `run_metrics`,
+    cost, energy, resume bookkeeping and provenance."""
+    res, measured, stopping, device = run.fit, run.measured, Stopping(**spec["stopping"]), algo.device
     energy = f"{measured['energy_j']:.1f} J" if measured["energy_j"] is not None else "energy unavailable"
+    extra = algo.run_metrics(data)
     test_acc = accuracy(algo.predict(data.x_test), data.y_test)  # the one test evaluation
     log(f"done: test_acc {test_acc:.2f}%  val_acc {res.val_acc:.2f}%  epochs {res.epochs}  "
         f"{measured['train_time_s']:.1f}s  {energy} ({measured['energy_method']})")
-    n_train = len(data.y_train)
+    hp = settings.asdict()
     metrics = {
         "dataset": data.meta["dataset"], "architecture": spec["architecture"], "algorithm": spec["algorithm"],
         "impl": spec["impl"], "locality": algo.locality, "seed": seed, "hyperparameters": hp,
         "optimizer": settings.optimizer_label(),
         "test_accuracy": test_acc, "val_accuracy": res.val_acc,
         "epochs": res.epochs, "best_epoch": res.best_epoch, "epoch_cap": stopping.max_epochs,
-        "patience": stopping.patience, "n_params": algo.n_params(), "n_train": n_train,
+        "patience": stopping.patience, "n_params": algo.n_params(), "n_train": len(data.y_train),
         "train_flops": 2 * res.macs, "predict_flops": 2 * algo.predict_macs(),
         "layer_test_accuracy": algo.layer_accuracies(data.x_test, data.y_test),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
@@ -119,27 +159,26 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
         **measured,
     }
     metrics["achieved_gflops"] = metrics["train_flops"] / measured["train_time_s"] / 1e9
-    metrics["resumed"], metrics["segments"] = bool(earlier["segments"]), segment
-    metrics["resume"] = None
-    if ckpt is not None and ckpt.resumed_from is not None:
-        metrics["resume"] = {
-            "from_epoch": ckpt.resumed_from["epoch"],
+    metrics["resumed"], metrics["segments"] = bool(run.earlier["segments"]), run.segment
+    metrics["resume"] = _resume_note(ckpt, run.earlier)
+    metrics["checkpoint"] = None if ckpt is None else {"saves": ckpt.saves, "seconds": ckpt.seconds,
+                                                        "every_s": ckpt.every_s}
+    metrics["provenance"] = provenance.collect(spec, device, hyperparameters=hp, seed=seed)
+    if clash := sorted(set(extra) & set(metrics)):
+        raise ValueError(f"{type(algo).__name__}.run_metrics: {', '.join(clash)} would overwrite keys of metrics.json")
+    return {**metrics, **extra}
+
+
+def _resume_note(ckpt: checkpoint.Checkpoint | None, earlier: dict) -> dict | None:
+    if ckpt is None or ckpt.resumed_from is None:
+        return None
+    return {"from_epoch": ckpt.resumed_from["epoch"],
             "note": "train_time_s, energy_j and their components are totals over all processes: the killed "
                     "ones up to their last checkpoint (provisional per-epoch marks, `metered` in epochs.csv), "
                     "this one in full; epochs redone after a kill are not counted; dynamic energy uses this "
                     "process's idle power; peak memory is this process's",
             "earlier_train_time_s": earlier["train_time_s"], "earlier_energy_j": _energy(earlier["window_j"]),
             "earlier_window_j": earlier["window_j"]}
-    metrics["checkpoint"] = None if ckpt is None else {"saves": ckpt.saves, "seconds": ckpt.seconds,
-                                                        "every_s": ckpt.every_s}
-    metrics["provenance"] = provenance.collect(spec, device, hyperparameters=hp, seed=seed)
-    io.write_csv(out_dir / "epochs.csv", pd.DataFrame(res.history))
-    if measured["power_trace"]:
-        io.write_csv(out_dir / measured["power_trace"], pd.DataFrame(meter.trace_rows()))
-    io.write_json(out_dir / "metrics.json", metrics)  # last: its presence means the run finished
-    if ckpt is not None:
-        ckpt.delete()
-    return metrics
 
 
 def _add(a: dict, b: dict) -> dict:

@@ -31,20 +31,40 @@ LOCALITIES = {
 }
 
 
+# The validation quantities a stage may stop on or restore by, and their direction (+1: higher is better).
+MONITORS = {"acc": +1, "loss": -1}
+
+
 @dataclass(frozen=True)
 class Stage:
     """A phase of training.
 
+    name:    what epochs.csv shows in its `stage` column ("all", "layer2", "block1", "dfa"...).
     monitor: validation quantity that early stopping watches ("acc": higher is better, "loss": lower).
-    restore: validation quantity whose best epoch is restored when the stage ends (default: monitor).
     epochs:  a fixed number of epochs without early stopping (e.g. CaFo's DFA phase), or None for
              the protocol's stopping rule (patience, epoch cap).
+    restore: validation quantity whose best epoch is restored when the stage ends (default: monitor).
+    index:   the layer or block (from 0) that a greedy method trains in this stage; None otherwise.
+
+    ValueError if `monitor` or `restore` is not a key of MONITORS (a misspelt monitor would
+    otherwise stop in the wrong direction without a word).
     """
 
     name: str
     monitor: str = "acc"
     epochs: int | None = None
     restore: str | None = None
+    index: int | None = None
+
+    def __post_init__(self):
+        for key, value in (("monitor", self.monitor), ("restore", self.restore or self.monitor)):
+            if value not in MONITORS:
+                raise ValueError(f"stage {self.name}: {key} = {value!r}; one of {', '.join(MONITORS)}")
+
+    @property
+    def keep(self) -> str:
+        """The quantity whose best epoch is restored."""
+        return self.restore or self.monitor
 
 
 @dataclass(frozen=True)
@@ -97,8 +117,21 @@ class Algorithm:
         raise NotImplementedError
 
     def validate(self, stage: Stage, data: Data) -> dict[str, float]:
-        """Validation metrics of the stage: {"acc": percent, "loss": float}."""
+        """Validation metrics of the stage: {"acc": percent, "loss": float}, and any other quantity
+        of the validation split (each key k becomes the column `val_k` of epochs.csv)."""
         raise NotImplementedError
+
+    def epoch_metrics(self, stage: Stage, data: Data) -> dict[str, float]:
+        """Optional per-epoch quantities besides validation ones (columns of epochs.csv, named as
+        the keys); called after `validate`, outside the epoch's timed `seconds`. See
+        docs/adding-a-metric.md."""
+        return {}
+
+    def run_metrics(self, data: Data) -> dict[str, float]:
+        """Optional per-run quantities of the finished model (keys of metrics.json, hence columns of
+        summary.csv); called once after training, before the test evaluation. See
+        docs/adding-a-metric.md."""
+        return {}
 
     def end_stage(self, stage: Stage, data: Data) -> None:
         """Called after the stage's best checkpoint is restored (freeze, cache features...)."""
@@ -134,6 +167,55 @@ def check_architecture(cls: type[Algorithm], arch: dict, where: str) -> None:
     if arch["type"] not in cls.ARCHITECTURES:
         raise ConfigError(f"{where}: {cls.__module__.rsplit('.', 1)[-1]} runs on {' or '.join(cls.ARCHITECTURES)} "
                           f"architectures, not {arch['type']!r}")
+
+
+class FrozenFeatures:
+    """Outputs of a greedy method's frozen layers (or blocks) for the whole training and validation
+    splits, computed once per stage instead of per batch, and extended one layer per stage.
+
+    `prepare(depth, ...)` makes the cache hold the output of the first `depth` frozen layers: from
+    the cache of depth - 1 through `layer(depth - 1, a)` when that is what it holds, else from the
+    images through `through(x, depth)`. Under per-batch augmentation the training images differ
+    every batch, so only the validation split is cached and `train(...)` runs the frozen layers
+    per batch. The cache is rebuilt from the weights (the engine replays `begin_stage` on resume),
+    so it needs no checkpoint."""
+
+    def __init__(self, through: Callable[[torch.Tensor, int], torch.Tensor],
+                 layer: Callable[[int, torch.Tensor], torch.Tensor]):
+        self.through, self.layer = through, layer
+        self.depth: int | None = None
+        self.feats: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def prepare(self, depth: int, data: Data) -> None:
+        if self.depth == depth - 1 and "val" in self.feats:
+            self.feats = {k: chunked(lambda a: self.layer(depth - 1, a), v) for k, v in self.feats.items()}
+        else:
+            self.feats = {"val": chunked(lambda x: self.through(x, depth), data.x_val)}
+            if not data.augment:
+                self.feats["train"] = chunked(lambda x: self.through(x, depth), data.x_train)
+        self.depth = depth
+
+    @property
+    def val(self) -> torch.Tensor:
+        return self.feats["val"]
+
+    @torch.no_grad()
+    def batch(self, data: Data, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Frozen features of the training rows `idx` (cached, or of this batch's augmented images)."""
+        if "train" in self.feats:
+            return self.feats["train"][idx]
+        return self.through(train_batch(data, idx, gen), self.depth)
+
+    def train_split(self, data: Data, gen: torch.Generator) -> torch.Tensor:
+        """Frozen features of the whole training split (cached, or of one augmented view of it)."""
+        if "train" in self.feats:
+            return self.feats["train"]
+        return chunked(lambda x: self.through(x, self.depth),
+                       train_batch(data, torch.arange(len(data.y_train), device=data.y_train.device), gen))
+
+    def clear(self) -> None:
+        self.depth, self.feats = None, {}
 
 
 def batches(n: int, batch_size: int, gen: torch.Generator, device: torch.device) -> Iterator[torch.Tensor]:

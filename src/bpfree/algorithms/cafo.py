@@ -24,7 +24,8 @@ from torch import nn
 from bpfree import hparams, models
 from bpfree.algorithms.dfa import dfa_backward, register_feedback
 from bpfree.hparams import SettingError, hp
-from bpfree.algorithms.base import Algorithm, Cost, Stage, accuracy, adam, chunked, minibatch_epoch, train_batch
+from bpfree.algorithms.base import (Algorithm, Cost, FrozenFeatures, Stage, accuracy, adam, chunked, minibatch_epoch,
+                                    train_batch)
 from bpfree.data import Data
 
 BLOCKS, LOSSES, COMBINE = ("rand", "dfa"), ("ce", "mse", "sl"), ("sum", "softmax-sum")
@@ -140,8 +141,9 @@ class CaFo(Algorithm):
         self.flat = models.cnn_flat(self.channels, self.shape)
         self.block_macs = models.cnn_block_macs(self.channels, self.shape)
         self.net = CaFoNet(self.channels, self.shape, self.n_classes, self.block_mode == "dfa").to(self.device)
-        self._cache: dict[str, torch.Tensor] = {}  # output of the frozen blocks 1..k (current stage)
-        self._cached_upto = -1
+        # output of the frozen blocks 1..k+1 for stage k
+        self.frozen = FrozenFeatures(lambda x, depth: self.net.features(x, depth - 1),
+                                     lambda j, a: self.net.blocks[j](a))
         if self.block_mode == "rand":
             self._freeze()
         else:
@@ -160,11 +162,7 @@ class CaFo(Algorithm):
     def stages(self) -> list[Stage]:
         out = [Stage("dfa", monitor="acc", epochs=self.hp.dfa_epochs)] if self.block_mode == "dfa" else []
         epochs = 1 if self.loss == "mse" else None  # closed form: one "epoch" solves it
-        return out + [Stage(f"block{k + 1}", monitor="loss", epochs=epochs) for k in range(self.K)]
-
-    @staticmethod
-    def _index(stage: Stage) -> int:
-        return int(stage.name.removeprefix("block")) - 1
+        return out + [Stage(f"block{k + 1}", monitor="loss", epochs=epochs, index=k) for k in range(self.K)]
 
     # ---- DFA block training -------------------------------------------------------------------------
 
@@ -193,29 +191,15 @@ class CaFo(Algorithm):
     def begin_stage(self, stage: Stage, data: Data, max_epochs: int) -> None:
         if stage.name == "dfa":
             return
-        k = self._index(stage)
-        with torch.no_grad():
-            if self._cached_upto == k - 1 and "val" in self._cache:  # extend the previous block's cache
-                self._cache = {s: chunked(self.net.blocks[k], v) for s, v in self._cache.items()}
-            else:
-                self._cache = {"val": chunked(lambda x: self.net.features(x, k), data.x_val)}
-                if not data.augment:
-                    self._cache["train"] = chunked(lambda x: self.net.features(x, k), data.x_train)
-        self._cached_upto = k
+        self.frozen.prepare(stage.index + 1, data)
         if self.loss != "mse":  # the closed-form predictor needs no optimiser (nor lr)
-            self.opt = adam(self.net.heads[k].parameters(), self.hp.lr, l2=self.hp.l2)
+            self.opt = adam(self.net.heads[stage.index].parameters(), self.hp.lr, l2=self.hp.l2)
 
     def end_stage(self, stage: Stage, data: Data) -> None:
         if stage.name == "dfa":
             self._freeze()
-        elif self._index(stage) == self.K - 1:
-            self._cache, self._cached_upto = {}, -1
-
-    def _train_feats(self, k: int, data: Data, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        if "train" in self._cache:
-            return self._cache["train"][idx]
-        with torch.no_grad():
-            return self.net.features(train_batch(data, idx, gen), k)
+        elif stage.index == self.K - 1:
+            self.frozen.clear()
 
     def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.loss == "ce":
@@ -227,20 +211,16 @@ class CaFo(Algorithm):
     def train_epoch(self, stage: Stage, data: Data, gen: torch.Generator) -> torch.Tensor:
         if stage.name == "dfa":
             return self._dfa_epoch(data, gen)
-        k = self._index(stage)
-        head = self.net.heads[k]
+        head = self.net.heads[stage.index]
         if self.loss == "mse":
-            feats = self._cache.get("train")
-            if feats is None:  # augmented data: one augmented view of every image
-                feats = chunked(lambda x: self.net.features(x, k), train_batch(data, torch.arange(
-                    len(data.y_train), device=self.device), gen))
+            feats = self.frozen.train_split(data, gen)
             w, b = least_squares(feats, data.y_train, self.n_classes, self.hp.ridge)
             with torch.no_grad():
                 head.weight.copy_(w)
                 head.bias.copy_(b)
                 return self._loss(chunked(lambda a: head(a.flatten(1)), feats), data.y_train)
         return minibatch_epoch(
-            self.opt, lambda idx: self._loss(head(self._train_feats(k, data, idx, gen).flatten(1)), data.y_train[idx]),
+            self.opt, lambda idx: self._loss(head(self.frozen.batch(data, idx, gen).flatten(1)), data.y_train[idx]),
             len(data.y_train), self.hp.batch_size, gen, self.device)
 
     @torch.no_grad()
@@ -249,8 +229,7 @@ class CaFo(Algorithm):
             self.net.blocks.eval()
             out = chunked(lambda x: self.net.aux(self.net.features(x, self.K - 1).flatten(1)), data.x_val)
             return {"acc": accuracy(out, data.y_val), "loss": F.cross_entropy(out, data.y_val).item()}
-        k = self._index(stage)
-        out = chunked(lambda a: self.net.heads[k](a.flatten(1)), self._cache["val"])
+        out = chunked(lambda a: self.net.heads[stage.index](a.flatten(1)), self.frozen.val)
         return {"acc": accuracy(out, data.y_val), "loss": self._loss(out, data.y_val).item()}
 
     # ---- prediction -----------------------------------------------------------------------------
@@ -283,7 +262,7 @@ class CaFo(Algorithm):
             # forward of every block + conv weight gradients (block inputs are detached: no input
             # gradient of a first op), aux head forward/weight/input gradient, e B_k projections
             return Cost(train=2 * sum(bm) + 3 * flat[-1] * C + C * sum(flat[:-1]), eval=sum(bm) + flat[-1] * C)
-        k = self._index(stage)
+        k = stage.index
         head = flat[k] * C
         sizes = self.meta.get("sizes", {})
         n_tr, n_val = sizes.get("train", 1), sizes.get("val", 0)

@@ -104,11 +104,11 @@ class CwComp(Algorithm):
         ends = [self.hp.ilt_first + k * self.hp.ilt_step for k in range(self.L)]
         lengths = [b - a for a, b in zip([0, *ends], ends)]
         # a zero-length phase (ilt_step 0) trains nothing of its own: its layer stops with the previous one
-        return [Stage(f"ilt{k + 1}", monitor="acc", epochs=n) for k, n in enumerate(lengths) if n > 0]
+        return [Stage(f"ilt{k + 1}", monitor="acc", epochs=n, index=k) for k, n in enumerate(lengths) if n > 0]
 
     def _first_trained(self, stage: Stage) -> int:
         """Index of the first layer that trains in `stage` (earlier layers are frozen)."""
-        return 0 if stage.name == "all" else int(stage.name.removeprefix("ilt")) - 1
+        return stage.index or 0  # "all": every layer trains
 
     def begin_stage(self, stage: Stage, data: Data, max_epochs: int) -> None:
         k = self._first_trained(stage)

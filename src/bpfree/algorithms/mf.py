@@ -4,8 +4,9 @@ Each hidden layer i owns a projection M_i (C x d_i); its class scores are G_i = 
 loss is cross-entropy(G_i, y). No gradient crosses a layer boundary.
 
 Settings: see `Settings` below (mode "greedy" is the paper's: layer by layer, each with its own
-Adam and early stopping on the validation local loss). In greedy mode the frozen layers' outputs are computed once per stage for the whole training and
-validation split, not per batch (unless the data set is augmented per batch).
+Adam and early stopping on the validation local loss). In greedy mode the frozen layers' outputs
+are computed once per stage for the whole training and validation split, not per batch (unless the
+data set is augmented per batch): `bpfree.algorithms.base.FrozenFeatures`.
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from torch import nn
 
 from bpfree import hparams, models
 from bpfree.hparams import hp
-from bpfree.algorithms.base import (Algorithm, Cost, Stage, accuracy, adam, chunked, minibatch_epoch,
-                                    scores_metrics, train_batch)
+from bpfree.algorithms.base import (Algorithm, Cost, FrozenFeatures, Stage, accuracy, adam, chunked,
+                                    minibatch_epoch, scores_metrics, train_batch)
 from bpfree.data import Data
 
 
@@ -71,7 +72,7 @@ class MonoForward(Algorithm):
         self.mode = self.hp.mode
         self.predict_mode = self.hp.predict
         self.L = len(self.widths) - 1
-        self._cache: dict[str, torch.Tensor] = {}  # frozen inputs of the current layer (greedy)
+        self.frozen = FrozenFeatures(self._frozen, self.net.layer)  # inputs of the current layer (greedy)
         if self.mode == "simultaneous":
             self.opt = self._adam(self.net.parameters())
 
@@ -82,12 +83,8 @@ class MonoForward(Algorithm):
         if self.mode == "greedy":
             # the paper stops on the validation local loss; the protocol restores the checkpoint
             # with the best validation accuracy (of the layer's own predictor G_i)
-            return [Stage(f"layer{i + 1}", monitor="loss", restore="acc") for i in range(self.L)]
+            return [Stage(f"layer{i + 1}", monitor="loss", restore="acc", index=i) for i in range(self.L)]
         return [Stage("all", monitor="acc")]
-
-    @staticmethod
-    def _index(stage: Stage) -> int:
-        return int(stage.name.removeprefix("layer")) - 1
 
     @torch.no_grad()
     def _frozen(self, x: torch.Tensor, upto: int) -> torch.Tensor:
@@ -100,27 +97,13 @@ class MonoForward(Algorithm):
     def begin_stage(self, stage: Stage, data: Data, max_epochs: int) -> None:
         if self.mode != "greedy":
             return
-        i = self._index(stage)
-        if i == 0 or "val" not in self._cache:  # first layer, or no carried cache: compute from images
-            self._cache = {"val": chunked(lambda x: self._frozen(x, i), data.x_val)}
-            if not data.augment:
-                self._cache["train"] = chunked(lambda x: self._frozen(x, i), data.x_train)
+        i = stage.index
+        self.frozen.prepare(i, data)  # layers 1..i are frozen: the previous stage's cache through layer i
         self.opt = self._adam([*self.net.hidden[i].parameters(), self.net.proj[i]])
 
     def end_stage(self, stage: Stage, data: Data) -> None:
-        if self.mode != "greedy":
-            return
-        i = self._index(stage)
-        if i == self.L - 1:
-            self._cache = {}
-            return
-        with torch.no_grad():  # layer i is frozen now: its outputs are the next layer's inputs
-            self._cache = {k: chunked(lambda a: self.net.layer(i, a), v) for k, v in self._cache.items()}
-
-    def _stage_input(self, stage_i: int, data: Data, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        if "train" in self._cache:
-            return self._cache["train"][idx]
-        return self._frozen(train_batch(data, idx, gen), stage_i)
+        if self.mode == "greedy" and stage.index == self.L - 1:
+            self.frozen.clear()
 
     def train_epoch(self, stage: Stage, data: Data, gen: torch.Generator) -> torch.Tensor:
         self.net.train()
@@ -128,8 +111,8 @@ class MonoForward(Algorithm):
         def loss_fn(idx: torch.Tensor) -> torch.Tensor:
             y = data.y_train[idx]
             if self.mode == "greedy":
-                i = self._index(stage)
-                a = self.net.layer(i, self._stage_input(i, data, idx, gen))
+                i = stage.index
+                a = self.net.layer(i, self.frozen.batch(data, idx, gen))
                 return F.cross_entropy(self.net.scores(i, a), y)
             # simultaneous: every layer learns from its own detached input; losses add, gradients do not mix
             a, loss = train_batch(data, idx, gen).flatten(1), 0.0
@@ -143,8 +126,8 @@ class MonoForward(Algorithm):
     @torch.no_grad()
     def validate(self, stage: Stage, data: Data) -> dict[str, float]:
         if self.mode == "greedy":
-            i = self._index(stage)
-            g = chunked(lambda a: self.net.scores(i, self.net.layer(i, a)), self._cache["val"])
+            i = stage.index
+            g = chunked(lambda a: self.net.scores(i, self.net.layer(i, a)), self.frozen.val)
             return scores_metrics(g, data.y_val)
         return scores_metrics(self.predict(data.x_val), data.y_val)
 
@@ -168,7 +151,7 @@ class MonoForward(Algorithm):
         C, w = self.n_classes, self.widths
         layer = [w[i] * w[i + 1] for i in range(self.L)]
         if self.mode == "greedy":
-            i = self._index(stage)
+            i = stage.index
             # forward + weight gradient of W_i, forward + gradient of M_i and of a_i; no input gradient
             head = w[i + 1] * C
             frozen = sum(layer[:i]) if self.meta.get("augment") else 0  # no cache under augmentation
