@@ -22,7 +22,7 @@ MAX_FUNCTION, MAX_CLASS = 60, 200
 WHY = re.compile(r"\blong(er)?\b[^.]*\bbecause\b", re.IGNORECASE | re.DOTALL)
 # Offenders in modules other engineers are reshaping (issue 11): listed so that this test passes
 # meanwhile, and checked so that an entry is removed once it is mended.
-PENDING = {"algorithms/ff.py:ForwardForward", "cli.py:main", "metering.py:Meter", "search.py:run_search"}
+PENDING: set[str] = set()  # pieces known to be over the limits, waiting to be split
 
 
 def _plotting(node: ast.AST) -> bool:

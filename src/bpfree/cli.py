@@ -160,11 +160,9 @@ def cmd_spec(a: argparse.Namespace) -> None:
     print(config.dumps(_config_spec(a.config, a.architecture, a.algorithm, a.kind)))
 
 
-def main(argv: list[str] | None = None) -> None:
+def _stage_parsers(sub) -> None:
+    """prepare, search and train: the workflow's jobs."""
     from bpfree.data import REGISTRY
-
-    ap = argparse.ArgumentParser(prog="bpfree", description=__doc__, epilog=EPILOG)
-    sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("prepare", help="read, verify, split and save a dataset as tensors")
     p.add_argument("--dataset", required=True, help=f"one of {', '.join(REGISTRY)} (bpfree.data.REGISTRY)")
@@ -204,6 +202,9 @@ def main(argv: list[str] | None = None) -> None:
                         "(default: $BPFREE_CHECKPOINT_EVERY or 60)")
     p.set_defaults(fn=cmd_train)
 
+
+def _tool_parsers(sub) -> None:
+    """report, doctor and spec."""
     p = sub.add_parser("report", help="summary.csv, table.md and plots from finished runs")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--statistics", help="the config's protocol.statistics as JSON, or @FILE (bootstrap "
@@ -225,6 +226,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kind", choices=("search", "train"), default="train")
     p.set_defaults(fn=cmd_spec)
 
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="bpfree", description=__doc__, epilog=EPILOG)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    _stage_parsers(sub)
+    _tool_parsers(sub)
     args = ap.parse_args(argv)
     try:
         args.fn(args)

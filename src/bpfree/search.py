@@ -248,27 +248,8 @@ def run_search(spec: dict, data_path: str | Path, journal: str | Path, n_trials:
         study.sampler = optuna.samplers.TPESampler(
             seed=spec["search"].get("sampler_seed", 0) + (worker or 0) + 100_003 * n_before)
     budget = spec["search"]["n_trials"] if n_trials is None else n_trials
-    if worker is None:
-        owner = f"{socket.gethostname()}:{os.getpid()}"
-        dead = None if exclusive else (lambda w: False)
-    else:
-        owner = str(worker)
-        dead = None if exclusive else (lambda w: w is not None and w.isdigit() and (int(w) == worker or int(w) >= workers))
-    if stale := fail_stale(study, owners=dead):
-        log(f"marked {stale} trial(s) left running by a killed search as failed")
-    done = len(study.get_trials(deepcopy=False, states=FINISHED))
-    if done:
-        log(f"resuming study {journal}: {done} of {budget} trials already finished")
+    owner = _resume(study, journal, budget, exclusive, worker, workers, log)
     fn = objective(spec, data, device, log)
-
-    def tell(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
-        finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-        value = f"{t.value:.2f}%" if t.value is not None else "-"
-        best = f"{study.best_value:.2f}%" if any(
-            x.state == optuna.trial.TrialState.COMPLETE for x in study.get_trials(deepcopy=False)) else "-"
-        log(f"trial {t.number} {t.state.name.lower()} val_acc {value} params {json.dumps(t.params)}  "
-            f"[{finished}/{budget} finished, best {best}]")
-
     failures = 0
     while (trial := _claim(study, journal, budget, owner)) is not None:
         try:
@@ -284,11 +265,37 @@ def run_search(spec: dict, data_path: str | Path, journal: str | Path, n_trials:
             raise
         else:
             frozen = study.tell(trial, value)
-        tell(study, frozen)
+        _log_trial(study, frozen, budget, log)
         if failures > budget:
             raise BpfreeError(f"{failures} trials failed (out of memory) in this search worker of {journal}; "
                                "reduce the batch size or the architecture")
     return study
+
+
+def _resume(study: optuna.Study, journal: str | Path, budget: int, exclusive: bool, worker: int | None,
+            workers: int, log: Progress) -> str:
+    """Fail the trials that killed processes left running (see run_search) and say what is kept;
+    returns this process's owner tag for the trials it starts."""
+    if worker is None:
+        owner = f"{socket.gethostname()}:{os.getpid()}"
+        dead = None if exclusive else (lambda w: False)
+    else:
+        owner = str(worker)
+        dead = None if exclusive else (lambda w: w is not None and w.isdigit() and (int(w) == worker or int(w) >= workers))
+    if stale := fail_stale(study, owners=dead):
+        log(f"marked {stale} trial(s) left running by a killed search as failed")
+    if done := len(study.get_trials(deepcopy=False, states=FINISHED)):
+        log(f"resuming study {journal}: {done} of {budget} trials already finished")
+    return owner
+
+
+def _log_trial(study: optuna.Study, t: optuna.trial.FrozenTrial, budget: int, log: Progress) -> None:
+    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+    value = f"{t.value:.2f}%" if t.value is not None else "-"
+    best = f"{study.best_value:.2f}%" if any(
+        x.state == optuna.trial.TrialState.COMPLETE for x in study.get_trials(deepcopy=False)) else "-"
+    log(f"trial {t.number} {t.state.name.lower()} val_acc {value} params {json.dumps(t.params)}  "
+        f"[{finished}/{budget} finished, best {best}]")
 
 
 def best_params(spec: dict, study: optuna.Study | None, journal: str | Path = "") -> dict:

@@ -129,6 +129,24 @@ class Settings(hparams.Settings):
                 else "SGD, momentum 0.9 (L2 penalty)")
 
 
+def expected_loss(g: torch.Tensor, widths: torch.Tensor, y: torch.Tensor, loss: str, alpha: float | None) -> torch.Tensor:
+    """The validation loss: the training loss's expectation over the uniform draw of the wrong
+    label, summed over layers. g: goodness (N, C, L) of every candidate label; widths: (L,).
+    ff: BCE on goodness - width, positives and negatives weighted equally as in a 2B training
+    batch, negatives averaged over the C-1 wrong labels; symba: the SymBa term of the true label
+    against each wrong one (on mean squared activations), averaged over the C-1 wrong labels."""
+    C = g.shape[1]
+    pos = F.one_hot(y, C).to(g.dtype)[:, :, None]  # (N, C, 1)
+    if loss == "symba":
+        m = g / widths
+        gap = (m * pos).sum(1, keepdim=True) - m  # (N, C, L); 0 at the true label
+        return ((F.softplus(-alpha * gap) * (1 - pos)).sum(1) / (C - 1)).mean(0).sum()
+    logits = g - widths
+    bce = F.binary_cross_entropy_with_logits(logits, pos.expand_as(logits), reduction="none")
+    l_pos, l_neg = (bce * pos).sum(1), (bce * (1 - pos)).sum(1) / (C - 1)
+    return (0.5 * (l_pos + l_neg)).mean(0).sum()
+
+
 class ForwardForward(Algorithm):
     Settings = Settings
     LOCALITY = "layer-local"
@@ -284,21 +302,7 @@ class ForwardForward(Algorithm):
             return scores_metrics(self.predict(data.x_val), y)
         g = chunked(self.goodness, data.x_val, self._chunk())  # (N, C, L)
         widths = torch.tensor(self.widths[1:], device=g.device, dtype=g.dtype)
-        pos = F.one_hot(y, self.n_classes).to(g.dtype)[:, :, None]  # (N, C, 1)
-        if self.hp.loss == "symba":
-            # the SymBa term of the true label against each wrong one, averaged over the C-1 wrong
-            # labels (the expectation of the uniform draw)
-            m = g / widths
-            gap = (m * pos).sum(1, keepdim=True) - m  # (N, C, L); 0 at the true label
-            loss = (F.softplus(-self.hp.alpha * gap) * (1 - pos)).sum(1) / (self.n_classes - 1)
-            return {"acc": accuracy(g[:, :, self.first:].sum(2), y), "loss": loss.mean(0).sum().item()}
-        logits = g - widths
-        bce = F.binary_cross_entropy_with_logits(logits, pos.expand_as(logits), reduction="none")
-        # equal weight to positives and negatives as in a 2B training batch; negatives averaged
-        # over the C-1 wrong labels (the expectation of the uniform draw)
-        l_pos = (bce * pos).sum(1)
-        l_neg = (bce * (1 - pos)).sum(1) / (self.n_classes - 1)
-        loss = (0.5 * (l_pos + l_neg)).mean(0).sum()
+        loss = expected_loss(g, widths, y, self.hp.loss, self.hp.alpha)
         return {"acc": accuracy(g[:, :, self.first:].sum(2), y), "loss": loss.item()}
 
     def layer_accuracies(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
