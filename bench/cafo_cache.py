@@ -16,8 +16,9 @@ import time
 
 import torch
 
+from fakedata import fake_data
+
 from bpfree.algorithms.cafo import CaFo
-from bpfree.data import Data
 
 
 def main() -> None:
@@ -31,14 +32,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    shape, C = (1, 28, 28), 10
-    x, y = torch.randn(args.n, *shape), torch.randint(0, C, (args.n,))
-    xv, yv = torch.randn(512, *shape), torch.randint(0, C, (512,))
-    meta = {"n_classes": C, "shape": list(shape), "augment": False,
-            "sizes": {"train": args.n, "val": 512, "test": 512}}
-    data = Data(x, y, xv, yv, xv, yv, meta)
+    data = fake_data(n_train=args.n, n_eval=512)
+    meta = data.meta
     arch = {"type": "cnn", "channels": [int(c) for c in args.channels.split(",")]}
-    hp = {"batch_size": 128, "lr": 1e-3, "weight_decay": 0.0, "block": "rand", "loss": "ce"}
+    hp = {"batch_size": 128, "lr": 1e-3, "l2": 0.0, "block": "rand", "loss": "ce"}
     algo = CaFo(arch, meta, hp, "cpu")
     stage = algo.stages()[args.block - 1]
     gen = torch.Generator().manual_seed(0)

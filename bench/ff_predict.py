@@ -16,7 +16,8 @@ import time
 
 import torch
 
-from bpfree import data as D
+from fakedata import data_or_fake
+
 from bpfree.algorithms.base import chunked
 from bpfree.algorithms.ff import ForwardForward
 
@@ -40,12 +41,9 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    if a.data:
-        d = D.load(a.data)
-        x, meta = d.x_val[:a.n], d.meta
-    else:
-        x, meta = torch.randn(a.n, 1, 28, 28), {"n_classes": 10, "shape": [1, 28, 28]}
-    algo = ForwardForward({"type": "mlp", "widths": a.widths}, meta, {"lr": 1e-3}, "cpu")
+    d = data_or_fake(a.data, 1, n_eval=a.n)
+    x, meta = d.x_val[:a.n], d.meta
+    algo = ForwardForward({"type": "mlp", "widths": a.widths}, meta, {"lr": 1e-3, "batch_size": 100}, "cpu")
     algo.net.eval()
     size = algo._chunk()
     fast_s, fast = timed(lambda: chunked(algo.goodness, x, size), a.repeats)
