@@ -115,9 +115,8 @@ def train_metered(algo: Algorithm, data: Data, stopping: Stopping, seed: int, me
             ckpt.extra = {"train_time_s": rec["elapsed_s"], "window_j": total, "segments": segment}
         log.epoch(rec, caps[rec["stage"]])
 
-    # The first fused optimiser of a process imports torch._dynamo (seconds): do it outside the
-    # window, since greedy algorithms build their optimisers inside it (in begin_stage).
-    torch.optim.Adam([torch.zeros(1, device=algo.device, requires_grad=True)], fused=True)
+    # No warm-up of torch._dynamo: the optimisers of bpfree.algorithms.base do not import it (a
+    # torch.optim class does, ~1 s, inside the window if an algorithm builds one in begin_stage).
     meter.start()
     try:
         res = fit(algo, data, stopping, seed=seed, on_epoch=on_epoch, checkpoint=ckpt)

@@ -8,6 +8,7 @@ early-stopping rule ends it, restores the stage's best checkpoint, and calls `en
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -263,15 +264,31 @@ def scores_metrics(scores: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     return {"acc": accuracy(scores, y), "loss": torch.nn.functional.cross_entropy(scores, y).item()}
 
 
+def eager(cls: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """`cls` (a torch.optim optimiser) with its methods unwrapped from torch._dynamo's decorators.
+    Outside torch.compile those decorators do nothing, but the first call imports torch._dynamo:
+    about 1.8 s of every job's start-up on a CPU, more than importing torch. The methods that run
+    are torch's own (`inspect.unwrap`), so the update is the same kernel with the same arguments;
+    the step runs under no_grad, as torch's wrapper runs it."""
+    ns = {name: inspect.unwrap(getattr(cls, name))
+          for name in ("add_param_group", "zero_grad", "state_dict", "load_state_dict")}
+    ns["step"] = torch.no_grad()(inspect.unwrap(cls.step))
+    return type(cls.__name__, (cls,), {**ns, "__doc__": eager.__doc__, "__module__": __name__})
+
+
+Adam, AdamW, SGD = eager(torch.optim.Adam), eager(torch.optim.AdamW), eager(torch.optim.SGD)
+
+
 def adam(params, lr: float, *, weight_decay: float | None = None, l2: float | None = None) -> torch.optim.Optimizer:
     """AdamW with decoupled `weight_decay`, or Adam with an `l2` penalty (exactly one of the two:
     the names mean the same in every algorithm, see bpfree.hparams), with the fused kernel: on a
-    CPU the unfused update costs as much as the layer's matmuls at batch 128."""
+    CPU the unfused update costs as much as the layer's matmuls at batch 128. Without
+    torch._dynamo's import (see `eager`)."""
     if (weight_decay is None) == (l2 is None):
         raise TypeError("adam: give exactly one of weight_decay (AdamW) and l2 (Adam)")
     if weight_decay is not None:
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
-    return torch.optim.Adam(params, lr=lr, weight_decay=l2, fused=True)
+        return AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    return Adam(params, lr=lr, weight_decay=l2, fused=True)
 
 
 def generator(device: torch.device, seed: int) -> torch.Generator:
