@@ -24,6 +24,10 @@ paper's rule needs, no more; above 1 = extra work, e.g. a recomputed forward).
 Timing. Per stage: one warm-up epoch, the recorded epoch, one warm-up replay, then `--repeats`
 pairs of (epoch, floor) in alternating order (ABBA), each a wall-clock median; "% of floor" is the
 median over pairs of floor / epoch, so a machine whose speed drifts hits both sides of a pair alike.
+"% fastest" is the fastest floor over the fastest epoch: other processes only ever add time, so on a
+shared machine the fastest of several repeats is the best estimate of a quiet run (as timeit's
+minimum); with 2 threads on a loaded machine an epoch waits whenever one of its threads is
+descheduled, and only this column stays meaningful (use many repeats of short epochs, --n-train).
 Only `train_epoch` is timed (validation is the same forward for every algorithm and is not part of
 the floor). Hyperparameters: an algorithm named in `--config` gets its `fixed` settings and the
 middle of each searched range (geometric middle on a log scale, first choice of a categorical);
@@ -32,7 +36,7 @@ config is taken as an `impl` with its declared defaults and lr 1e-3; `--params
 NAME=JSON` sets anything. Data: random MNIST-shaped tensors (50,000 training images), or `--data`
 (a prepared data set from `bpfree prepare`).
 
-Columns: s/epoch and floor s/epoch (medians), % of floor, analytic GFLOP per epoch, recorded GFLOP
+Columns: s/epoch and floor s/epoch (medians), % of floor, % fastest, analytic GFLOP per epoch, recorded GFLOP
 (of the products the epoch ran) and their ratio, achieved GFLOP/s (analytic FLOPs / s/epoch, as
 metrics.json's achieved_gflops), the floor's GFLOP/s (recorded FLOPs / floor s), and per optimiser
 step the recorded products and fused optimiser kernels. `--out PREFIX` writes PREFIX.csv and
@@ -55,7 +59,7 @@ from pathlib import Path
 import torch
 import yaml
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.flop_counter import flop_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -107,6 +111,7 @@ class Recorder(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.calls: list[tuple] = []
+        self.call_flops: list[int] = []
         self.flops = 0
         self.counts: collections.Counter = collections.Counter()
 
@@ -118,9 +123,24 @@ class Recorder(TorchDispatchMode):
             self.calls.append((func, tree_map(spec, args), tree_map(spec, kwargs)))
             self.counts[(what, func._overloadpacket.__name__)] += 1
             formula = flop_registry.get(func._overloadpacket)
-            if formula is not None:
-                self.flops += int(formula(*args, **kwargs, out_val=out))
+            self.call_flops.append(int(formula(*args, **kwargs, out_val=out)) if formula is not None else 0)
+            self.flops += self.call_flops[-1]
         return out
+
+
+def signature(func, args) -> str:
+    """A recorded call in one line: the op and its tensor arguments' shapes, T marking a
+    transposed (column-major) matrix, or the number and total size of a fused step's tensors."""
+    specs = [s for s in tree_flatten(args)[0] if isinstance(s, TensorSpec)]
+    name = func._overloadpacket.__name__
+    if kind(func) == "step":
+        return f"{name} ({len(specs)} tensors, {sum(math.prod(s.shape) for s in specs):,} elements)"
+
+    def one(s: TensorSpec) -> str:
+        transposed = len(s.shape) == 2 and s.stride[0] == 1 and s.shape[0] > 1 and s.shape[1] > 1
+        return "x".join(map(str, s.shape)) + ("T" if transposed else "")
+
+    return f"{name} " + " ".join(one(s) for s in specs)
 
 
 class Floor:
@@ -144,11 +164,22 @@ class Floor:
         self.nbytes = sum(b.untyped_storage().nbytes() for b in buffers.values())
 
     @torch.no_grad()
-    def __call__(self) -> None:
-        for f, a, k in self.calls:
+    def __call__(self, only: list[int] | None = None) -> None:
+        for i in range(len(self.calls)) if only is None else only:
+            f, a, k = self.calls[i]
             f(*a, **k)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def breakdown(self, calls: list[tuple], flops: list[int]) -> list[tuple[str, int, float, float]]:
+        """Per distinct call (`signature`): (signature, count, seconds of its calls replayed alone,
+        their GFLOP), slowest first: where the floor's time goes, and which product runs slowly."""
+        groups: dict[str, list[int]] = {}
+        for i, (f, a, k) in enumerate(calls):
+            groups.setdefault(signature(f, (a, k)), []).append(i)
+        out = [(sig, len(ix), min(timed(lambda: self(ix)) for _ in range(3)), sum(flops[i] for i in ix) / 1e9)
+               for sig, ix in groups.items()]
+        return sorted(out, key=lambda r: -r[2])
 
 
 def timed(fn) -> float:
@@ -165,20 +196,22 @@ class Row:
     s_epoch: float
     floor_s: float
     pct_of_floor: float
+    pct_fastest: float
     analytic_gflop: float
     recorded_gflop: float
     achieved_gflops: float
     floor_gflops: float
     products_per_step: float
     fused_steps_per_step: float
-    ops: dict = field(default_factory=dict, repr=False)
+    ops: list = field(default_factory=list, repr=False)  # Floor.breakdown, with --ops
 
     @property
     def ratio(self) -> float:
         return self.recorded_gflop / self.analytic_gflop if self.analytic_gflop else math.nan
 
 
-def measure_stage(name: str, algo: Algorithm, stage, data: Data, repeats: int, gen: torch.Generator) -> Row:
+def measure_stage(name: str, algo: Algorithm, stage, data: Data, repeats: int, gen: torch.Generator,
+                  ops: bool = False) -> Row:
     """Time `stage` of `algo` (begun by the caller) against its floor; see the module docstring."""
     def epoch() -> None:
         float(algo.train_epoch(stage, data, gen))
@@ -204,13 +237,15 @@ def measure_stage(name: str, algo: Algorithm, stage, data: Data, repeats: int, g
     es, fs = [p[0] for p in pairs], [p[1] for p in pairs]
     analytic = 2 * algo.cost(stage).train * len(data.y_train)
     return Row(name, type(algo).__module__.rsplit(".", 1)[-1], stage.name, statistics.median(es),
-               statistics.median(fs), 100 * statistics.median(f / e for e, f in pairs), analytic / 1e9,
+               statistics.median(fs), 100 * statistics.median(f / e for e, f in pairs), 100 * min(fs) / min(es),
+               analytic / 1e9,
                rec.flops / 1e9, analytic / statistics.median(es) / 1e9, rec.flops / statistics.median(fs) / 1e9,
-               per_kind["product"] / n_batches, per_kind["step"] / n_batches, {f"{w}:{op}": v for (w, op), v in rec.counts.items()})
+               per_kind["product"] / n_batches, per_kind["step"] / n_batches,
+               floor.breakdown(rec.calls, rec.call_flops) if ops else [])
 
 
 def measure(name: str, impl: str, params: dict, arch: dict, data: Data, device: torch.device,
-            repeats: int) -> list[Row]:
+            repeats: int, ops: bool = False) -> list[Row]:
     """Every stage of one algorithm, in order (end_stage between them, as the engine runs it)."""
     cls = algorithms.get(impl)
     torch.manual_seed(0)
@@ -219,7 +254,7 @@ def measure(name: str, impl: str, params: dict, arch: dict, data: Data, device: 
     rows = []
     for stage in algo.stages():
         algo.begin_stage(stage, data, stage.epochs or 1000)
-        rows.append(measure_stage(name, algo, stage, data, repeats, gen))
+        rows.append(measure_stage(name, algo, stage, data, repeats, gen, ops))
         algo.end_stage(stage, data)
     return rows
 
@@ -280,6 +315,7 @@ def matmul_rate(n: int = 2048, seconds: float = 1.0) -> float:
 
 COLUMNS = [("algorithm", "algorithm", "{}"), ("stage", "stage", "{}"), ("s/epoch", "s_epoch", "{:.3f}"),
            ("floor s/epoch", "floor_s", "{:.3f}"), ("% of floor", "pct_of_floor", "{:.0f}"),
+           ("% fastest", "pct_fastest", "{:.0f}"),
            ("analytic GFLOP", "analytic_gflop", "{:.1f}"), ("recorded GFLOP", "recorded_gflop", "{:.1f}"),
            ("recorded/analytic", "ratio", "{:.2f}"), ("GFLOP/s", "achieved_gflops", "{:.1f}"),
            ("floor GFLOP/s", "floor_gflops", "{:.1f}"), ("products/step", "products_per_step", "{:.1f}"),
@@ -316,7 +352,8 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> list[Ro
     ap.add_argument("--repeats", type=int, default=3, help="timed (epoch, floor) pairs per stage")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", help="write PREFIX.csv and PREFIX.md")
-    ap.add_argument("--ops", action="store_true", help="print the recorded products and steps per stage")
+    ap.add_argument("--ops", action="store_true",
+                    help="per stage, each distinct recorded call replayed alone: count, seconds, GFLOP/s")
     ap.set_defaults(**(defaults or {}))
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -344,14 +381,14 @@ def main(argv: list[str] | None = None, defaults: dict | None = None) -> list[Ro
         if arch["type"] not in algorithms.get(impl).ARCHITECTURES:
             print(f"{name}: skipped, {impl} does not run on {arch['type']}", flush=True)
             continue
-        for row in measure(name, impl, params, arch, data, device, a.repeats):
+        for row in measure(name, impl, params, arch, data, device, a.repeats, a.ops):
             rows.append(row)
             print(f"{name} {row.stage}: {row.s_epoch:.3f} s/epoch, floor {row.floor_s:.3f} s "
-                  f"({row.pct_of_floor:.0f} %), recorded/analytic FLOPs {row.ratio:.2f}  [{json.dumps(params)}]",
-                  flush=True)
-            if a.ops:
-                for op, n in sorted(row.ops.items()):
-                    print(f"    {op:<32}{n:>8}")
+                  f"({row.pct_of_floor:.0f} %, fastest of each: {row.pct_fastest:.0f} %), recorded/analytic FLOPs "
+                  f"{row.ratio:.2f}  [{json.dumps(params)}]", flush=True)
+            for sig, n, sec, gflop in row.ops:
+                rate = f"{gflop / sec:7.1f} GFLOP/s" if gflop else ""
+                print(f"    {sig:<56}{n:>7} calls {sec:8.3f} s ({100 * sec / row.floor_s:3.0f} % of the floor) {rate}")
     t = table(rows)
     widths = [max(len(r[i]) for r in t) for i in range(len(t[0]))]
     for r in t:
