@@ -32,7 +32,7 @@ Only `train_epoch` is timed (validation is the same forward for every algorithm 
 the floor). Hyperparameters: an algorithm named in `--config` gets its `fixed` settings and the
 middle of each searched range (geometric middle on a log scale, first choice of a categorical);
 `--batch-size` overrides the batch size of every algorithm that has one; a name that is not in the
-config is taken as an `impl` with its declared defaults and lr 1e-3; `--params
+config is taken as an `impl` with its declared defaults (lr 1e-3 where it has none); `--params
 NAME=JSON` sets anything. Data: random MNIST-shaped tensors (50,000 training images), or `--data`
 (a prepared data set from `bpfree prepare`).
 
@@ -291,7 +291,7 @@ def settings(name: str, cfg: dict, batch_size: int | None, overrides: dict) -> t
     params = {**entry.get("fixed", {}), **{k: middle(p) for k, p in entry.get("space", {}).items()}}
     if batch_size and "batch_size" in declared:
         params["batch_size"] = batch_size
-    if "lr" in declared and "lr" not in params:
+    if "lr" in declared and declared["lr"].required and "lr" not in params:
         params["lr"] = 1e-3
     params.update(overrides.get(name, {}))
     return entry["impl"], params
