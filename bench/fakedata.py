@@ -17,8 +17,10 @@ def fake_data(n_train: int = 50_000, n_eval: int = 10_000, shape: tuple[int, ...
         return torch.randn(n, *shape, generator=g), torch.randint(0, n_classes, (n,), generator=g)
 
     (xt, yt), (xv, yv), (xs, ys) = split(n_train), split(n_eval), split(n_eval)
+    c = shape[0]  # already normalised: the statistics a prepared set records, as identity
     meta = {"dataset": "mnist-shaped", "n_classes": n_classes, "shape": list(shape), "augment": False,
-            "sizes": {"train": n_train, "val": n_eval, "test": n_eval}}
+            "sizes": {"train": n_train, "val": n_eval, "test": n_eval}, "mean": [0.0] * c, "std": [1.0] * c,
+            "scale": 1.0}
     return Data(xt, yt, xv, yv, xs, ys, meta)
 
 
