@@ -50,7 +50,7 @@ def main() -> None:
         return time.perf_counter() - t
 
     cached = statistics.median(epoch_seconds() for _ in range(args.repeats))
-    algo._cache.pop("train")  # naive: the frozen blocks run for every batch
+    algo.frozen.feats.pop("train")  # naive: the frozen blocks run for every batch
     naive = statistics.median(epoch_seconds() for _ in range(args.repeats))
     E = args.epochs
     print(f"CaFo predictor {args.block}, channels {arch['channels']}, {args.n} MNIST-shaped images, "
