@@ -21,7 +21,7 @@ never as 0 J. Emissions are derived from the energy with CodeCarbon's offline ca
 Beside these, `energy_board_j` is the quantity the original study reported, so that its figures
 are compared with the column that measures the same thing: GPU board power polled every 0.2 s
 (`nvmlDeviceGetPowerUsage`), trapezoid-integrated, GPU only, no idle subtraction (its
-`src/utils/monitoring.py`; shared/spec/field-algorithms.md, last section). Without a GPU power
+`src/utils/monitoring.py`; docs/field-algorithms.md, last section). Without a GPU power
 reading it is `None`, "unavailable". A window too short to trust (fewer than 60 power samples, as
 MLPerf's power rules ask, or under 1 s of counter readings) is named in `energy_window_warning`.
 
