@@ -16,7 +16,7 @@ $(BIN)/bpfree: pyproject.toml constraints.txt
 
 setup: $(BIN)/bpfree  ## create .venv with torch ($(TORCH)) and the package
 
-run: setup  ## the default workflow (digits; bp, mf, ff on an MLP, bp and CaFo on a CNN): tables and plots under results/
+run: setup  ## the default workflow (digits; bp, mf, ff, fa, dfa and local losses on an MLP, bp, CaFo, fa, dfa and local losses on a CNN): tables and plots under results/
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES)
 
 test: setup  ## the test suite

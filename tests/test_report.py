@@ -103,6 +103,23 @@ def test_the_authors_own_figures_stand_beside_the_matching_rows(tmp_path):
     assert "99.38" not in next(line for line in table.splitlines() if "| bp |" in line)
 
 
+def test_the_declared_margins_are_named_even_when_one_seed_gives_no_verdict(tmp_path):
+    """Regression: with one seed per cell every margin was NaN and the notes said "margins none"."""
+    files = [fake_run(tmp_path, "digits", "tiny", a, 0, 90.0) for a in ("bp", "mf")]
+    report.run_report(files, tmp_path / "out", {"resamples": 200})
+    deltas = (tmp_path / "out" / "deltas.md").read_text()
+    assert "margins none" not in deltas and "test_accuracy ±0.5 pp" in deltas
+
+
+def test_cli_lists_an_algorithms_declared_settings(capsys):
+    cli.main(["settings", "dfa"])
+    out = capsys.readouterr().out
+    assert "locality feedback-alignment" in out and "feedback_init (str, one of uniform, unit-rows" in out
+    with pytest.raises(SystemExit) as e:
+        cli.main(["settings", "nosuchalgo"])
+    assert e.value.code == 2 and "shipped: bp" in capsys.readouterr().err
+
+
 def test_not_resolved_delta_is_labelled_with_n(tmp_path):
     files = [fake_run(tmp_path, "digits", "m", "bp", s, a) for s, a in enumerate([97.0, 96.0, 98.0])]
     files += [fake_run(tmp_path, "digits", "m", "mf", s, a) for s, a in enumerate([97.5, 95.0, 98.5])]

@@ -160,6 +160,18 @@ def cmd_spec(a: argparse.Namespace) -> None:
     print(config.dumps(_config_spec(a.config, a.architecture, a.algorithm, a.kind)))
 
 
+def cmd_settings(a: argparse.Namespace) -> None:
+    from bpfree import algorithms, hparams
+
+    try:
+        cls = algorithms.get(a.impl)
+    except ValueError as e:
+        raise BpfreeError(str(e)) from None
+    print(f"{a.impl}: locality {cls.LOCALITY}; architectures {', '.join(cls.ARCHITECTURES)}")
+    for line in hparams.describe(cls.Settings):
+        print(f"  {line}")
+
+
 def _stage_parsers(sub) -> None:
     """prepare, search and train: the workflow's jobs."""
     from bpfree.data import REGISTRY
@@ -204,7 +216,7 @@ def _stage_parsers(sub) -> None:
 
 
 def _tool_parsers(sub) -> None:
-    """report, doctor and spec."""
+    """report, doctor, spec and settings."""
     p = sub.add_parser("report", help="summary.csv, table.md and plots from finished runs")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--statistics", help="the config's protocol.statistics as JSON, or @FILE (bootstrap "
@@ -220,11 +232,16 @@ def _tool_parsers(sub) -> None:
     p.set_defaults(fn=cmd_doctor)
 
     p = sub.add_parser("spec", help="print the spec of a job from a config file")
-    p.add_argument("--config", required=True)
-    p.add_argument("--architecture", required=True)
-    p.add_argument("--algorithm", required=True)
-    p.add_argument("--kind", choices=("search", "train"), default="train")
+    p.add_argument("--config", required=True, help="config file")
+    p.add_argument("--architecture", required=True, help="architecture name in the config")
+    p.add_argument("--algorithm", required=True, help="algorithm name in the config")
+    p.add_argument("--kind", choices=("search", "train"), default="train",
+                   help="the search job's spec (with the space and budget) or a final run's")
     p.set_defaults(fn=cmd_spec)
+
+    p = sub.add_parser("settings", help="an algorithm's declared settings: type, range or choices, default, meaning")
+    p.add_argument("impl", help="implementation name (bp, mf, fa, dfa, local, ...) or a dotted module path")
+    p.set_defaults(fn=cmd_settings)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -360,9 +360,10 @@ def verdict_table(dl: pd.DataFrame) -> pd.DataFrame:
                                        "interval of the verdict", "verdict", "method", "seeds needed (estimate)"])
 
 
-def _margins(dl: pd.DataFrame) -> str:
-    m = dl.dropna(subset=["margin"]).drop_duplicates("metric")
-    return ", ".join(f"{r.metric} ±{r.margin:g} {'pp' if r.unit == 'pp' else '%'}" for r in m.itertuples()) or "none"
+def _margins(cfg: StatsConfig) -> str:
+    """The declared margins, as configured (whatever the runs let the verdicts use)."""
+    return ", ".join(f"{metric} ±{m:g} {'pp' if stats.DELTA_METRICS.get(metric) == 'pp' else '%'}"
+                     for metric, m in cfg.margins.items()) or "none"
 
 
 def notes(runs: pd.DataFrame, cells: pd.DataFrame, dl: pd.DataFrame, cfg: StatsConfig) -> str:
@@ -381,7 +382,7 @@ def notes(runs: pd.DataFrame, cells: pd.DataFrame, dl: pd.DataFrame, cfg: StatsC
     if "energy_dynamic_j" not in runs or runs.energy_dynamic_j.isna().all():
         why = "; ".join(sorted(set(runs.idle_note.dropna()))) if "idle_note" in runs else "no idle baseline"
         out.append(f"Dynamic energy (total minus idle power x time) not available: {why}.")
-    out.append(f"Verdicts at a declared margin per metric (margins {_margins(dl)}): {cfg.verdict_method}, "
+    out.append(f"Verdicts at a declared margin per metric (margins {_margins(cfg)}): {cfg.verdict_method}, "
                f"alpha {cfg.alpha:g}. 'equivalent within ±m' and 'better/worse by more than m' are claims at that "
                "margin; 'not resolved' comes with an estimate of the paired seeds that would resolve it "
                f"({cfg.power:.0%} power, if the observed mean and sd of the per-seed differences were the true ones).")

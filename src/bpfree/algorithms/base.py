@@ -20,7 +20,7 @@ from bpfree import hparams
 from bpfree.data import Data, augment_batch
 from bpfree.errors import ConfigError
 
-# Which learning signal reaches each layer (docs/algorithms.md, "Locality"); shown beside every
+# Which learning signal reaches each layer (docs/field-algorithms.md, "Locality"); shown beside every
 # algorithm's name in the report, and checked per algorithm by its tests.
 LOCALITIES = {
     "end-to-end": "the exact gradient through every layer",
