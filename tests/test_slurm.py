@@ -217,7 +217,7 @@ def test_cancelled_final_run_resumed_from_its_checkpoint(runs):
     assert _job_states().get(cancel["job"], "").startswith("CANCELLED"), cancel
     m = json.loads((remote / f"{CANCELLED}/metrics.json").read_text())
     # cancelled once epoch 3 was logged: the checkpoint of epoch 2 at least was on disk
-    assert m["resumed"] is not None and m["resumed"]["from_epoch"] >= 2, m["resumed"]
+    assert m["resumed"] and m["resume"]["from_epoch"] >= 2, m["resume"]
     assert m["provenance"]["slurm_job_id"] != cancel["job"]  # the retry, a new job
     assert m["epochs"] == 30 and not (remote / f"{CANCELLED}/checkpoint.pt").exists()
 
