@@ -39,7 +39,7 @@ from torch import nn
 
 from bpfree import hparams, models
 from bpfree.hparams import SettingError, hp
-from bpfree.algorithms.base import (Algorithm, Cost, Stage, accuracy, adam, chunked, minibatch_epoch, scores_metrics,
+from bpfree.algorithms.base import (SGD, Algorithm, Cost, Stage, accuracy, adam, chunked, minibatch_epoch, scores_metrics,
                                     train_batch)
 from bpfree.data import Data
 
@@ -171,7 +171,7 @@ class ForwardForward(Algorithm):
             groups.append({"params": list(self.net.classifier.parameters()), "lr": hp.downstream_lr,
                            "weight_decay": hp.downstream_l2 if sgd else hp.downstream_weight_decay})
         if sgd:  # fused, as adam: on a CPU the unfused update costs as much as a layer's matmuls
-            self.opt = torch.optim.SGD(groups, momentum=0.9, fused=True)
+            self.opt = SGD(groups, momentum=0.9, fused=True)
         else:  # each group's lr and weight_decay override adam's defaults
             self.opt = adam(groups, hp.lr, weight_decay=hp.weight_decay)
         self.peer_weight = hp.peer_weight

@@ -41,7 +41,7 @@ from torch.func import functional_call, jvp
 
 from bpfree import hparams, models
 from bpfree.hparams import SettingError, hp
-from bpfree.algorithms.base import (Algorithm, Cost, Stage, accuracy, adam, chunked, minibatch_epoch,
+from bpfree.algorithms.base import (SGD, Algorithm, Cost, Stage, accuracy, adam, chunked, minibatch_epoch,
                                     scores_metrics, train_batch)
 from bpfree.algorithms.mf import MonoForwardNet
 from bpfree.data import Data
@@ -95,8 +95,8 @@ class ForwardGradient(Algorithm):
         self.net.requires_grad_(False)  # estimates are written into .grad; no autograd graph
         h = self.hp
         if h.optimizer == "sgd":
-            self.opt = torch.optim.SGD(self.net.parameters(), lr=h.lr, momentum=h.momentum, weight_decay=h.l2,
-                                       fused=True)
+            self.opt = SGD(self.net.parameters(), lr=h.lr, momentum=h.momentum, weight_decay=h.l2,
+                            fused=True)
         else:
             self.opt = adam(self.net.parameters(), h.lr, weight_decay=h.weight_decay)
 

@@ -41,7 +41,7 @@ from torch import nn
 
 from bpfree import hparams, models
 from bpfree.hparams import SettingError, hp
-from bpfree.algorithms.base import (Algorithm, Cost, Stage, chunked, minibatch_epoch, scores_metrics,
+from bpfree.algorithms.base import (SGD, Algorithm, Cost, Stage, chunked, minibatch_epoch, scores_metrics,
                                     train_batch)
 from bpfree.data import Data
 
@@ -121,8 +121,8 @@ class Pepita(Algorithm):
         self.widths = models.mlp_widths(arch, self.shape)
         self.net = PepitaNet(self.widths, self.n_classes, self.hp.f_scale).to(self.device)
         self.net.requires_grad_(False)  # no autograd graph: the updates are written into .grad
-        self.opt = torch.optim.SGD(self.net.parameters(), lr=self.hp.lr, momentum=self.hp.momentum,
-                                   weight_decay=self.hp.l2, fused=True)
+        self.opt = SGD(self.net.parameters(), lr=self.hp.lr, momentum=self.hp.momentum,
+                       weight_decay=self.hp.l2, fused=True)
         if self.hp.input == "unit":
             c = len(meta["mean"])  # the loader's per-channel statistics (bpfree.data.load)
             self._std = torch.tensor(meta["std"], device=self.device).repeat_interleave(self.widths[0] // c)
