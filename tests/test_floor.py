@@ -26,12 +26,16 @@ def data():
     ("bp", {"lr": 1e-3, "batch_size": 128}),
     ("mf", {"lr": 1e-3, "batch_size": 128}),
     ("mf", {"lr": 1e-3, "batch_size": 128, "mode": "simultaneous"}),
+    ("fwdgrad", {"lr": 1e-3, "batch_size": 125, "variant": "local", "n_perturbations": 3}),
+    ("fwdgrad", {"lr": 1e-3, "batch_size": 125, "variant": "weight", "n_perturbations": 3}),
 ])
 def test_recorded_products_equal_the_analytic_cost_and_the_floor_is_below_the_epoch(data, impl, params):
     rows = floor.measure(impl, impl, params, ARCH, data, CPU, repeats=5)
     assert len(rows) == (2 if params.get("mode", "greedy") == "greedy" and impl == "mf" else 1)
     for r in rows:
-        assert r.recorded_gflop == pytest.approx(r.analytic_gflop, rel=1e-12)
+        # fwdgrad-weight's per-step work (the K d v sums) is counted per image as K P // B, rounded down
+        rel = 1e-4 if params.get("variant") == "weight" else 1e-12
+        assert r.recorded_gflop == pytest.approx(r.analytic_gflop, rel=rel)
         assert r.fused_steps_per_step == 1.0  # one fused Adam kernel per optimiser step
         assert r.floor_s > 0 and r.s_epoch > 0  # their ratio is a benchmark figure, not a test: timings on a shared machine
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from bpfree.algorithms.base import accuracy, generator
-from bpfree.algorithms.fwdgrad import ForwardGradient, cosine
+from bpfree.algorithms.fwdgrad import ForwardGradient, cosine, directional_derivatives
 from bpfree.data import Data
 from bpfree.engine import Stopping, fit
 from forward_only import no_backward
@@ -148,6 +148,23 @@ def test_settings_pair_the_optimiser_with_its_decay():
     assert cosine(0, 10) == 1.0 and cosine(5, 10) == pytest.approx(0.5)
 
 
+def test_hand_propagated_tangent_equals_torch_func_jvp():
+    """d_kn = dL/dz_n . u_kn by the hand-written tangent equals torch.func.jvp of the per-example
+    loss on the K repeated examples (the module's earlier form), for the same perturbations."""
+    g = torch.Generator().manual_seed(0)
+    K, B, d, C = 5, 7, 6, 4
+    z, head = torch.randn(B, d, generator=g), torch.randn(C, d, generator=g)
+    y = torch.arange(B) % C
+    u = torch.randn(K, B, d, generator=g)
+
+    def per_example(zk):
+        return F.cross_entropy(torch.relu(zk) @ head.T, y.repeat(K), reduction="none") / B
+
+    _, ref = torch.func.jvp(per_example, (z.repeat(K, 1),), (u.view(K * B, d),))
+    err = ((torch.relu(z) @ head.T).softmax(1) - F.one_hot(y, C)) / B
+    torch.testing.assert_close(directional_derivatives(u, (z > 0).float(), head, err), ref.view(K, B))
+
+
 def test_cost_counts_perturbations():
     meta = {"n_classes": 10, "shape": [1, 28, 28]}
     hp = {"lr": 1e-3, "batch_size": 100}
@@ -155,10 +172,15 @@ def test_cost_counts_perturbations():
     local = ForwardGradient(arch, meta, {**hp, "variant": "local", "n_perturbations": 4}, CPU)
     layers, heads = 784_000 + 1_000_000, 20_000
     c = local.cost(local.stages()[0])
-    assert c.train == 2 * layers + 10 * heads and c.eval == layers + 10_000
-    weight = ForwardGradient(arch, meta, {**hp, "variant": "weight", "n_perturbations": 2}, CPU)
+    assert c.train == 2 * layers + 6 * heads + 4 * 2000 and c.eval == layers + 10_000
     fwd = layers + 10_000
-    assert weight.cost(weight.stages()[0]).train == 2 * (3 * fwd - 784_000) + 2 * weight.n_params() // 100
+    weight = ForwardGradient(arch, meta, {**hp, "variant": "weight", "n_perturbations": 2}, CPU)
+    assert weight.chunk() == 9  # 2^24 // 1,796,010 parameters
+    # per chunk of at most 9 perturbations: one primal pass and layer 1's zero-tangent product
+    assert weight.cost(weight.stages()[0]).train == (fwd + 784_000) + 2 * (2 * fwd - 784_000) + 2 * weight.n_params() // 100
+    weight = ForwardGradient(arch, meta, {**hp, "variant": "weight", "n_perturbations": 10}, CPU)
+    assert (weight.cost(weight.stages()[0]).train
+            == 2 * (fwd + 784_000) + 10 * (2 * fwd - 784_000) + 10 * weight.n_params() // 100)
 
 
 @pytest.mark.parametrize("widths,hp", [

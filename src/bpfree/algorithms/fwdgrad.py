@@ -13,9 +13,12 @@ google-research/local_forward_gradient, `update_forward_grad_activations`). Ever
 has its own linear head M_l (C, d_l) and local loss L_l = mean_n CE(M_l relu(z_{l,n}), y_n), with
 z_l = W_l a_{l-1} + b_l on the detached input a_{l-1} (the paper's simplest local-greedy setting:
 one block per layer, one loss per block). Per example n a perturbation u_n ~ N(0, I_{d_l}) of the
-pre-activation gives, by `torch.func.jvp`, d_n = dL_l/dz_{l,n} . u_n, and the activity's forward
-gradient g_{z,n} = d_n u_n * relu'(z_{l,n}); the weights get the layer's exact local Jacobian:
+pre-activation gives, by forward-mode differentiation, d_n = dL_l/dz_{l,n} . u_n, and the activity's
+forward gradient g_{z,n} = d_n u_n * relu'(z_{l,n}); the weights get the layer's exact local Jacobian:
 g_W = sum_n g_{z,n} a_{l-1,n}^T, g_b = sum_n g_{z,n}, averaged over `n_perturbations` draws. The
+tangent is carried forward by hand through the head's two operations (`directional_derivatives`: the
+product with M_l, then the cross-entropy), all K perturbations sharing one primal pass: the numbers
+`torch.func.jvp` gives on the K repeated examples (tested), without its K copies of the primal. The
 ReLU mask is the authors' (their code multiplies by it): the true gradient is zero where the unit is
 off, so the estimate stays unbiased and loses those components' noise. As in the authors' code the
 heads get their true gradient, here in closed form ((softmax - onehot)^T relu(z_l) / B), not by
@@ -79,6 +82,17 @@ def cosine(e: int, E: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * e / E))
 
 
+def directional_derivatives(u: torch.Tensor, on: torch.Tensor, head: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
+    """Forward-mode derivatives of a layer's local loss L = mean_n CE(M relu(z_n), y_n) along K
+    perturbations of its pre-activations: d_kn = dL/dz_n . u_kn, propagated forward (tangent of the
+    scores t_kn = M (relu'(z_n) * u_kn), then the cross-entropy's tangent err_n . t_kn), which is what
+    `torch.func.jvp` computes, without its K copies of the primal pass (tested against it).
+    u: (K, B, d) perturbations; on: (B, d) relu'(z); head: M, (C, d); err: (B, C) = (softmax(s) -
+    onehot(y)) / B, the cross-entropy's derivative in the scores. Returns d: (K, B)."""
+    t = (u * on).view(-1, u.shape[2]) @ head.T  # (K B, C)
+    return (t.view(u.shape[0], u.shape[1], -1) * err).sum(2)
+
+
 class ForwardGradient(Algorithm):
     Settings = Settings
     LOCALITY = "perturbation"
@@ -116,7 +130,7 @@ class ForwardGradient(Algorithm):
         cross-entropy (x: (B, ...) images, y: (B,) labels), averaged over n_perturbations; return
         the loss."""
         params = dict(self.net.named_parameters())
-        K, P = self.hp.n_perturbations, self.n_params()
+        K = self.hp.n_perturbations
 
         def loss(p: dict) -> torch.Tensor:
             return F.cross_entropy(functional_call(self.net, p, (x,)), y)
@@ -126,8 +140,8 @@ class ForwardGradient(Algorithm):
 
         grads = {k: torch.zeros_like(p) for k, p in params.items()}
         done = 0
-        while done < K:  # the draws in chunks of at most 2^24 numbers, each chunk in one vmapped pass
-            n = min(K - done, max(1, 2 ** 24 // P))
+        while done < K:  # the draws in chunks, each chunk in one vmapped pass
+            n = min(K - done, self.chunk())
             v = {k: torch.randn((n, *p.shape), generator=gen, device=p.device) for k, p in params.items()}
             value, d = torch.func.vmap(directional)(v)  # d: (n,) directional derivatives grad L . v
             for k in grads:
@@ -137,29 +151,32 @@ class ForwardGradient(Algorithm):
             p.grad = grads[k]
         return value[0]
 
+    def chunk(self) -> int:
+        """Perturbations per vmapped pass of the weight variant: at most 2^24 numbers drawn at once."""
+        return max(1, 2 ** 24 // self.n_params())
+
     @torch.no_grad()
     def local_step(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Set .grad of every hidden layer to its activity-perturbed forward gradient of its own
         local loss, and of every head to its exact gradient; return the sum of the local losses."""
-        K, B, C = self.hp.n_perturbations, len(y), self.n_classes
-        target = F.one_hot(y, C).to(x.dtype)
-        yK = y.repeat(K)
+        K, B = self.hp.n_perturbations, len(y)
+        target = F.one_hot(y, self.n_classes).to(x.dtype)
         a, total = x.flatten(1), torch.zeros((), device=x.device)
         for i, layer in enumerate(self.net.hidden):
             z = layer(a)  # a is the layer's input, a constant here: nothing reaches the layer below
-
-            def per_example(zk: torch.Tensor, i=i) -> torch.Tensor:
-                return F.cross_entropy(self.net.scores(i, torch.relu(zk)), yK, reduction="none") / B
-
-            u = torch.randn(K * B, z.shape[1], generator=gen, device=z.device)
-            _, d = jvp(per_example, (z.repeat(K, 1),), (u,))  # d_n = dL_i/dz_n . u_n
-            g_z = (d[:, None] * u).view(K, B, -1).mean(0) * (z > 0)
+            on = (z > 0).to(z.dtype)
+            h = z * on
+            s = self.net.scores(i, h)
+            err = (s.softmax(1) - target) / B  # (B, C): dL/ds, the one primal the K tangents share
+            u = torch.randn(K, B, z.shape[1], generator=gen, device=z.device)
+            d = directional_derivatives(u, on, self.net.proj[i], err)
+            # g_z,n = mean_k d_kn u_kn, masked: (B, 1, K) @ (B, K, d_l) without a (K, B, d_l) temporary
+            g_z = torch.bmm(d.T.unsqueeze(1), u.transpose(0, 1)).squeeze(1).mul_(on / K)
             layer.weight.grad = g_z.T @ a
             layer.bias.grad = g_z.sum(0)
-            a = torch.relu(z)
-            s = self.net.scores(i, a)
-            self.net.proj[i].grad = (s.softmax(1) - target).T @ a / B
+            self.net.proj[i].grad = err.T @ h
             total += F.cross_entropy(s, y)
+            a = h
         return total
 
     def train_epoch(self, stage: Stage, data: Data, gen: torch.Generator) -> torch.Tensor:
@@ -194,14 +211,18 @@ class ForwardGradient(Algorithm):
         layers = [w[i] * w[i + 1] for i in range(self.L)]
         if self.hp.variant == "weight":
             fwd = self.predict_macs()
-            # per perturbation: the primal pass, the tangent's dW a terms (one pass) and its W da
-            # terms (no input tangent at layer 1); then d v summed into the estimate, per step
+            # per vmapped chunk one primal pass, plus the layer-1 product of the input's zero tangent
+            # that torch's forward-mode rule of a linear layer still computes (work the rule does not
+            # need, counted because it is done); per perturbation the tangent's dW a terms (one pass)
+            # and its W da terms (none at layer 1); then d v summed into the estimate, per step
+            chunks = -(-K // self.chunk())
             per_step = K * self.n_params()
-            return Cost(train=K * (3 * fwd - layers[0]) + per_step // self.hp.batch_size, eval=fwd)
+            return Cost(train=chunks * (fwd + layers[0]) + K * (2 * fwd - layers[0]) + per_step // self.hp.batch_size,
+                        eval=fwd)
         heads = sum(d * C for d in w[1:])
-        # layer forwards and weight gradients; per head: K primal and K tangent passes, one
-        # forward on the clean activity and its exact gradient
-        return Cost(train=2 * sum(layers) + (2 * K + 2) * heads, eval=self.predict_macs())
+        # layer forwards and weight gradients; per head: one primal, K tangents, the exact gradient;
+        # per unit the K-term average of d u
+        return Cost(train=2 * sum(layers) + (K + 2) * heads + K * sum(w[1:]), eval=self.predict_macs())
 
     def predict_macs(self) -> int:
         if self.hp.variant == "weight":
