@@ -77,6 +77,27 @@ def test_provenance_hashes_every_source_the_result_depends_on(tmp_path, digits_p
             "bpfree/engine.py", "bpfree/algorithms/base.py", "bpfree/train.py", "bpfree/metering.py"} <= names
     assert prov["sources"]["bpfree/engine.py"] == sources.hashes("bp")["bpfree/engine.py"]
     assert len(prov["sources"]["bpfree/algorithms/bp.py"]) == 64
+    assert "changed_during_run" not in prov
+
+
+def test_provenance_records_the_code_at_the_start_and_an_edit_made_while_the_job_ran(
+        tmp_path, digits_path, capsys, monkeypatch):
+    """Regression: provenance was collected when metrics.json was written, so a source file edited
+    while a job ran was recorded as the code that produced its result."""
+    real, calls = sources.hashes, []
+
+    def edited_after_the_start(impl, extra=()):
+        calls.append(impl)
+        h = real(impl, extra)
+        return h if len(calls) == 1 else {**h, "bpfree/engine.py": "0" * 64}
+
+    monkeypatch.setattr(sources, "hashes", edited_after_the_start)
+    out = tmp_path / "run"
+    _train(tmp_path, digits_path, out)
+    prov = json.loads((out / "metrics.json").read_text())["provenance"]
+    assert prov["sources"]["bpfree/engine.py"] == real("bp")["bpfree/engine.py"]  # what ran
+    assert prov["changed_during_run"]["files"] == ["bpfree/engine.py"]
+    assert "bpfree/engine.py changed while this job ran" in capsys.readouterr().err
 
 
 def test_workflow_and_package_share_one_core_list():

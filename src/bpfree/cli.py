@@ -90,6 +90,11 @@ def cmd_search(a: argparse.Namespace) -> None:
     spec = _spec(a, "search")
     _outputs("search", [a.journal, a.worker_out, a.best, a.trials or (a.best and Path(a.best).with_name("trials.csv"))])
     study = None  # n_trials 0: the fixed settings are the best parameters
+    if a.worker_out:
+        from bpfree import provenance
+        from bpfree.device import resolve_device
+
+        prov = provenance.collect(spec, resolve_device(spec["device"]))  # the code that is about to run
     if spec["search"]["n_trials"] > 0 and a.collect:
         for f in a.worker_files or []:  # each worker job's summary: truncated or malformed is named
             search.check_worker_file(f)
@@ -103,11 +108,13 @@ def cmd_search(a: argparse.Namespace) -> None:
         study = search.run_search(spec, a.data, a.journal, n_trials=a.n_trials, threads=a.threads,
                                   exclusive=not a.shared and a.workers == 1, worker=a.worker, workers=a.workers)
     if a.worker_out:
-        from bpfree import io, provenance
-        from bpfree.device import resolve_device
+        from bpfree import io
 
         summary = search.worker_summary(study, a.worker or 0, a.workers) if study is not None else {}
-        io.write_json(a.worker_out, {**summary, "provenance": provenance.collect(spec, resolve_device(spec["device"]))})
+        prov, warning = provenance.finished(prov, spec)
+        if warning:
+            print(warning, file=sys.stderr)
+        io.write_json(a.worker_out, {**summary, "provenance": prov})
     if a.best:
         best = search.write_outputs(spec, study, a.best, a.trials or Path(a.best).with_name("trials.csv"), a.journal)
         print(json.dumps(best["params"]))

@@ -82,7 +82,27 @@ def collect(spec: dict, device: torch.device | str = "cpu", **extra: object) -> 
     sha256 of every file the result depends on (bpfree.sources: the algorithm's module, tracked by
     git or not, the core, and the stage's modules: search.py for a search spec, else train.py,
     metering.py and device.py, through which the meter reads NVML)."""
-    stage = ("search.py",) if "search" in spec else ("train.py", "metering.py", "device.py")
     return {**git(), "packages": versions(), **hardware(device), "spec_sha256": sources.digest(spec),
             "run_sha256": sources.digest({"spec": spec, **extra}),
-            "sources": sources.hashes(spec.get("impl"), extra=stage)}
+            "sources": sources.hashes(spec.get("impl"), extra=_stage(spec))}
+
+
+def _stage(spec: dict) -> tuple[str, ...]:
+    return ("search.py",) if "search" in spec else ("train.py", "metering.py", "device.py")
+
+
+def finished(start: dict, spec: dict) -> tuple[dict, str | None]:
+    """The provenance of a job's result: `start` (`collect` when the job began, when its code was
+    imported: the code that ran), plus `changed_during_run` where the checkout changed under the
+    running job: the source files whose bytes differ now and the commit now. Returns the record and a
+    one-line warning (None when nothing changed). Collected only at the end, an edit made while a
+    job ran would be recorded as the code that produced its result."""
+    now = sources.hashes(spec.get("impl"), extra=_stage(spec))
+    files = sorted(f for f in {*now, *start["sources"]} if now.get(f) != start["sources"].get(f))
+    commit = _git("rev-parse", "HEAD") if start.get("git_commit") else None
+    if not files and commit == start.get("git_commit"):
+        return start, None
+    changed = {"files": files, "git_commit_at_end": commit}
+    what = f"{', '.join(files)} changed" if files else "the commit moved (no file of this job changed)"
+    return ({**start, "changed_during_run": changed},
+            f"warning: {what} while this job ran; its provenance records the code at its start")

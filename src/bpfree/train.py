@@ -60,6 +60,7 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
     for w in warnings(data, hp.get("batch_size"), spec.get("limit_train")):
         log(f"warning: {w}")
     log(f"hyperparameters {hp}; optimiser {settings.optimizer_label()}")
+    prov = provenance.collect(spec, device, hyperparameters=hp, seed=seed)  # the code that is about to run
     torch.manual_seed(seed)
     algo = cls(spec["arch"], data.meta, settings, device)
     ckpt = None
@@ -72,6 +73,9 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
     except Diverged as e:
         raise Diverged(f"{cell} seed {seed} diverged with the hyperparameters of {best_path}: {e}") from None
     metrics = assemble_metrics(spec, seed, algo, settings, data, run, ckpt, log)
+    metrics["provenance"], warning = provenance.finished(prov, spec)
+    if warning:
+        log(warning)
     io.write_csv(out_dir / "epochs.csv", pd.DataFrame(run.fit.history))
     if run.measured["power_trace"]:
         io.write_csv(out_dir / run.measured["power_trace"], pd.DataFrame(run.trace))
@@ -135,8 +139,8 @@ def train_metered(algo: Algorithm, data: Data, stopping: Stopping, seed: int, me
 
 def assemble_metrics(spec: dict, seed: int, algo: Algorithm, settings: hparams.Settings, data: Data, run: Trained,
            ckpt: checkpoint.Checkpoint | None, log: Progress) -> dict:
-    """metrics.json of a trained run: the one test evaluation, the algorithm's own `run_metrics`,
-    cost, energy, resume bookkeeping and provenance."""
+    """metrics.json of a trained run (its provenance aside): the one test evaluation, the
+    algorithm's own `run_metrics`, cost, energy and resume bookkeeping."""
     res, measured, stopping, device = run.fit, run.measured, Stopping(**spec["stopping"]), algo.device
     energy = f"{measured['energy_j']:.1f} J" if measured["energy_j"] is not None else "energy unavailable"
     extra = algo.run_metrics(data)
@@ -162,8 +166,7 @@ def assemble_metrics(spec: dict, seed: int, algo: Algorithm, settings: hparams.S
     metrics["resume"] = _resume_note(ckpt, run.earlier)
     metrics["checkpoint"] = None if ckpt is None else {"saves": ckpt.saves, "seconds": ckpt.seconds,
                                                         "every_s": ckpt.every_s}
-    metrics["provenance"] = provenance.collect(spec, device, hyperparameters=hp, seed=seed)
-    if clash := sorted(set(extra) & set(metrics)):
+    if clash := sorted(set(extra) & {*metrics, "provenance"}):
         raise ValueError(f"{type(algo).__name__}.run_metrics: {', '.join(clash)} would overwrite keys of metrics.json")
     return {**metrics, **extra}
 
