@@ -100,6 +100,25 @@ def test_provenance_records_the_code_at_the_start_and_an_edit_made_while_the_job
     assert "bpfree/engine.py changed while this job ran" in capsys.readouterr().err
 
 
+def test_search_provenance_is_the_code_at_its_start(tmp_path, digits_path, capsys, monkeypatch):
+    real, calls = sources.hashes, []
+
+    def edited_after_the_start(impl, extra=()):
+        calls.append(impl)
+        h = real(impl, extra)
+        return h if len(calls) == 1 else {**h, "bpfree/search.py": "0" * 64}
+
+    monkeypatch.setattr(sources, "hashes", edited_after_the_start)
+    spec = bpcfg.search_spec(CFG, "tiny", "bp")
+    best = tmp_path / "best.json"
+    cli.main(["search", "--spec", json.dumps(spec), "--data", str(digits_path), "--journal",
+              str(tmp_path / "j.log"), "--best", str(best), "--threads", "1"])
+    prov = json.loads(best.read_text())["provenance"]
+    assert prov["sources"]["bpfree/search.py"] == real("bp", ("search.py",))["bpfree/search.py"]
+    assert prov["changed_during_run"]["files"] == ["bpfree/search.py"]
+    assert "bpfree/search.py changed while this job ran" in capsys.readouterr().err
+
+
 def test_workflow_and_package_share_one_core_list():
     common = (bpcfg.ROOT / "workflow" / "rules" / "common.smk").read_text()
     assert "CORE_SRC = [str(f) for f in bpsources.core(SRC)]" in common

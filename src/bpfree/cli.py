@@ -89,12 +89,10 @@ def cmd_search(a: argparse.Namespace) -> None:
 
     spec = _spec(a, "search")
     _outputs("search", [a.journal, a.worker_out, a.best, a.trials or (a.best and Path(a.best).with_name("trials.csv"))])
-    study = None  # n_trials 0: the fixed settings are the best parameters
-    if a.worker_out:
-        from bpfree import provenance
-        from bpfree.device import resolve_device
+    from bpfree import provenance
 
-        prov = provenance.collect(spec, resolve_device(spec["device"]))  # the code that is about to run
+    # provenance is the code about to run (collected now); n_trials 0: the fixed settings are the best
+    study, prov = None, provenance.collect(spec)
     if spec["search"]["n_trials"] > 0 and a.collect:
         for f in a.worker_files or []:  # each worker job's summary: truncated or malformed is named
             search.check_worker_file(f)
@@ -105,18 +103,22 @@ def cmd_search(a: argparse.Namespace) -> None:
         if a.worker is not None and not 0 <= a.worker < a.workers:
             raise BpfreeError(f"--worker {a.worker} is not in 0..{a.workers - 1} (--workers {a.workers})")
         _pin_gpu(spec)
+        from bpfree.device import resolve_device
+
+        prov = {**prov, **provenance.hardware(resolve_device(spec["device"]))}  # after pinning: where trials run
         study = search.run_search(spec, a.data, a.journal, n_trials=a.n_trials, threads=a.threads,
                                   exclusive=not a.shared and a.workers == 1, worker=a.worker, workers=a.workers)
+    prov, warning = provenance.finished(prov, spec)
+    if warning:
+        print(warning, file=sys.stderr)
     if a.worker_out:
         from bpfree import io
 
         summary = search.worker_summary(study, a.worker or 0, a.workers) if study is not None else {}
-        prov, warning = provenance.finished(prov, spec)
-        if warning:
-            print(warning, file=sys.stderr)
         io.write_json(a.worker_out, {**summary, "provenance": prov})
     if a.best:
-        best = search.write_outputs(spec, study, a.best, a.trials or Path(a.best).with_name("trials.csv"), a.journal)
+        best = search.write_outputs(spec, study, a.best, a.trials or Path(a.best).with_name("trials.csv"), prov,
+                                    a.journal)
         print(json.dumps(best["params"]))
 
 

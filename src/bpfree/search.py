@@ -325,14 +325,12 @@ def settings(spec: dict, params: dict) -> hparams.Settings:
 
 
 def write_outputs(spec: dict, study: optuna.Study | None, best_path: str | Path, trials_path: str | Path,
-                  journal: str | Path = "") -> dict:
+                  prov: dict, journal: str | Path = "") -> dict:
+    """best.json (with `prov`, the provenance collected when the job began) and trials.csv."""
     best = best_params(spec, study, journal)
-    from bpfree import provenance
-
     s = settings(spec, best["params"])
     io.write_json(best_path, {**best, "algorithm": spec["algorithm"], "architecture": spec["architecture"],
-                              "settings": s.asdict(), "optimizer": s.optimizer_label(),
-                              "provenance": provenance.collect(spec)})
+                              "settings": s.asdict(), "optimizer": s.optimizer_label(), "provenance": prov})
     df = study.trials_dataframe() if study is not None else None
     io.write_csv(trials_path, df)
     return best
