@@ -80,18 +80,24 @@ def test_provenance_hashes_every_source_the_result_depends_on(tmp_path, digits_p
     assert "changed_during_run" not in prov
 
 
+def edit_after_the_first_read(monkeypatch, name: str):
+    """Make every read of the source hashes after the first see `name` edited; return the real reader."""
+    real, calls = sources.hashes, []
+
+    def hashes(impl, extra=()):
+        calls.append(impl)
+        h = real(impl, extra)
+        return h if len(calls) == 1 else {**h, name: "0" * 64}
+
+    monkeypatch.setattr(sources, "hashes", hashes)
+    return real
+
+
 def test_provenance_records_the_code_at_the_start_and_an_edit_made_while_the_job_ran(
         tmp_path, digits_path, capsys, monkeypatch):
     """Regression: provenance was collected when metrics.json was written, so a source file edited
     while a job ran was recorded as the code that produced its result."""
-    real, calls = sources.hashes, []
-
-    def edited_after_the_start(impl, extra=()):
-        calls.append(impl)
-        h = real(impl, extra)
-        return h if len(calls) == 1 else {**h, "bpfree/engine.py": "0" * 64}
-
-    monkeypatch.setattr(sources, "hashes", edited_after_the_start)
+    real = edit_after_the_first_read(monkeypatch, "bpfree/engine.py")
     out = tmp_path / "run"
     _train(tmp_path, digits_path, out)
     prov = json.loads((out / "metrics.json").read_text())["provenance"]
@@ -101,14 +107,7 @@ def test_provenance_records_the_code_at_the_start_and_an_edit_made_while_the_job
 
 
 def test_search_provenance_is_the_code_at_its_start(tmp_path, digits_path, capsys, monkeypatch):
-    real, calls = sources.hashes, []
-
-    def edited_after_the_start(impl, extra=()):
-        calls.append(impl)
-        h = real(impl, extra)
-        return h if len(calls) == 1 else {**h, "bpfree/search.py": "0" * 64}
-
-    monkeypatch.setattr(sources, "hashes", edited_after_the_start)
+    real = edit_after_the_first_read(monkeypatch, "bpfree/search.py")
     spec = bpcfg.search_spec(CFG, "tiny", "bp")
     best = tmp_path / "best.json"
     cli.main(["search", "--spec", json.dumps(spec), "--data", str(digits_path), "--journal",
