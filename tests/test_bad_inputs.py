@@ -194,8 +194,9 @@ def snakemake_case(id: str, what: str, edit: Callable[[dict], object], *needles:
         root = make_repo(tmp / "repo", cfg)
         out = snakemake(root, "-n", check=False)
         text = out.stdout + out.stderr
-        assert out.returncode != 0, f"{id}: snakemake -n accepted it"
+        assert out.returncode == 2, f"{id}: snakemake -n exited {out.returncode}:\n{text[-2000:]}"
         assert not (root / "resources").exists() and not (root / "results").exists()
+        assert "Traceback" not in text and 'File "' not in text, f"{id}: a traceback for a known failure:\n{text}"
         return next((line.strip() for line in text.splitlines() if needles[0] in line), text[-2000:])
 
     CASES.append(Case(id, "snakemake", what, run, needles))
@@ -205,6 +206,8 @@ snakemake_case("snakemake-fixed-misspelt-key", "`fixed: {batch_sise: 64}`, throu
                lambda c: c["algorithms"]["bp"].update(fixed={"batch_sise": 64}), "algorithms.bp.fixed.batch_sise")
 snakemake_case("snakemake-device-cuda", "`device: cuda` without a GPU, through `snakemake -n`",
                lambda c: c.update(device="cuda"), "device = 'cuda'")
+snakemake_case("snakemake-space-not-a-range", "`space: {lr: -1}` (a number, not a range), through `snakemake -n`",
+               lambda c: c["algorithms"]["bp"].update(space={"lr": -1}), "algorithms.bp.space.lr = -1")
 snakemake_case("snakemake-mf-on-cnn", "`mf` on a CNN, through `snakemake -n`", lambda c: c.update(
     architectures={"tiny": {"type": "cnn", "channels": [4]}}), "comparisons[0]: algorithm mf on architecture tiny")
 

@@ -36,8 +36,9 @@ def load(path: str | Path) -> dict:
     return cfg
 
 
-def validate(cfg: dict) -> None:
-    """Schema validation with defaults filled in (Snakemake's validator), then `check`."""
+def validate(cfg: dict, device: bool = True) -> None:
+    """Schema validation with defaults filled in (Snakemake's validator), then `check` (`device`:
+    whether this machine must offer the config's device); ConfigError names the first bad key."""
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate as sm_validate
 
@@ -48,7 +49,7 @@ def validate(cfg: dict) -> None:
         sm_validate(cfg, str(SCHEMA))
     except WorkflowError as e:
         raise ConfigError(_schema_error(cfg) or str(e)) from None
-    check(cfg)
+    check(cfg, device=device)
 
 
 def refuse_moved(cfg: dict) -> None:

@@ -1,4 +1,4 @@
-from snakemake.utils import validate
+import sys
 import bpfree.config as bpcfg
 from bpfree import algorithms as bpalg
 from bpfree import sources as bpsources
@@ -7,10 +7,14 @@ from types import SimpleNamespace
 import functools
 
 
-bpcfg.refuse_moved(config)  # a key that moved: say where to, before the schema's generic complaint
-validate(config, "../schemas/config.schema.yaml")
-# The device is checked where jobs run: a cluster's submit host need not have its nodes' GPUs.
-bpcfg.check(config, device=workflow.local_exec)
+# The schema (defaults filled in) and what it cannot express, before any job; a bad value is a known
+# failure: one line naming the key, exit status 2, no traceback. The device is checked where jobs
+# run: a cluster's submit host need not have its nodes' GPUs.
+try:
+    bpcfg.validate(config, device=workflow.local_exec)
+except bpcfg.ConfigError as e:
+    sys.stderr.write(f"bpfree: the config is refused: {e}\n")
+    sys.exit(2)
 
 CELLS = bpcfg.cells(config)
 SEEDS = config["protocol"]["seeds"]
