@@ -396,6 +396,8 @@ cli_case("worker-file-truncated", "result", "a truncated search worker file",
 cli_case("worker-file-incomplete", "result", "a search worker file without its trials",
          lambda t, d: worker_file(t, '{"worker": 0}'), "search worker file {tmp}/0.json lacks workers")
 
+cli_case("settings-entry-name", "cli", "`bpfree settings fwdgrad-weight` (a config entry's name, not an `impl`)",
+         lambda t, d: ["settings", "fwdgrad-weight"], "did you mean 'fwdgrad'?")
 cli_case("spec-not-json", "cli", "`--spec '{bad'`", lambda t, d: [*train_argv(t, d)[:2], "{bad", *train_argv(t, d)[3:]],
          "--spec = '{bad'", "not JSON")
 cli_case("spec-file-missing", "cli", "`--spec @FILE` naming no file",
