@@ -175,10 +175,6 @@ def cmd_settings(a: argparse.Namespace) -> None:
     try:
         cls = algorithms.get(a.impl)
     except ValueError as e:
-        impl = a.impl.split("-")[0]
-        if impl != a.impl and impl in algorithms.available():  # a config entry's name, e.g. fwdgrad-weight
-            raise BpfreeError(f"{a.impl!r} is not an implementation; `bpfree settings` takes a config entry's "
-                              f"`impl`: did you mean {impl!r}?") from None
         raise BpfreeError(str(e)) from None
     print(f"{a.impl}: locality {cls.LOCALITY}; architectures {', '.join(cls.ARCHITECTURES)}")
     for line in hparams.describe(cls.Settings):

@@ -25,6 +25,10 @@ def get(impl: str) -> type[Algorithm]:
     try:
         mod = importlib.import_module(module_name(impl))
     except ModuleNotFoundError as e:
+        stem = impl.split("-")[0]
+        if stem != impl and stem in available():  # a config entry's name, e.g. fwdgrad-weight
+            raise ValueError(f"{impl!r} is not an implementation but reads like a config entry's name: "
+                             f"did you mean {stem!r}? (an entry's `impl`)") from e
         raise ValueError(f"unknown algorithm implementation {impl!r} ({e}); "
                          f"shipped: {', '.join(available())}") from e
     cls = getattr(mod, "ALGORITHM", None)
