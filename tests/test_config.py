@@ -79,6 +79,17 @@ def test_schema_errors_name_the_key(cfg):
         config.validate(cfg)
 
 
+def test_a_value_of_the_wrong_type_is_told_what_belongs_there(cfg):
+    """Regression: a number given as a search range read "-1 is not of type 'object'"."""
+    cfg["algorithms"]["bp"]["space"]["lr"] = -1
+    with pytest.raises(ConfigError, match=r"algorithms\.bp\.space\.lr = -1: expected a mapping: .*\{low: "):
+        config.validate(cfg)
+    cfg["algorithms"]["bp"]["space"]["lr"] = {"low": 1e-4, "high": 1e-2}
+    cfg["threads"] = "two"
+    with pytest.raises(ConfigError, match=r"threads = 'two': expected an integer: CPU threads"):
+        config.validate(cfg)
+
+
 def test_digits_only_without_data_root(cfg):
     cfg["datasets"] = ["mnist"]
     with pytest.raises(ConfigError, match="data_root = null"):

@@ -37,3 +37,12 @@ def test_every_shipped_learning_rate_is_required_or_explicitly_optional(impl):
     for f in hparams.fields(algorithms.get(impl).Settings).values():
         if f.decl.meaning == "lr":
             assert f.required or f.default is None, f"{impl}.{f.name} defaults to {f.default!r}"
+
+
+def test_described_defaults_are_spelt_as_in_a_config_file():
+    """Regression: `bpfree settings ff` printed `default None` and `default 'goodness'`, Python's
+    spelling, where a config writes null and goodness."""
+    lines = {line.split(" ", 1)[0]: line for line in hparams.describe(algorithms.get("ff").Settings)}
+    assert "default null" in lines["downstream_lr"]
+    assert "default goodness" in lines["predict"]
+    assert not any("None" in line or "'" in line.split(":")[0] for line in lines.values())

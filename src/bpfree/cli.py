@@ -264,6 +264,9 @@ def main(argv: list[str] | None = None) -> None:
     except BpfreeError as e:  # a known failure, named in its message: one line, no traceback
         print(f"bpfree {args.cmd}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except BrokenPipeError:  # `bpfree settings mf | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -106,6 +106,13 @@ class Settings:
         return dataclasses.asdict(self)
 
 
+def _yaml(value: Any) -> str:
+    """A value as a config file spells it (null, true, adam), not as Python prints it."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value)
+
+
 @dataclass(frozen=True)
 class Field:
     name: str
@@ -128,7 +135,7 @@ class Field:
             lo = "(" if d.low_open else "["
             hi = ")" if d.high_open else "]"
             kind += f" in {lo}{_fmt(d.low, '-inf')}, {_fmt(d.high, 'inf')}{hi}"
-        default = "required" if self.required else f"default {self.default!r}"
+        default = "required" if self.required else f"default {_yaml(self.default)}"
         unit = f" {d.unit}," if d.unit else ""
         return f"{self.name} ({kind},{unit} {default}): {d.doc}"
 

@@ -51,4 +51,13 @@ def first_error(instance, *keys: str) -> str | None:
         return None
     path = ".".join([*keys, *(f"[{k}]" if isinstance(k, int) else str(k) for k in error.absolute_path)])
     value = f" = {error.instance!r}" if not isinstance(error.instance, (dict, list)) else ""
-    return f"{path.replace('.[', '[') or 'the config'}{value}: {error.message}"
+    message = error.message
+    if error.validator == "type" and "description" in error.schema:  # say what belongs there
+        types = [error.validator_value] if isinstance(error.validator_value, str) else error.validator_value
+        message = f"expected {' or '.join(TYPE_NAMES.get(t, t) for t in types)}: {error.schema['description']}"
+    return f"{path.replace('.[', '[') or 'the config'}{value}: {message}"
+
+
+# JSON Schema's type names, as a config writer reads them
+TYPE_NAMES = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
+              "number": "a number", "boolean": "true or false", "null": "null"}
