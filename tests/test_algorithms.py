@@ -238,8 +238,12 @@ def test_min_delta_and_epoch_cap():
     res = fit(algo, tiny_data(c=2), Stopping(max_epochs=4, patience=2, min_delta=0.2), seed=0)
     assert res.epochs == 3  # no improvement above min_delta for 2 epochs ...
     assert res.best_epoch == 3 and algo.net.weight.item() == 3  # ... but the best epoch is restored
+    assert res.capped_stages == 0  # patience ended it
     res = fit(Scripted([1, 2, 3, 4, 5]), tiny_data(c=2), Stopping(max_epochs=4, patience=2), seed=0)
     assert res.epochs == 4 and res.best_epoch == 4
+    assert res.capped_stages == 1  # the cap ended it while it still improved
+    res = fit(Scripted([1, 2, 2, 2]), tiny_data(c=2), Stopping(max_epochs=4, patience=2), seed=0)
+    assert res.epochs == 4 and res.capped_stages == 0  # its last epoch used up the patience too
 
 
 def test_stage_can_stop_on_loss_and_restore_best_accuracy():

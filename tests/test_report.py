@@ -103,6 +103,20 @@ def test_the_authors_own_figures_stand_beside_the_matching_rows(tmp_path):
     assert "99.38" not in next(line for line in table.splitlines() if "| bp |" in line)
 
 
+def test_runs_that_the_epoch_cap_ended_are_named(tmp_path):
+    """A cell whose runs the cap stopped while still improving is measured by the rule, not the
+    algorithm: the notes say so (runs without the key, from before it existed, say nothing)."""
+    files = [fake_run(tmp_path, "digits", "tiny", a, s, 90.0 + s) for a in ("bp", "fa") for s in range(3)]
+    for f in files[3:5]:  # two of fa's three runs hit the cap
+        m = json.loads(f.read_text())
+        f.write_text(json.dumps({**m, "capped_stages": 1}))
+    report.run_report(files, tmp_path / "out", {"resamples": 200})
+    deltas = (tmp_path / "out" / "deltas.md").read_text()
+    assert ("digits/tiny/fa: the epoch cap (30) ended 2 of 3 runs before their patience (5 epochs) ran out"
+            in deltas)
+    assert "digits/tiny/bp: the epoch cap" not in deltas
+
+
 def test_the_declared_margins_are_named_even_when_one_seed_gives_no_verdict(tmp_path):
     """Regression: with one seed per cell every margin was NaN and the notes said "margins none"."""
     files = [fake_run(tmp_path, "digits", "tiny", a, 0, 90.0) for a in ("bp", "mf")]

@@ -36,6 +36,7 @@ class FitResult:
     best_epoch: int = 0
     epochs: int = 0
     macs: int = 0  # analytic multiply-adds of the whole training phase
+    capped_stages: int = 0  # stages under the stopping rule that the epoch cap ended before patience ran out
 
 
 class EarlyStopping:
@@ -127,6 +128,7 @@ def fit(algo: Algorithm, data: Data, stopping: Stopping, seed: int,
                                  "rng": rng_state(gen), "early": early.state_dict()})
         early.restore(algo)
         res.best_epoch = early.best_epoch or res.epochs
+        res.capped_stages += stage.epochs is None and early.bad < stopping.patience
         algo.end_stage(stage, data)
     res.val_acc = accuracy(algo.predict(data.x_val), data.y_val)
     return res

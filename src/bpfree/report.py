@@ -408,6 +408,13 @@ def notes(runs: pd.DataFrame, cells: pd.DataFrame, dl: pd.DataFrame, cfg: StatsC
         if r.n_pairs < 2 or r.note:
             out.append(f"{r.dataset}/{r.architecture}/{r.algorithm} vs bp: {r.status}"
                        + (f"; {r.note}" if r.note else ""))
+    if "capped_stages" in runs:  # the rule measured, not the algorithm: say where the cap cut the curves
+        for key, g in runs.groupby(CELL, sort=True):
+            k = int((g.capped_stages.fillna(0) > 0).sum())
+            if k:
+                out.append(f"{'/'.join(key)}: the epoch cap ({g.epoch_cap.iloc[0]:.0f}) ended {k} of {len(g)} runs "
+                           f"before their patience ({g.patience.iloc[0]:.0f} epochs) ran out, their validation "
+                           "quantity still improving: a larger protocol.stopping.max_epochs might change this cell.")
     for col in ("epoch_cap", "patience", "limit_train", "n_train"):
         if col in runs:
             for (d, a), g in runs.groupby(["dataset", "architecture"]):

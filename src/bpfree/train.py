@@ -154,6 +154,7 @@ def assemble_metrics(spec: dict, seed: int, algo: Algorithm, settings: hparams.S
         "optimizer": settings.optimizer_label(),
         "test_accuracy": test_acc, "val_accuracy": res.val_acc,
         "epochs": res.epochs, "best_epoch": res.best_epoch, "epoch_cap": stopping.max_epochs,
+        "capped_stages": res.capped_stages,
         "patience": stopping.patience, "n_params": algo.n_params(), "n_train": len(data.y_train),
         "train_flops": 2 * res.macs, "predict_flops": 2 * algo.predict_macs(),
         "layer_test_accuracy": algo.layer_accuracies(data.x_test, data.y_test),
