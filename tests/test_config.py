@@ -9,7 +9,7 @@ import yaml
 from bpfree import config
 from bpfree.config import ConfigError
 
-from conftest import ROOT
+from conftest import ROOT, load_shipped
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def test_default_config_is_valid_and_gets_defaults(cfg):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_validates(path):
-    config.load(path)
+    load_shipped(path)
 
 
 def test_unknown_algorithm_is_named(cfg):

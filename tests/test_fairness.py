@@ -12,6 +12,8 @@ import yaml
 from bpfree import config
 from bpfree.config import ConfigError
 
+from conftest import load_shipped
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "config").glob("*.yaml"))
 # What every algorithm of a comparison must share (keys of config.search_spec / train_spec).
@@ -28,7 +30,7 @@ def test_there_are_configs():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_compared_algorithms_share_the_protocol(path):
-    cfg = config.load(path)
+    cfg = load_shipped(path)
     for i, comp in enumerate(cfg["comparisons"]):
         specs = {alg: config.search_spec(cfg, comp["architecture"], alg) for alg in comp["algorithms"]}
         trains = {alg: config.train_spec(cfg, comp["architecture"], alg) for alg in comp["algorithms"]}
@@ -43,7 +45,7 @@ def test_compared_algorithms_share_the_protocol(path):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_seeds_are_distinct_and_shared_by_every_cell(path):
-    cfg = config.load(path)
+    cfg = load_shipped(path)
     seeds = cfg["protocol"]["seeds"]
     assert len(seeds) == len(set(seeds)), f"{path.name}: a seed repeats in {seeds}"
     # every cell runs the protocol's seeds: the workflow's final runs are cells x seeds

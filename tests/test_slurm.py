@@ -23,13 +23,16 @@ from cluster_helpers import BIN, REPO, TINY, env, make_repo, planned_jobs, snake
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
-# bp only, two seeds (so that the final runs go in as one job array), 30 epochs of small batches:
-# a final run trains for a few seconds, long enough to be cancelled mid-way.
+# bp only, two seeds (so that the final runs go in as one job array), EPOCHS epochs of small batches:
+# a final run trains for a few seconds, long enough to be cancelled mid-way. An epoch of this net
+# takes about 20 ms with its checkpoint; with 30 epochs a run was over 0.5 s after its epoch 3, and
+# once the cancel landed after the end (a flaky failure), so 200.
+EPOCHS = 200
 CONFIG = copy.deepcopy(TINY)
 CONFIG["comparisons"][0]["algorithms"] = ["bp"]
 CONFIG["algorithms"]["bp"]["fixed"]["batch_size"] = 32
 CONFIG["protocol"]["seeds"] = [0, 1]
-CONFIG["protocol"]["stopping"] = {"max_epochs": 30, "patience": 30}
+CONFIG["protocol"]["stopping"] = {"max_epochs": EPOCHS, "patience": EPOCHS}
 CELL = "results/search/digits/tiny/bp"
 RUNS = [f"results/runs/digits/tiny/bp/seed{s}" for s in CONFIG["protocol"]["seeds"]]
 CANCELLED = RUNS[0]
@@ -219,7 +222,7 @@ def test_cancelled_final_run_resumed_from_its_checkpoint(runs):
     # cancelled once epoch 3 was logged: the checkpoint of epoch 2 at least was on disk
     assert m["resumed"] and m["resume"]["from_epoch"] >= 2, m["resume"]
     assert m["provenance"]["slurm_job_id"] != cancel["job"]  # the retry, a new job
-    assert m["epochs"] == 30 and not (remote / f"{CANCELLED}/checkpoint.pt").exists()
+    assert m["epochs"] == EPOCHS and not (remote / f"{CANCELLED}/checkpoint.pt").exists()
 
 
 def test_second_run_has_nothing_to_do(runs):
