@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shlex
 import subprocess
 import threading
@@ -88,9 +89,22 @@ def _job_states() -> dict[str, str]:
 
 
 def _slurm_logs_of(root: Path, output: str) -> list[Path]:
-    """The SLURM logs of the jobs that ran `output` (a job's log lists its outputs), oldest first."""
-    logs = [log for log in (root / "logs/slurm").rglob("*.log") if f"output: {output}" in log.read_text(errors="replace")]
+    """The SLURM logs of the jobs that ran `output`, oldest first. A job's log lists the outputs of
+    the rule it ran last; an array task's log may first list another task's job (the batch step's
+    Snakemake prints the array's first job: a flaky cancel of the wrong task came from that)."""
+    logs = [log for log in (root / "logs/slurm").rglob("*.log") if output in _last_rule_outputs(log)]
     return sorted(logs, key=lambda log: log.stat().st_mtime)
+
+
+def _last_rule_outputs(log: Path) -> str:
+    """The `output:` line of the last `rule X:` (or `localrule X:`) block of a Snakemake log."""
+    last, in_rule = "", False
+    for line in log.read_text(errors="replace").splitlines():
+        if re.match(r"(local)?rule \w+:$", line):
+            in_rule = True
+        elif in_rule and line.strip().startswith("output:"):
+            last, in_rule = line, False
+    return last
 
 
 def _cancel_mid_training(root: Path, done: threading.Event, result: dict) -> None:
