@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import tempfile
 from pathlib import Path
 
@@ -25,12 +26,18 @@ def load_shipped(path: Path) -> dict:
     return cfg
 
 
+@functools.cache
 def _stand_in_data_root() -> str:
-    root = Path(tempfile.mkdtemp(prefix="bpfree-data-root-"))
+    """One set of empty dataset folders for the session, removed at exit."""
+    held = tempfile.TemporaryDirectory(prefix="bpfree-data-root-")
+    _HELD.append(held)
     for ds in REGISTRY.values():
         if ds.folder is not None:
-            (root / ds.folder).mkdir(parents=True, exist_ok=True)
-    return str(root)
+            (Path(held.name) / ds.folder).mkdir(parents=True, exist_ok=True)
+    return held.name
+
+
+_HELD: list[tempfile.TemporaryDirectory] = []  # kept alive until exit, when each removes its folder
 
 
 @pytest.fixture(scope="session")

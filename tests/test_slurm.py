@@ -26,8 +26,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 # bp only, two seeds (so that the final runs go in as one job array), EPOCHS epochs of small batches:
 # a final run trains for a few seconds, long enough to be cancelled mid-way. An epoch of this net
-# takes about 20 ms with its checkpoint; with 30 epochs a run was over 0.5 s after its epoch 3, and
-# once the cancel landed after the end (a flaky failure), so 200.
+# takes about 20 ms with its checkpoint: 30 epochs left only 0.5 s after epoch 3 for the scancel to
+# land, 200 leave a few seconds. (The flaky failures seen were another cause: see _slurm_logs_of.)
 EPOCHS = 200
 CONFIG = copy.deepcopy(TINY)
 CONFIG["comparisons"][0]["algorithms"] = ["bp"]
