@@ -106,10 +106,19 @@ def check(cfg: dict, device: bool = True) -> None:
         for d in comp.get("datasets", []):
             if d not in cfg["datasets"]:
                 raise ConfigError(f"comparisons[{i}].datasets: {d!r} is not in datasets {cfg['datasets']}")
+    _check_search_fidelity(cfg)
     if device:
         from bpfree.device import check_device  # imports torch: only where the device is checked
 
         check_device(cfg.get("device", "auto"), "device")
+
+
+def _check_search_fidelity(cfg: dict) -> None:
+    """A search subset cannot be larger than the split the final runs train on."""
+    n, full = cfg["protocol"]["search"].get("limit_train"), cfg.get("limit_train")
+    if n is not None and full is not None and n > full:
+        raise ConfigError(f"protocol.search.limit_train = {n} is larger than limit_train = {full}: search trials "
+                          "train on a subset of the final runs' split")
 
 
 def _check_datasets(cfg: dict) -> None:
@@ -168,6 +177,8 @@ def search_spec(cfg: dict, architecture: str, algorithm: str) -> dict:
     entry = cfg["algorithms"][algorithm]
     search = dict(cfg["protocol"]["search"])
     search.pop("workers", None)  # how many processes share a study does not change its budget
+    if search.get("limit_train") is None:  # absent and null are the same fidelity (and the same study key)
+        search.pop("limit_train", None)
     return {**spec, "space": entry.get("space", {}), "search": search}
 
 

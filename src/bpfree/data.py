@@ -254,6 +254,28 @@ def load(path: str | Path, device: torch.device | str = "cpu", limit_train: int 
                 norm(blob["x_test"]), blob["y_test"].to(device, torch.long), meta)
 
 
+def balanced_subset(data: Data, n: int) -> Data:
+    """The search-fidelity subset: `n` images of the training split, class-balanced and fixed.
+    Examples are taken round-robin over the classes, each class in the split's own (prepared,
+    seeded) order, so the subset depends only on the prepared file and `n`: every algorithm and
+    trial sees the same images. A class with fewer examples than its share leaves its remainder to
+    the others. Validation and test splits are untouched. ValueError if `n` exceeds the split."""
+    y = data.y_train
+    if n > len(y):
+        raise ValueError(f"protocol.search.limit_train = {n} exceeds the training split ({len(y)} examples)")
+    if n == len(y):
+        return data
+    rank = torch.empty_like(y)  # position of each example within its own class
+    for c in torch.unique(y):
+        idx = (y == c).nonzero().squeeze(1)
+        rank[idx] = torch.arange(len(idx), device=y.device)
+    order = torch.argsort(rank * len(y) + torch.arange(len(y), device=y.device))  # by (rank, index)
+    keep = order[:n].sort().values
+    meta = {**data.meta, "sizes": {**data.meta["sizes"], "train": n},
+            "subset": {"n": n, "rule": "class-balanced, first examples of each class in the split's order"}}
+    return Data(data.x_train[keep], y[keep], data.x_val, data.y_val, data.x_test, data.y_test, meta)
+
+
 def warnings(data: Data, batch_size: int | None = None, limit_train: int | None = None) -> list[str]:
     """Legal but suspicious inputs, one line each for the job's log: a batch larger than the
     training split (one step per epoch), a training split cut by `limit_train` below 1000 examples

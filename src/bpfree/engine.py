@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,7 @@ class FitResult:
     epochs: int = 0
     macs: int = 0  # analytic multiply-adds of the whole training phase
     capped_stages: int = 0  # stages under the stopping rule that the epoch cap ended before patience ran out
+    stage_cpu_s: dict = field(default_factory=dict)  # process CPU seconds (user + system) per stage
 
 
 class EarlyStopping:
@@ -104,6 +106,7 @@ def fit(algo: Algorithm, data: Data, stopping: Stopping, seed: int,
         load_algo_state(algo, resume["algo"], partial=True)  # weights first: replayed end_stage calls use them
     for si, stage in enumerate(algo.stages()):
         cap = stage.epochs or stopping.max_epochs
+        cpu0 = time.process_time()  # the stage's CPU time: set-up, epochs, bookkeeping and end_stage
         algo.begin_stage(stage, data, cap)
         early, first = EarlyStopping(stage, stopping), 1
         if resume is not None and si < resume["stage"]:  # finished before the kill: replay its side effects
@@ -120,6 +123,8 @@ def fit(algo: Algorithm, data: Data, stopping: Stopping, seed: int,
             if early.done:
                 break
             record, val = _epoch(algo, stage, epoch, data, gen, res)
+            _add_cpu(res, stage.name, time.process_time() - cpu0)
+            cpu0 = time.process_time()
             if on_epoch is not None:
                 on_epoch(record)
             early.update(val, algo, res.epochs, last=epoch == cap)
@@ -130,8 +135,13 @@ def fit(algo: Algorithm, data: Data, stopping: Stopping, seed: int,
         res.best_epoch = early.best_epoch or res.epochs
         res.capped_stages += stage.epochs is None and early.bad < stopping.patience
         algo.end_stage(stage, data)
+        _add_cpu(res, stage.name, time.process_time() - cpu0)
     res.val_acc = accuracy(algo.predict(data.x_val), data.y_val)
     return res
+
+
+def _add_cpu(res: FitResult, stage: str, seconds: float) -> None:
+    res.stage_cpu_s[stage] = res.stage_cpu_s.get(stage, 0.0) + seconds
 
 
 def _epoch(algo: Algorithm, stage: Stage, stage_epoch: int, data: Data, gen: torch.Generator,
@@ -139,12 +149,12 @@ def _epoch(algo: Algorithm, stage: Stage, stage_epoch: int, data: Data, gen: tor
     """Train and validate one epoch, count it in `res` and append its epochs.csv record (validation
     quantity k as `val_k`, then the algorithm's `epoch_metrics`). Returns the record and the
     validation metrics."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     loss = algo.train_epoch(stage, data, gen)
     val = algo.validate(stage, data)
     loss = float(loss)
     sync(algo.device)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     cost = algo.cost(stage)
     res.epochs += 1
     res.macs += cost.train * len(data.y_train) + cost.eval * len(data.y_val)
@@ -152,7 +162,8 @@ def _epoch(algo: Algorithm, stage: Stage, stage_epoch: int, data: Data, gen: tor
         raise Diverged(f"training loss is {loss} in stage {stage.name}, epoch {stage_epoch}")
     record = {"epoch": res.epochs, "stage": stage.name, "stage_epoch": stage_epoch, "train_loss": loss,
               "val_acc": val["acc"], "val_loss": val["loss"],
-              **{f"val_{k}": v for k, v in val.items() if k not in MONITORS}, "seconds": seconds}
+              **{f"val_{k}": v for k, v in val.items() if k not in MONITORS}, "seconds": seconds,
+              "cpu_s": cpu, "load_1m": os.getloadavg()[0]}
     extra = algo.epoch_metrics(stage, data)
     if clash := sorted(set(extra) & set(record)):
         raise ValueError(f"{type(algo).__name__}.epoch_metrics: {', '.join(clash)} would overwrite the engine's columns")

@@ -15,7 +15,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.storages.journal._file import get_lock_file
 
 from bpfree import algorithms, hparams, io
-from bpfree.data import Data, load, warnings
+from bpfree.data import Data, balanced_subset, load, warnings
 from bpfree.device import resolve_device
 from bpfree.engine import Diverged, Stopping, fit
 from bpfree.errors import BpfreeError, FileError
@@ -183,9 +183,30 @@ def _claim(study: optuna.Study, journal: str | Path, budget: int, owner: str) ->
         lock.release()
 
 
+def fidelity(spec: dict) -> dict:
+    """The search fidelity of a search spec: the training images of a trial (`limit_train`, None:
+    the whole split) and its stopping rule; `reduced` says whether either differs from the final runs'."""
+    s = spec["search"]
+    stopping = {"min_delta": 0.0, **(s.get("stopping") or spec["stopping"])}
+    final = {"min_delta": 0.0, **spec["stopping"]}
+    return {"limit_train": s.get("limit_train"), "stopping": stopping,
+            "reduced": s.get("limit_train") is not None or stopping != final}
+
+
+def trial_data(spec: dict, data: Data) -> Data:
+    """What a search trial trains on: the class-balanced subset of protocol.search.limit_train."""
+    n = spec["search"].get("limit_train")
+    if n is None:
+        return data
+    try:
+        return balanced_subset(data, n)
+    except ValueError as e:
+        raise BpfreeError(str(e)) from None
+
+
 def objective(spec: dict, data: Data, device: torch.device, log: Progress):
     cls = algorithms.get(spec["impl"])
-    stopping = Stopping(**spec["stopping"])
+    stopping = Stopping(**fidelity(spec)["stopping"])
     seed0 = spec["search"].get("sampler_seed", 0)
 
     def run(trial: optuna.Trial) -> float:
@@ -237,9 +258,12 @@ def run_search(spec: dict, data_path: str | Path, journal: str | Path, n_trials:
         torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     device = torch.device(resolve_device(spec["device"]))
-    data = load(data_path, device, spec.get("limit_train"))
+    data = trial_data(spec, load(data_path, device, spec.get("limit_train")))
     tag = "" if worker is None else f" worker {worker}/{workers}"
     log = Progress(f"search {data.meta['dataset']}/{spec['architecture']}/{spec['algorithm']}{tag}")
+    if (fid := fidelity(spec))["reduced"]:
+        log(f"search fidelity: {len(data.y_train)} training images, stopping {fid['stopping']} "
+            "(final runs: the whole split, protocol.stopping)")
     for w in warnings(data, largest_batch(spec), spec.get("limit_train")):
         log(f"warning: {w}")
     study = make_study(spec, journal, worker, log=log)
@@ -316,7 +340,19 @@ def best_params(spec: dict, study: optuna.Study | None, journal: str | Path = ""
     counts = {s.name.lower(): sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
     return {"params": {**spec["fixed"], **b.params}, "searched": b.params, "value": b.value,
             "trial": b.number, "n_trials": len(study.get_trials(deepcopy=False, states=FINISHED)),
-            "trial_states": counts}
+            "trial_states": counts, "budget": spent(spec, study)}
+
+
+def spent(spec: dict, study: optuna.Study) -> dict:
+    """The budget as spent: trials asked for, complete, pruned and failed, and the epochs they
+    trained (a trial's reported epochs; a pruned trial counts the epochs it ran before the cut)."""
+    trials = study.get_trials(deepcopy=False)
+    state = optuna.trial.TrialState
+    return {"asked": spec["search"]["n_trials"],
+            **{k: sum(t.state == s for t in trials) for k, s in
+               (("complete", state.COMPLETE), ("pruned", state.PRUNED), ("failed", state.FAIL))},
+            "epochs": sum(len(t.intermediate_values) for t in trials),
+            "epochs_complete": sum(len(t.intermediate_values) for t in trials if t.state == state.COMPLETE)}
 
 
 def settings(spec: dict, params: dict) -> hparams.Settings:
@@ -329,9 +365,17 @@ def write_outputs(spec: dict, study: optuna.Study | None, best_path: str | Path,
     """best.json (with `prov`, the provenance collected when the job began) and trials.csv."""
     best = best_params(spec, study, journal)
     s = settings(spec, best["params"])
+    fid = fidelity(spec)
     io.write_json(best_path, {**best, "algorithm": spec["algorithm"], "architecture": spec["architecture"],
-                              "settings": s.asdict(), "optimizer": s.optimizer_label(), "provenance": prov})
-    df = study.trials_dataframe() if study is not None else None
+                              "settings": s.asdict(), "optimizer": s.optimizer_label(), "search_fidelity": fid,
+                              "provenance": {**prov, "search_fidelity": fid}})
+    df = None
+    if study is not None:
+        df = study.trials_dataframe()
+        df["epochs_trained"] = [len(t.intermediate_values) for t in study.get_trials(deepcopy=False)]
+        df["fidelity_limit_train"] = fid["limit_train"]
+        df["fidelity_max_epochs"] = fid["stopping"]["max_epochs"]
+        df["fidelity_patience"] = fid["stopping"]["patience"]
     io.write_csv(trials_path, df)
     return best
 

@@ -2,6 +2,7 @@
 checkpoint restored, the test split evaluated once, energy metered over the training phase."""
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,7 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
     except Diverged as e:
         raise Diverged(f"{cell} seed {seed} diverged with the hyperparameters of {best_path}: {e}") from None
     metrics = assemble_metrics(spec, seed, algo, settings, data, run, ckpt, log)
+    metrics.update(search_record(best))
     metrics["provenance"], warning = provenance.finished(prov, spec)
     if warning:
         log(warning)
@@ -121,12 +123,14 @@ def train_metered(algo: Algorithm, data: Data, stopping: Stopping, seed: int, me
 
     # No warm-up of torch._dynamo: the optimisers of bpfree.algorithms.base do not import it (a
     # torch.optim class does, ~1 s, inside the window if an algorithm builds one in begin_stage).
+    load_start = os.getloadavg()
     meter.start()
     try:
         res = fit(algo, data, stopping, seed=seed, on_epoch=on_epoch, checkpoint=ckpt)
         measured = meter.stop()
     finally:
         meter.close()
+    measured = {**measured, **load_record(load_start, res.history)}
     if earlier["segments"]:
         measured = _with_earlier(measured, earlier)
     # after a resume the first epochs were metered by the killed processes: this window covers the rest
@@ -163,6 +167,8 @@ def assemble_metrics(spec: dict, seed: int, algo: Algorithm, settings: hparams.S
         **measured,
     }
     metrics["achieved_gflops"] = metrics["train_flops"] / measured["train_time_s"] / 1e9
+    metrics["stage_cpu_s"] = dict(res.stage_cpu_s)
+    metrics["cpu_time_s"] = sum(res.stage_cpu_s.values())  # process user + system, every thread
     metrics["resumed"], metrics["segments"] = bool(run.earlier["segments"]), run.segment
     metrics["resume"] = _resume_note(ckpt, run.earlier)
     metrics["checkpoint"] = None if ckpt is None else {"saves": ckpt.saves, "seconds": ckpt.seconds,
@@ -170,6 +176,27 @@ def assemble_metrics(spec: dict, seed: int, algo: Algorithm, settings: hparams.S
     if clash := sorted(set(extra) & {*metrics, "provenance"}):
         raise ValueError(f"{type(algo).__name__}.run_metrics: {', '.join(clash)} would overwrite keys of metrics.json")
     return {**metrics, **extra}
+
+
+def load_record(start: tuple[float, float, float], history: list[dict]) -> dict:
+    """The machine's load over a run: the 1-minute load average read after each epoch (mean and
+    max; a value near the core count means other work shared the CPU), and the 1/5/15-minute
+    triples at the start and the end of the training phase."""
+    per_epoch = [r["load_1m"] for r in history if r.get("load_1m") is not None]
+    return {"load_1m_mean": sum(per_epoch) / len(per_epoch) if per_epoch else None,
+            "load_1m_max": max(per_epoch, default=None), "load_start": list(start), "load_end": list(os.getloadavg()),
+            "cpu_count": os.cpu_count()}
+
+
+def search_record(best: dict) -> dict:
+    """What a final run inherits from its search (best.json): the fidelity its hyperparameters
+    were tuned at and the budget as spent, so that the report can tell tiers and fidelities apart."""
+    fid = best.get("search_fidelity") or {}
+    stop = fid.get("stopping") or {}
+    budget = best.get("budget") or {}
+    return {"search_limit_train": fid.get("limit_train"), "search_max_epochs": stop.get("max_epochs"),
+            "search_patience": stop.get("patience"), "search_n_trials": budget.get("asked", best.get("n_trials")),
+            "search_complete": budget.get("complete")}
 
 
 def _resume_note(ckpt: checkpoint.Checkpoint | None, earlier: dict) -> dict | None:

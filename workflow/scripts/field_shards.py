@@ -1,0 +1,204 @@
+"""The field study, shard by shard: each shard is a set of Snakemake target files of one tier
+config, sized to finish in about two hours of one 1-thread job at a time on a 2-core CPU.
+
+    python workflow/scripts/field_shards.py list                 # every shard, its cost estimate, what is committed
+    python workflow/scripts/field_shards.py command t1-mnist-a   # the exact snakemake command of a shard
+    python workflow/scripts/field_shards.py run t1-mnist-a       # restore, run, collect, record
+    python workflow/scripts/field_shards.py collect t1-mnist-a   # copy a shard's finished files into docs/
+
+A shard runs in runs/field-<tier>/ (Snakemake's working directory). Its finished per-run files are
+committed under docs/results/field/<tier>/, in the same layout as results/: each search's best.json,
+trials.csv and worker file, each final run's metrics.json and epochs.csv, and the shard's summary.csv.
+Before a shard runs, every committed file of its tier is restored into the working directory with a
+fresh timestamp, after the data are prepared and in the order of the DAG (searches before final
+runs), so Snakemake counts them as up to date (they carry no Snakemake metadata, so no params or code
+trigger fires either) and nothing committed is computed twice. A killed shard resumes from its
+journals and checkpoints when run again. Every run of a shard appends a row (when, where, the load,
+the commit) to docs/results/field/<tier>/shards.csv.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from bpfree import config as bpcfg
+from bpfree import report as bpreport
+
+ROOT = Path(__file__).resolve().parents[2]
+TIERS = {"tier1": "config/field-tier1.yaml", "tier2": "config/field-tier2.yaml"}
+SEARCH_FILES = ("best.json", "trials.csv", "workers/0.json")
+RUN_FILES = ("metrics.json", "epochs.csv")
+
+
+@dataclass(frozen=True)
+class Shard:
+    name: str
+    tier: str
+    dataset: str
+    architecture: str | None = None  # None: every architecture of the dataset
+    algorithms: tuple[str, ...] = ()  # (): every algorithm of the architecture
+    kind: str = "runs"  # "search": the best.json files; "runs": the final runs (their searches first)
+    hours: float = 0.0  # estimated hours of one 1-thread job at a time (the tier config's header)
+
+    def cells(self, cfg: dict) -> list[tuple[str, str, str]]:
+        return [c for c in bpcfg.cells(cfg) if c[0] == self.dataset
+                and (self.architecture is None or c[1] == self.architecture)
+                and (not self.algorithms or c[2] in self.algorithms)]
+
+    def targets(self, cfg: dict) -> list[str]:
+        if self.kind == "search":
+            return [f"results/search/{d}/{a}/{alg}/best.json" for d, a, alg in self.cells(cfg)]
+        return [f"results/runs/{d}/{a}/{alg}/seed{s}/metrics.json" for d, a, alg in self.cells(cfg)
+                for s in cfg["protocol"]["seeds"]]
+
+
+MLP_A = ("bp", "mf", "fa", "dfa", "local-pred")
+MLP_B = ("local-predsim", "fwdgrad-local")
+SHARDS = [
+    s
+    for ds, tag in (("mnist", "mnist"), ("fashion_mnist", "fmnist"))
+    for s in (Shard(f"t1-{tag}-search", "tier1", ds, kind="search", hours=0.6),
+              Shard(f"t1-{tag}-a", "tier1", ds, "mlp-2x1000", MLP_A, hours=1.3),
+              Shard(f"t1-{tag}-b", "tier1", ds, "mlp-2x1000", MLP_B, hours=1.3),
+              Shard(f"t1-{tag}-c", "tier1", ds, "mlp-1x1024", hours=0.8))
+]
+BY_NAME = {s.name: s for s in SHARDS}
+
+
+def load_config(tier: str) -> dict:
+    return bpcfg.load(ROOT / TIERS[tier])
+
+
+def workdir(tier: str) -> Path:
+    return ROOT / "runs" / f"field-{tier}"
+
+
+def committed(tier: str) -> Path:
+    return ROOT / "docs" / "results" / "field" / tier
+
+
+def files_of(target: str) -> list[str]:
+    """Every per-run file a target stands for (relative to results/'s parent)."""
+    folder = str(Path(target).parent)
+    names = SEARCH_FILES if target.endswith("best.json") else RUN_FILES
+    return [f"{folder}/{n}" for n in names]
+
+
+def snakemake_cmd(shard: Shard, cfg: dict, cores: int) -> list[str]:
+    return ["snakemake", "--configfile", str(ROOT / TIERS[shard.tier]), "--directory", str(workdir(shard.tier)),
+            "--snakefile", str(ROOT / "Snakefile"), "--cores", str(cores), "--keep-going", *shard.targets(cfg)]
+
+
+def restore(tier: str, cfg: dict) -> int:
+    """Copy the tier's committed files into its working directory, prepare the data, then give the
+    restored files fresh timestamps, searches before runs (see the module's docstring)."""
+    src, dst = committed(tier), workdir(tier)
+    restored = []
+    for f in sorted(src.glob("results/**/*")):
+        if f.is_file() and f.parent.name != "shards":
+            out = dst / f.relative_to(src)
+            if not out.exists():
+                out.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, out)
+            restored.append(out)
+    if not restored:
+        return 0
+    datasets = sorted({p.relative_to(dst).parts[2] for p in restored})
+    subprocess.run(["snakemake", "--configfile", str(ROOT / TIERS[tier]), "--directory", str(dst), "--snakefile",
+                    str(ROOT / "Snakefile"), "--cores", "1", "--quiet",
+                    *[f"resources/data/{d}.pt" for d in datasets]], check=True)
+    order = sorted(restored, key=lambda p: (p.relative_to(dst).parts[1] != "search",
+                                            p.name in ("best.json", "trials.csv"), str(p)))
+    now = time.time()
+    for i, p in enumerate(order):  # strictly increasing: each file newer than what it was made from
+        os.utime(p, (now + i * 1e-3, now + i * 1e-3))
+    return len(restored)
+
+
+def collect(shard: Shard, cfg: dict) -> list[Path]:
+    """Copy the shard's finished files into docs/results/field/<tier>/ and write its summary.csv."""
+    src, dst = workdir(shard.tier), committed(shard.tier)
+    copied, metrics = [], []
+    for target in shard.targets(cfg):
+        for rel in files_of(target) if (src / target).exists() else []:
+            if (src / rel).exists():
+                (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src / rel, dst / rel)
+                copied.append(dst / rel)
+        if target.endswith("metrics.json") and (src / target).exists():
+            metrics.append(dst / target)
+    if metrics:
+        out = dst / "shards" / f"{shard.name}.summary.csv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        bpreport.summarize(bpreport.load_runs(metrics)).to_csv(out, index=False)
+    return copied
+
+
+def record(shard: Shard, started: float, status: str, load_start: tuple, n_restored: int) -> None:
+    path = committed(shard.tier) / "shards.csv"
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    row = {"shard": shard.name, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+           "wall_h": round((time.time() - started) / 3600, 3), "status": status, "host": socket.gethostname(),
+           "cpus": os.cpu_count(), "commit": commit, "restored_files": n_restored,
+           "load_start": " ".join(f"{x:.2f}" for x in load_start),
+           "load_end": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = pd.read_csv(path) if path.exists() else pd.DataFrame()
+    pd.concat([old, pd.DataFrame([row])], ignore_index=True).to_csv(path, index=False)
+
+
+def status(shard: Shard, cfg: dict) -> str:
+    targets = shard.targets(cfg)
+    done = sum((committed(shard.tier) / t).exists() for t in targets)
+    return f"{done}/{len(targets)} committed"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=("list", "command", "run", "collect", "restore"))
+    p.add_argument("shard", nargs="?", help="a shard's name (see list); restore: a tier")
+    p.add_argument("--cores", type=int, default=2, help="cores for Snakemake (1-thread jobs: this many at once)")
+    a = p.parse_args(argv)
+    if a.action == "list":
+        for tier in sorted({s.tier for s in SHARDS}):
+            if not (ROOT / TIERS[tier]).exists():
+                continue
+            cfg = load_config(tier)
+            for s in (s for s in SHARDS if s.tier == tier):
+                print(f"{s.name:22s} {tier}  ~{s.hours:.1f} h  {len(s.targets(cfg)):3d} targets  {status(s, cfg)}")
+        return 0
+    if a.action == "restore":
+        print(f"restored {restore(a.shard, load_config(a.shard))} files into {workdir(a.shard)}")
+        return 0
+    if a.shard not in BY_NAME:
+        p.error(f"unknown shard {a.shard!r}; known: {', '.join(BY_NAME)}")
+    shard = BY_NAME[a.shard]
+    cfg = load_config(shard.tier)
+    if a.action == "command":
+        print(" ".join(snakemake_cmd(shard, cfg, a.cores)))
+        return 0
+    if a.action == "collect":
+        print(f"copied {len(collect(shard, cfg))} files into {committed(shard.tier)}")
+        return 0
+    started, load_start = time.time(), os.getloadavg()
+    n = restore(shard.tier, cfg)
+    print(f"restored {n} committed files; running {shard.name}: {status(shard, cfg)}", flush=True)
+    rc = subprocess.run(snakemake_cmd(shard, cfg, a.cores)).returncode
+    copied = collect(shard, cfg)
+    record(shard, started, "finished" if rc == 0 else f"snakemake exit {rc}", load_start, n)
+    print(f"{shard.name}: snakemake exit {rc}; {len(copied)} files in {committed(shard.tier)}; {status(shard, cfg)}")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
