@@ -94,6 +94,9 @@ config_case("mf-mode-typo", "`mf` with `mode: greedyy`", algo("mf", "fixed", mod
             "algorithms.mf.fixed.mode = 'greedyy'", "did you mean 'greedy'")
 config_case("ff-on-cnn", "`ff` compared on a CNN architecture", lambda c, t: c["comparisons"][1]["algorithms"].append(
     "ff"), "comparisons[1]", "ff", "cnn-3block-small", "'cnn'")
+config_case("mf-on-mlp-with-batchnorm", "`mf` compared on an mlp with `batchnorm: true`",
+            lambda c, t: c["architectures"]["mlp-2x256"].update(batchnorm=True), "comparisons[0]",
+            "mf builds the plain mlp network", "batchnorm: true")
 config_case("device-cuda-without-gpu", "`device: cuda` on a machine where torch sees no CUDA device",
             lambda c, t: c.update(device="cuda"), "device = 'cuda'")
 config_case("device-cuda-index", "`device: cuda:3`", lambda c, t: c.update(device="cuda:3"), "device = 'cuda:3'")

@@ -3,6 +3,8 @@ against its own loss alone, locality, the ILT schedule, the cwc-cnn architecture
 on digits."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -153,6 +155,76 @@ def test_ilt_schedule_trains_layers_for_their_epochs_only():
     assert algo.cost(stages[1]).train == m[0] + 2 * (m[1] + m[2])
 
 
+ILT = {"schedule": "ilt", "ilt_first": 1, "ilt_step": 1}
+
+
+def snapshot(layer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in layer.state_dict().items()}
+
+
+@pytest.mark.parametrize("bn", ["frozen", "moving"])
+def test_bn_after_stop_decides_what_a_stopped_layer_does(bn):
+    """Stage ilt2 (layer 1 stopped): its weights never change; under frozen (the default) nor do
+    its BatchNorm statistics, and layer 2 sees layer 1 normalised by them; under moving (the
+    code's) they follow the batch, and layer 2 sees layer 1 normalised by the batch's statistics."""
+    algo, data = make(**ILT, bn_after_stop=bn), tiny_data()
+    s1, s2 = algo.stages()[:2]
+    gen = generator(torch.device("cpu"), 0)
+    algo.begin_stage(s1, data, 1)
+    algo.train_epoch(s1, data, gen)
+    algo.begin_stage(s2, data, 1)
+    before, copies = snapshot(algo.net[0]), (copy.deepcopy(algo.net[0]).train(), copy.deepcopy(algo.net[0]).eval())
+    inputs = []  # what layers 1 and 2 receive (one batch is the whole epoch)
+    hooks = [algo.net[i].register_forward_pre_hook(lambda m, args: inputs.append(args[0].clone())) for i in (0, 1)]
+    algo.train_epoch(s2, data, gen)
+    for h in hooks:
+        h.remove()
+    after = snapshot(algo.net[0])
+    with torch.no_grad():  # layer 1 on that batch with the batch's statistics, or its running ones
+        batch_stats, running = (c(inputs[0]) for c in copies)
+    bn_keys = {k for k in before if "running" in k or "num_batches" in k}
+    for k in before.keys() - bn_keys:
+        assert torch.equal(after[k], before[k]), k  # stopped: no weight moves
+    moved = {k for k in bn_keys if not torch.equal(after[k], before[k])}
+    assert moved == (bn_keys if bn == "moving" else set())
+    # layer 2 received layer 1's output normalised by the batch's statistics, or by the running ones
+    assert not torch.allclose(batch_stats, running)
+    torch.testing.assert_close(inputs[1], batch_stats if bn == "moving" else running)
+
+
+def test_ilt_epochs_add_a_tail_that_moves_only_batchnorm_statistics():
+    algo, data = make(**ILT, bn_after_stop="moving", ilt_epochs=5), tiny_data()
+    stages = algo.stages()
+    assert [(s.name, s.epochs) for s in stages] == [("ilt1", 1), ("ilt2", 1), ("ilt3", 1), ("ilt-tail", 2)]
+    tail, gen = stages[-1], generator(torch.device("cpu"), 0)
+    algo.begin_stage(tail, data, 2)
+    before = [snapshot(layer) for layer in algo.net]
+    loss = algo.train_epoch(tail, data, gen)
+    assert float(loss) == 0.0  # no layer trains
+    for b, layer in zip(before, algo.net):
+        for k, v in layer.state_dict().items():
+            assert torch.equal(v, b[k]) != ("running" in k or "num_batches" in k), k
+    assert algo.cost(tail).train == sum(models.cwc_layer_macs(ARCH, (1, 4, 4)))
+
+
+def test_report_test_each_epoch_records_the_test_accuracy_and_changes_nothing_else():
+    data = tiny_data()
+    y = data.y_test.clone()
+    data = Data(data.x_train, data.y_train, data.x_val, data.y_val, data.x_test, y.roll(1), META)  # test != val
+    runs = {}
+    for on in (False, True):
+        algo = make(**ILT, bn_after_stop="moving", ilt_epochs=4, report_test_each_epoch=on)
+        res = fit(algo, data, Stopping(max_epochs=4, patience=4), seed=0)
+        runs[on] = (algo, res.history)
+    (off, h_off), (on, h_on) = runs[False], runs[True]
+    assert all("test_acc" not in r for r in h_off) and all("test_acc" in r for r in h_on)
+    drop = ("seconds", "cpu_s", "load_1m", "test_acc")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in h_on] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in h_off]
+    assert all(torch.equal(v, off.net.state_dict()[k]) for k, v in on.net.state_dict().items())
+    assert h_on[-1]["test_acc"] == accuracy(on.predict(data.x_test), data.y_test)  # the last epoch is kept
+
+
 def test_settings_rules():
     with pytest.raises(ConfigError, match="ilt_first"):
         make(schedule="ilt")
@@ -160,6 +232,13 @@ def test_settings_rules():
         make(ilt_step=1)
     with pytest.raises(ValueError, match="divisible"):
         CwComp({"type": "cwc-cnn", "channels": [4, 6]}, META, HP, "cpu")
+    with pytest.raises(ConfigError, match="bn_after_stop = 'moving': schedule simultaneous stops no layer"):
+        make(bn_after_stop="moving")
+    with pytest.raises(ConfigError, match="ilt_epochs = 20: .* unless bn_after_stop is moving"):
+        make(**ILT, ilt_epochs=20)
+    with pytest.raises(ValueError, match="ilt_epochs = 2 ends before layer 3 stops"):
+        make(**ILT, bn_after_stop="moving", ilt_epochs=2)
+    assert make().hp.bn_after_stop == "frozen" and not make().hp.report_test_each_epoch
 
 
 def test_cwc_cnn_architecture_paper_network():
@@ -198,6 +277,20 @@ def test_cwcomp_learns_digits(digits):
     res = fit(algo, digits, Stopping(max_epochs=10, patience=4), seed=0)
     acc = accuracy(algo.predict(digits.x_test), digits.y_test)
     assert acc > 90.0, f"test accuracy {acc:.1f}% (history {res.history[-3:]})"
+
+
+def test_cwcomp_authors_protocol_learns_digits(digits):
+    """The code's protocol as far as settings go: ILT, BatchNorm statistics moving after a layer
+    stops, epochs after the last layer stops, the test accuracy of every epoch recorded."""
+    torch.manual_seed(0)
+    hp = {"lr": 1e-2, "batch_size": 64, "schedule": "ilt", "ilt_first": 2, "ilt_step": 1,
+          "bn_after_stop": "moving", "ilt_epochs": 8, "report_test_each_epoch": True}
+    algo = CwComp({"type": "cwc-cnn", "channels": [20, 40, 80]}, digits.meta, hp, "cpu")
+    res = fit(algo, digits, Stopping(max_epochs=10, patience=4), seed=0)
+    acc = accuracy(algo.predict(digits.x_test), digits.y_test)
+    assert acc > 90.0, f"test accuracy {acc:.1f}% (history {res.history[-3:]})"
+    assert [r["stage"] for r in res.history] == ["ilt1"] * 2 + ["ilt2", "ilt3"] + ["ilt-tail"] * 4
+    assert res.history[-1]["test_acc"] == acc
 
 
 def test_config_names_the_paper_network_and_checks_it():

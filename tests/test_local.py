@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from bpfree.algorithms.base import Cost, accuracy, generator
-from bpfree.algorithms.local import LocalLoss, pred_pool, similarity
+from bpfree.algorithms.local import LocalLoss, pred_pool, sim_loss, similarity
 from bpfree.data import Data
 from bpfree.engine import Stopping, fit
 from bpfree.errors import ConfigError
 
 MLP = {"type": "mlp", "widths": [7, 5]}
 CNN = {"type": "cnn", "channels": [4, 6, 8]}
+# Nøkland and Eidnes' MLP block: Linear -> BatchNorm -> LeakyReLU -> dropout
+PAPER = {**MLP, "activation": "leaky_relu", "batchnorm": True, "dropout": 0.1}
+PAPER_NO_DROP = {**PAPER, "dropout": 0.0}
 META = {"n_classes": 3, "shape": [1, 8, 8], "augment": False}
 
 
@@ -131,7 +135,7 @@ def ref_loss(loss, beta, h, y, pool, pred_head, sim_head):
     return {"pred": pred, "sim": sim, "predsim": (1 - beta) * pred + beta * sim}[loss]
 
 
-@pytest.mark.parametrize("arch", [MLP, CNN], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("arch", [MLP, CNN, PAPER_NO_DROP], ids=["mlp", "cnn", "mlp-bn-leaky"])
 @pytest.mark.parametrize("loss", ["pred", "sim", "predsim"])
 def test_each_layer_gradient_is_that_of_its_own_loss(arch, loss):
     """The algorithm's training step (one full batch) leaves in every layer's and head's .grad the
@@ -186,7 +190,7 @@ def test_mlp_pred_gradient_by_hand():
 
 # ---- locality ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("arch", [MLP, CNN], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("arch", [MLP, CNN, PAPER], ids=["mlp", "cnn", "mlp-paper"])
 @pytest.mark.parametrize("loss", ["pred", "sim", "predsim"])
 def test_no_gradient_of_a_layer_loss_reaches_an_earlier_layer(arch, loss):
     algo = make(arch, loss=loss)
@@ -225,6 +229,93 @@ def test_heads_start_at_zero_and_nonlin_option():
     assert all(isinstance(b[1], torch.nn.LeakyReLU) and b[1].negative_slope == 0.01 for b in algo.net.layers)
     assert all(s.bias is None and s.kernel_size == (3, 3) for s in algo.net.sim_heads)
     assert isinstance(make(MLP).net.layers[0][1], torch.nn.ReLU)
+
+
+# ---- the paper's MLP block (architecture options) ------------------------------------------------
+
+def test_paper_block_order_and_the_plain_default():
+    """Linear -> BatchNorm1d -> LeakyReLU(0.01) per layer, dropout between layers; a plain entry, or
+    one that spells out the plain values, builds the plain network with the same state_dict."""
+    net = make(PAPER).net
+    assert all([type(m) for m in layer] == [torch.nn.Linear, torch.nn.BatchNorm1d, torch.nn.LeakyReLU]
+               for layer in net.layers)
+    assert net.layers[0][2].negative_slope == 0.01
+    assert isinstance(net.drop, torch.nn.Dropout) and net.drop.p == 0.1
+    plain, spelt = make(MLP), make({**MLP, "activation": "relu", "batchnorm": False, "dropout": 0.0})
+    assert isinstance(plain.net.drop, torch.nn.Identity) and len(plain.net.layers[0]) == 2
+    assert all(torch.equal(v, spelt.net.state_dict()[k]) for k, v in plain.net.state_dict().items())
+    assert plain.net.state_dict().keys() == spelt.net.state_dict().keys()
+    # nonlin leakyrelu still replaces ReLU on a plain entry; relu keeps the architecture's activation
+    assert isinstance(make(MLP, nonlin="leakyrelu").net.layers[0][1], torch.nn.LeakyReLU)
+    assert isinstance(make(PAPER, nonlin="relu").net.layers[0][2], torch.nn.LeakyReLU)
+
+
+@pytest.mark.parametrize("loss", ["pred", "predsim"])
+def test_local_losses_see_a_layer_before_dropout_and_the_layers_above_after(loss):
+    """As the code's LocalLossBlockLinear.forward: the heads take h, the next layer and the output
+    layer take dropout(h)."""
+    algo = make({**PAPER, "dropout": 0.5}, loss=loss)
+    randomise_heads(algo)
+    net, (x, y) = algo.net, batch()
+    net.train()
+    torch.manual_seed(3)
+    losses, out = algo.local_losses(x, y)
+    torch.manual_seed(3)  # the same dropout masks, by hand
+    beta, s_y = algo.hp.beta, similarity(F.one_hot(y, 3).float())
+    a, expect = x.flatten(1), []
+    for i, layer in enumerate(net.layers):
+        h = layer(a)
+        a = F.dropout(h, 0.5, training=True)
+        pred = F.cross_entropy(net.pred(i, h), y)
+        expect.append(pred if loss == "pred" else (1 - beta) * pred + beta * sim_loss(net.sim_heads[i](h), s_y))
+    scale = (1 - beta) if loss == "predsim" else 1.0
+    for g, e in zip([*losses, out], [*expect, scale * F.cross_entropy(net.out(a), y)]):
+        torch.testing.assert_close(g, e)
+    net.eval()  # no dropout at prediction
+    assert torch.equal(algo.predict(x), algo.predict(x))
+
+
+def test_paper_options_are_refused_by_algorithms_that_build_the_plain_network():
+    from bpfree import algorithms, models
+    from bpfree.algorithms.base import check_architecture
+
+    for impl in ("bp", "local"):
+        check_architecture(algorithms.get(impl), PAPER, "here")
+    for impl in ("mf", "fa", "dfa", "ff", "pepita", "fwdgrad", "elm"):
+        with pytest.raises(ConfigError, match=f"here: {impl} builds the plain mlp network and does not implement "
+                                              "activation: leaky_relu, batchnorm: true, dropout: 0.1"):
+            check_architecture(algorithms.get(impl), PAPER, "here")
+    check_architecture(algorithms.get("mf"), {**MLP, "batchnorm": False, "dropout": 0}, "here")  # plain values
+    for bad, error in (({"dropout": 1.0}, "dropout = 1.0"), ({"activation": "tanh"}, "activation = 'tanh'")):
+        with pytest.raises(ValueError, match=re.escape(error)):
+            models.check({**MLP, **bad})
+    with pytest.raises(ValueError, match="`batchnorm` is a mlp key, not one of type cnn"):
+        models.check({**CNN, "batchnorm": True})
+
+
+def test_bp_builds_the_paper_block():
+    """bp's network on the paper's entry, in evaluation mode, against the formula: per layer
+    leaky_relu((W a + b - mean) / sqrt(var + eps) * gamma + beta), dropout off, then the head."""
+    from bpfree import models
+
+    torch.manual_seed(0)
+    net = models.build(PAPER, (1, 8, 8), 3)
+    with torch.no_grad():  # non-trivial statistics and affine parameters
+        for bn in net.norms:
+            for t in (bn.running_mean, bn.weight, bn.bias):
+                t.copy_(torch.randn(t.shape))
+            bn.running_var.copy_(torch.rand(bn.running_var.shape) + 0.5)
+    net.eval()
+    x, _ = batch()
+    a = x.flatten(1)
+    for layer, bn in zip(net.hidden, net.norms):
+        z = (a @ layer.weight.T + layer.bias - bn.running_mean) / (bn.running_var + bn.eps).sqrt()
+        z = z * bn.weight + bn.bias
+        a = torch.where(z > 0, z, 0.01 * z)
+    torch.testing.assert_close(net(x), a @ net.head.weight.T + net.head.bias)
+    plain = models.build(MLP, (1, 8, 8), 3)
+    assert set(plain.state_dict()) == {"hidden.0.weight", "hidden.0.bias", "hidden.1.weight", "hidden.1.bias",
+                                       "head.weight", "head.bias"} and plain.drop is None
 
 
 def test_pred_pool_bounds_the_flattened_size_as_the_code():
@@ -270,3 +361,13 @@ def test_learns_digits(digits, arch, loss):
     assert res.macs > 0
     layers = algo.layer_accuracies(digits.x_test, digits.y_test)
     assert len(layers) == len(algo.net.layers) and min(layers.values()) > 50.0
+
+
+def test_predsim_learns_digits_on_the_paper_network(digits):
+    """Nøkland and Eidnes' MLP block (BatchNorm, LeakyReLU, dropout 0.1), their lr 5e-4."""
+    torch.manual_seed(0)
+    arch = {"type": "mlp", "widths": [256, 256, 256], "activation": "leaky_relu", "batchnorm": True, "dropout": 0.1}
+    algo = LocalLoss(arch, digits.meta, {"lr": 5e-4, "batch_size": 64, "loss": "predsim"}, "cpu")
+    res = fit(algo, digits, Stopping(max_epochs=25, patience=5), seed=0)
+    acc = accuracy(algo.predict(digits.x_test), digits.y_test)
+    assert acc > 90.0, f"{acc:.1f}% (history {res.history[-3:]})"

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -26,19 +27,58 @@ def mlp_widths(arch: dict, shape: tuple[int, ...]) -> list[int]:
     return [in_features(shape), *arch["widths"]]
 
 
-class MLP(nn.Module):
-    """[Linear -> ReLU] x L, then Linear(d_L, C)."""
+# Options of an `mlp` entry beyond its widths, at the values that give the plain network
+# [Linear -> ReLU] x L. Another value builds Nøkland and Eidnes' (2019) hidden layer,
+# Linear -> [BatchNorm1d] -> activation -> [Dropout]; only algorithms that list the option in
+# their ARCH_OPTIONS accept it (bpfree.algorithms.base.check_architecture).
+MLP_OPTIONS = {"activation": "relu", "batchnorm": False, "dropout": 0.0}
+ACTIVATIONS = ("relu", "leaky_relu")
+LEAKY_SLOPE = 0.01  # Nøkland and Eidnes' LeakyReLU (local-loss code, LocalLossBlockLinear)
 
-    def __init__(self, widths: list[int], n_classes: int):
+
+def mlp_options(arch: dict) -> dict:
+    """The options (MLP_OPTIONS) of an mlp entry, unset ones at the plain network's values;
+    ValueError for a value the schema would refuse (an entry built by hand)."""
+    opts = {**MLP_OPTIONS, **{k: arch[k] for k in MLP_OPTIONS if k in arch}}
+    if opts["activation"] not in ACTIVATIONS:
+        raise ValueError(f"activation = {opts['activation']!r}: one of {', '.join(ACTIVATIONS)}")
+    if not isinstance(opts["batchnorm"], bool):
+        raise ValueError(f"batchnorm = {opts['batchnorm']!r}: true or false")
+    if not 0.0 <= opts["dropout"] < 1.0:
+        raise ValueError(f"dropout = {opts['dropout']!r}: a rate in [0, 1)")
+    return opts
+
+
+def activation(name: str) -> nn.Module:
+    """The activation module of an mlp option value ("relu" or "leaky_relu", slope LEAKY_SLOPE)."""
+    return nn.LeakyReLU(LEAKY_SLOPE) if name == "leaky_relu" else nn.ReLU()
+
+
+class MLP(nn.Module):
+    """[Linear -> ReLU] x L, then Linear(d_L, C). With the options of an mlp entry
+    (`mlp_options`): every hidden layer Linear -> [BatchNorm1d] -> activation -> [Dropout], the
+    order of Nøkland and Eidnes' blocks; at their defaults the network, its parameters and its
+    state_dict are the plain one's."""
+
+    def __init__(self, widths: list[int], n_classes: int, activation: str = "relu", batchnorm: bool = False,
+                 dropout: float = 0.0):
         super().__init__()
         self.hidden = nn.ModuleList(hidden_linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.head = nn.Linear(widths[-1], n_classes)
         nn.init.zeros_(self.head.bias)
+        self.slope = LEAKY_SLOPE if activation == "leaky_relu" else None
+        self.norms = nn.ModuleList(nn.BatchNorm1d(b) for b in widths[1:]) if batchnorm else None
+        self.drop = nn.Dropout(dropout) if dropout > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
-        for layer in self.hidden:
-            x = torch.relu(layer(x))
+        for i, layer in enumerate(self.hidden):
+            x = layer(x)
+            if self.norms is not None:
+                x = self.norms[i](x)
+            x = torch.relu(x) if self.slope is None else F.leaky_relu(x, self.slope)
+            if self.drop is not None:
+                x = self.drop(x)
         return self.head(x)
 
 
@@ -178,6 +218,9 @@ class Architecture:
     options:  further keys only this type takes (the schema lists them; the check refuses them on
               other types).
     validate: (entry) -> None, ValueError for an entry the schema cannot refuse; None: nothing to check.
+    variants: the options that change the network's layers, with the value that leaves the plain
+              network: an algorithm builds another value only if it lists the key in its
+              ARCH_OPTIONS (`variant_keys`, bpfree.algorithms.base.check_architecture).
     """
 
     name: str
@@ -187,13 +230,15 @@ class Architecture:
     first: Callable[[dict, tuple[int, ...]], int]
     options: tuple[str, ...] = ()
     validate: Callable[[dict], object] | None = None
+    variants: Mapping[str, object] = field(default_factory=dict)
 
 
 REGISTRY: dict[str, Architecture] = {a.name: a for a in (
     Architecture("mlp", "widths",
-                 build=lambda arch, shape, n: MLP(mlp_widths(arch, shape), n),
+                 build=lambda arch, shape, n: MLP(mlp_widths(arch, shape), n, **mlp_options(arch)),
                  macs=lambda arch, shape, n: mlp_macs(mlp_widths(arch, shape), n),
-                 first=lambda arch, shape: in_features(shape) * arch["widths"][0]),
+                 first=lambda arch, shape: in_features(shape) * arch["widths"][0],
+                 options=tuple(MLP_OPTIONS), validate=mlp_options, variants=MLP_OPTIONS),
     Architecture("cnn", "channels",
                  build=lambda arch, shape, n: CNN(arch["channels"], shape, n),
                  macs=lambda arch, shape, n: (sum(cnn_block_macs(arch["channels"], shape))
@@ -227,6 +272,12 @@ def check(arch: dict) -> None:
         raise ValueError(f"`{foreign[0]}` is a {owner[foreign[0]]} key, not one of type {record.name}")
     if record.validate is not None:
         record.validate(arch)
+
+
+def variant_keys(arch: dict) -> list[str]:
+    """The options of an entry that are set to another value than the plain network's (its type's
+    `variants`), in the order the type declares them."""
+    return [k for k, plain in architecture(arch).variants.items() if k in arch and arch[k] != plain]
 
 
 def build(arch: dict, shape: tuple[int, ...], n_classes: int) -> nn.Module:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from bpfree import hparams
+from bpfree import hparams, models
 from bpfree.data import Data, augment_batch
 from bpfree.errors import ConfigError
 
@@ -90,6 +90,10 @@ class Algorithm:
     Settings: ClassVar[type[hparams.Settings]]
     LOCALITY: ClassVar[str]
     ARCHITECTURES: ClassVar[tuple[str, ...]] = ("mlp", "cnn")
+    # Architecture options that change the layers (a type's `variants` in bpfree.models, e.g. an
+    # mlp's activation, batchnorm, dropout) which this algorithm builds; an entry that sets any other
+    # to a non-plain value is refused by check_architecture.
+    ARCH_OPTIONS: ClassVar[tuple[str, ...]] = ()
     net: nn.Module
 
     def __init__(self, arch: dict, meta: dict, hp: hparams.Settings | Mapping[str, Any], device: torch.device):
@@ -164,10 +168,16 @@ class Algorithm:
 
 
 def check_architecture(cls: type[Algorithm], arch: dict, where: str) -> None:
-    """ConfigError naming `where` if `cls` cannot run on the architecture entry `arch`."""
+    """ConfigError naming `where` if `cls` cannot run on the architecture entry `arch`: a type not
+    in its ARCHITECTURES, or an option that changes the layers and is not in its ARCH_OPTIONS."""
+    name = cls.__module__.rsplit(".", 1)[-1]
     if arch["type"] not in cls.ARCHITECTURES:
-        raise ConfigError(f"{where}: {cls.__module__.rsplit('.', 1)[-1]} runs on {' or '.join(cls.ARCHITECTURES)} "
+        raise ConfigError(f"{where}: {name} runs on {' or '.join(cls.ARCHITECTURES)} "
                           f"architectures, not {arch['type']!r}")
+    unbuilt = [k for k in models.variant_keys(arch) if k not in cls.ARCH_OPTIONS]
+    if unbuilt:
+        raise ConfigError(f"{where}: {name} builds the plain {arch['type']} network and does not implement "
+                          f"{', '.join(f'{k}: {str(arch[k]).lower()}' for k in unbuilt)}")
 
 
 class FrozenFeatures:

@@ -26,6 +26,7 @@ class BP(Algorithm):
     Settings = Settings
     LOCALITY = "end-to-end"
     ARCHITECTURES = ("mlp", "cnn", "cwc-cnn")
+    ARCH_OPTIONS = tuple(models.MLP_OPTIONS)  # models.build builds every option
 
     def __init__(self, arch: dict, meta: dict, hp, device: torch.device):
         super().__init__(arch, meta, hp, device)

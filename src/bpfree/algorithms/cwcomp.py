@@ -20,10 +20,31 @@ Schedules (`schedule`):
 - "ilt": the paper's interleaved layer training ("Acc" strategy: every layer starts at epoch 0,
   layer l stops after end_l epochs; the code's MNIST ends are 2, 3, 4, 5). Here
   end_l = ilt_first + (l - 1) * ilt_step, run as L fixed-length stages: stage k trains layers
-  k..L for end_k - end_{k-1} epochs. Departure: the code keeps a stopped layer's BatchNorm in
-  training mode (batch statistics, running statistics still updated) during later epochs; here a
-  stopped layer is frozen in evaluation mode, as it is at test time. The code's FMNIST and CIFAR
-  ends are not evenly spaced (10, 15, 19, 23 ...): ilt_first/ilt_step approximate them.
+  k..L for end_k - end_{k-1} epochs; `ilt_epochs` adds a last stage ("ilt-tail") that trains no
+  layer, up to that many epochs in all (the code's 20). The code's FMNIST and CIFAR ends are not
+  evenly spaced (10, 15, 19, 23 ...): ilt_first/ilt_step approximate them.
+
+A stopped layer's BatchNorm (`bn_after_stop`, schedule ilt). The code (andreaspapac/CwComp at
+254960a) puts the whole model in training mode at the start of every epoch (src/main_train.py:68),
+and a layer outside its epochs runs `ff_infer` (src/Models.py:94-101), the same conv -> ReLU ->
+pool -> BatchNorm as its training forward without the optimiser step (src/Layer_cnn.py:163-173):
+its BatchNorm normalises with the batch's statistics and keeps updating its running mean and
+variance. With MNIST's ends 2-5 and 20 epochs (src/configure.py:44, src/Models.py:23), the last 15
+epochs change nothing but those statistics (and the "Sf" classifier). "moving" does that: during
+every later training epoch a stopped layer runs in training mode, without gradients. "frozen"
+(the default, our rule) runs it in evaluation mode on the running statistics it had when it
+stopped, as at test time. Not replicated under "moving": after each step the code predicts the
+training batch still in training mode (src/main_train.py:77-85), which moves every layer's
+running statistics a second time per batch.
+
+The code also trains on all 60,000 MNIST training images (src/configure.py:99), evaluates the test
+set after every epoch and keeps the weights of the lowest test error (src/main_train.py:90-136):
+test-set model selection. Those are protocol matters, not settings: our runs train on the
+50,000-image training split (10,000 held out for validation), keep the model the schedule ends
+with (under "simultaneous", the best validation epoch), and evaluate the test set once.
+`report_test_each_epoch` only records the test accuracy of every epoch (the `test_acc` column of
+epochs.csv), so that the code's "best test epoch" can be read off for a one-off comparison;
+nothing in training or stopping reads it.
 
 Optimiser: the code gives every layer its own Adam, lr 0.01, no weight decay; Adam is
 per-parameter, so one Adam over all layers with the same rate is the same update. Batch 128 and
@@ -43,6 +64,9 @@ from bpfree import hparams, models
 from bpfree.hparams import SettingError, hp
 from bpfree.algorithms.base import Algorithm, Cost, Stage, accuracy, adam, chunked, minibatch_epoch, train_batch
 from bpfree.data import Data
+
+
+TAIL = "ilt-tail"  # schedule ilt: the epochs after the last layer stops (ilt_epochs)
 
 
 def class_goodness(h: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -68,6 +92,18 @@ class Settings(hparams.Settings):
     ilt_first: int | None = hp(None, low=1, unit="epochs", doc="schedule ilt: epochs of layer 1 (paper MNIST 2)")
     ilt_step: int | None = hp(None, low=0, unit="epochs",
                               doc="schedule ilt: epochs each later layer trains beyond the previous (paper MNIST 1)")
+    bn_after_stop: str = hp("frozen", choices=("frozen", "moving"),
+                            doc="schedule ilt: a stopped layer runs later training epochs in evaluation mode on "
+                                "its running statistics (frozen), or in training mode, BatchNorm on batch "
+                                "statistics with its running statistics still updated (moving, the code's)")
+    ilt_epochs: int | None = hp(None, low=1, unit="epochs",
+                                doc="schedule ilt, bn_after_stop moving: epochs in all (the code's 20); those after "
+                                    "the last layer stops train no layer and only move BatchNorm's running "
+                                    "statistics; null: the run ends when the last layer stops")
+    report_test_each_epoch: bool = hp(False, doc="record the test accuracy after every epoch (column test_acc of "
+                                                 "epochs.csv, one pass over the test split per epoch) for a "
+                                                 "comparison with the code's best test epoch; never read by "
+                                                 "training, stopping or the search")
 
     def check(self) -> None:
         for name in ("ilt_first", "ilt_step"):
@@ -76,6 +112,11 @@ class Settings(hparams.Settings):
                 raise SettingError(name, f"schedule ilt needs {name}")
             if self.schedule != "ilt" and given:
                 raise SettingError(name, f"schedule {self.schedule} does not use {name}")
+        if self.schedule != "ilt" and self.bn_after_stop != "frozen":
+            raise SettingError("bn_after_stop", f"schedule {self.schedule} stops no layer")
+        if self.ilt_epochs is not None and self.bn_after_stop != "moving":
+            raise SettingError("ilt_epochs", "epochs after the last layer stops change nothing unless "
+                                             "bn_after_stop is moving")
 
     def optimizer_label(self) -> str:
         return "Adam (L2 penalty)"
@@ -97,17 +138,28 @@ class CwComp(Algorithm):
         self.layer_macs = models.cwc_layer_macs(arch, self.shape)
         self.net = models.cwc_layers(arch, self.shape).to(self.device)  # (ModuleList of layers)
         self.opt = adam(self.net.parameters(), self.hp.lr, l2=self.hp.l2)
+        if self.hp.ilt_epochs is not None and self.hp.ilt_epochs < self._ends()[-1]:
+            raise ValueError(f"cwcomp: ilt_epochs = {self.hp.ilt_epochs} ends before layer {self.L} stops "
+                             f"(after epoch {self._ends()[-1]})")
+
+    def _ends(self) -> list[int]:
+        """Schedule ilt: the epoch after which each layer stops."""
+        return [self.hp.ilt_first + k * self.hp.ilt_step for k in range(self.L)]
 
     def stages(self) -> list[Stage]:
         if self.hp.schedule == "simultaneous":
             return [Stage("all", monitor="acc")]
-        ends = [self.hp.ilt_first + k * self.hp.ilt_step for k in range(self.L)]
+        ends = self._ends()
         lengths = [b - a for a, b in zip([0, *ends], ends)]
         # a zero-length phase (ilt_step 0) trains nothing of its own: its layer stops with the previous one
-        return [Stage(f"ilt{k + 1}", monitor="acc", epochs=n, index=k) for k, n in enumerate(lengths) if n > 0]
+        stages = [Stage(f"ilt{k + 1}", monitor="acc", epochs=n, index=k) for k, n in enumerate(lengths) if n > 0]
+        tail = (self.hp.ilt_epochs or ends[-1]) - ends[-1]
+        return stages + ([Stage(TAIL, monitor="acc", epochs=tail)] if tail else [])
 
     def _first_trained(self, stage: Stage) -> int:
-        """Index of the first layer that trains in `stage` (earlier layers are frozen)."""
+        """Index of the first layer that trains in `stage` (earlier layers are stopped)."""
+        if stage.name == TAIL:
+            return self.L  # no layer trains
         return stage.index or 0  # "all": every layer trains
 
     def begin_stage(self, stage: Stage, data: Data, max_epochs: int) -> None:
@@ -128,8 +180,9 @@ class CwComp(Algorithm):
 
     def train_epoch(self, stage: Stage, data: Data, gen: torch.Generator) -> torch.Tensor:
         k = self._first_trained(stage)
-        self.net.train()
-        self.net[:k].eval()  # frozen: BatchNorm on its running statistics
+        self.net.train()  # moving: stopped layers too, BatchNorm on batch statistics (no gradient)
+        if self.hp.bn_after_stop == "frozen":
+            self.net[:k].eval()  # stopped: BatchNorm on its running statistics
 
         def loss_fn(idx: torch.Tensor) -> torch.Tensor:
             return self._losses(train_batch(data, idx, gen), data.y_train[idx], k)
@@ -163,6 +216,11 @@ class CwComp(Algorithm):
         y = data.y_val
         loss = sum(F.cross_entropy(g[:, i], y) for i in range(self.L))
         return {"acc": accuracy(g[:, -1], y), "loss": float(loss)}
+
+    def epoch_metrics(self, stage: Stage, data: Data) -> dict[str, float]:
+        if not self.hp.report_test_each_epoch:
+            return {}
+        return {"test_acc": accuracy(self.predict(data.x_test), data.y_test)}
 
     def layer_accuracies(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         self.net.eval()

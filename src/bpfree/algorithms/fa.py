@@ -97,6 +97,7 @@ class RandomFeedback(BP):
     random feedback buffers `feedback{l}` on the network (registered by the subclass)."""
 
     LOCALITY = "feedback-alignment"
+    ARCH_OPTIONS = ()  # the feedback passes are written for the plain layers (no BatchNorm, dropout)
 
     def __init__(self, arch: dict, meta: dict, hp, device: torch.device):
         super().__init__(arch, meta, hp, device)  # bp's network (drawn first, the same as bp's) and its AdamW

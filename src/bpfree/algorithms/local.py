@@ -21,11 +21,18 @@ Where this departs from the paper, and why:
 - The sim loss is the mean over the B x B entries (the code's `F.mse_loss`), where the paper writes
   the squared Frobenius norm (the sum). The published numbers and beta = 0.99 come from the code,
   and only with the mean does beta weigh the two losses as there.
-- The network is the benchmark's, the same as bp trains: MLP Linear -> ReLU (no BatchNorm, no
-  dropout), Kaiming-uniform weights with zero biases; CNN blocks conv -> ReLU -> maxpool ->
-  BatchNorm, the local losses taken at the block's output. The paper's blocks are Linear/Conv ->
-  BatchNorm -> nonlinearity -> dropout, LeakyReLU (slope 0.01) for sim and predsim; `nonlin:
-  leakyrelu` offers that nonlinearity. No augmentation and no learning-rate schedule (the protocol's).
+- The network is the architecture entry's, the same as bp trains. A plain MLP is Linear -> ReLU,
+  Kaiming-uniform weights with zero biases; CNN blocks conv -> ReLU -> maxpool -> BatchNorm, the
+  local losses taken at the block's output. The paper's blocks are Linear/Conv -> BatchNorm ->
+  nonlinearity -> dropout, LeakyReLU (slope 0.01) for sim and predsim. For the MLP an entry's
+  options build that block (`activation: leaky_relu`, `batchnorm: true`, `dropout`, see
+  bpfree.models.MLP_OPTIONS; the code's MNIST MLP: 3 x 1024, dropout 0.1): as in the code
+  (LocalLossBlockLinear.forward), the heads and the local losses see the layer's output before
+  dropout, the next layer and the output layer see it after. Still not the code's: its Linear
+  layers keep torch's default initialisation (ours Kaiming-uniform, zero biases). `nonlin:
+  leakyrelu` puts LeakyReLU in place of ReLU in local's network only (CNN blocks too), leaving
+  bp's on ReLU; the architecture's `activation` gives both the same. No augmentation (the code
+  jitters MNIST by 2 pixels) and no learning-rate schedule (the protocol's).
 - One Adam (L2 penalty `l2`, the code's `--weight-decay`) or AdamW (`weight_decay`) over all layers
   and heads. The code gives every block its own Adam and steps it right after the block's loss,
   before the next block runs; since each block's input is detached and Adam's update is per
@@ -33,6 +40,7 @@ Where this departs from the paper, and why:
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -95,6 +103,7 @@ class LocalNet(nn.Module):
         super().__init__()
         act = (lambda: nn.LeakyReLU(LEAKY_SLOPE)) if nonlin == "leakyrelu" else nn.ReLU
         self.conv = arch["type"] == "cnn"
+        self.drop: nn.Module = nn.Identity()  # between layers, after the local losses' input (MLP option)
         if self.conv:
             channels = list(arch["channels"])
             self.layers = nn.ModuleList(models.conv_block(a, b) for a, b in zip([shape[0], *channels[:-1]], channels))
@@ -105,9 +114,14 @@ class LocalNet(nn.Module):
             sim_sizes, sim_head = [c for c, _, _ in outs], lambda c: nn.Conv2d(c, c, 3, padding=1, bias=False)
             d_last = math.prod(outs[-1])
         else:
-            widths = models.mlp_widths(arch, shape)
-            self.layers = nn.ModuleList(nn.Sequential(models.hidden_linear(a, b), act())
+            widths, opts = models.mlp_widths(arch, shape), models.mlp_options(arch)
+            if nonlin == "relu":  # the architecture's activation
+                act = functools.partial(models.activation, opts["activation"])
+            norm = (lambda d: [nn.BatchNorm1d(d)]) if opts["batchnorm"] else (lambda d: [])
+            self.layers = nn.ModuleList(nn.Sequential(models.hidden_linear(a, b), *norm(b), act())
                                         for a, b in zip(widths[:-1], widths[1:]))
+            if opts["dropout"] > 0:
+                self.drop = nn.Dropout(opts["dropout"])
             pools = [(None, d) for d in widths[1:]]
             sim_sizes, sim_head = widths[1:], lambda d: nn.Linear(d, d, bias=False)
             d_last = widths[-1]
@@ -132,7 +146,7 @@ class LocalNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.inputs(x)
         for layer in self.layers:
-            h = layer(h)
+            h = self.drop(layer(h))
         return self.out(h.flatten(1))
 
 
@@ -149,7 +163,9 @@ class Settings(hparams.Settings):
     l2: float = hparams.l2("L2 penalty of every parameter (optimizer adam; the code's --weight-decay)")
     weight_decay: float = hparams.weight_decay("decoupled weight decay of every parameter (optimizer adamw)")
     nonlin: str = hp("relu", choices=("relu", "leakyrelu"),
-                     doc="ReLU (bp's network) or LeakyReLU, slope 0.01 (the paper's for sim and predsim)")
+                     doc="relu: the architecture's activation (bp's network; ReLU unless an mlp entry sets "
+                         "activation); leakyrelu: LeakyReLU, slope 0.01 (the paper's for sim and predsim), in "
+                         "local's network only")
     pred_dim: int = hp(4096, low=1, unit="features", doc="conv outputs are average-pooled until their flattened size "
                                                          "is at most this before the pred head (CNN only)")
 
@@ -168,6 +184,7 @@ class Settings(hparams.Settings):
 class LocalLoss(Algorithm):
     Settings = Settings
     LOCALITY = "layer-local"
+    ARCH_OPTIONS = tuple(models.MLP_OPTIONS)  # the paper's MLP block (see LocalNet)
 
     def __init__(self, arch: dict, meta: dict, hp, device: torch.device):
         super().__init__(arch, meta, hp, device)
@@ -186,11 +203,12 @@ class LocalLoss(Algorithm):
         1 - beta under predsim), for a batch x with labels y. Their sum's gradient gives every
         layer (and head) exactly the gradient of its own loss."""
         beta = self.hp.beta
-        h = self.net.inputs(x)
+        a = self.net.inputs(x)  # what the next layer takes
         s_y = similarity(F.one_hot(y, self.n_classes).to(x.dtype)) if self.loss != "pred" else None
         losses = []
         for i, layer in enumerate(self.net.layers):
-            h = layer(h.detach())
+            h = layer(a.detach())
+            a = self.net.drop(h)  # the local losses see h, the layers above its dropout (as the code)
             if self.loss == "pred":
                 losses.append(F.cross_entropy(self.net.pred(i, h), y))
                 continue
@@ -199,7 +217,7 @@ class LocalLoss(Algorithm):
                 losses.append(sim)
             else:
                 losses.append((1 - beta) * F.cross_entropy(self.net.pred(i, h), y) + beta * sim)
-        out = F.cross_entropy(self.net.out(h.detach().flatten(1)), y)
+        out = F.cross_entropy(self.net.out(a.detach().flatten(1)), y)
         return losses, (1 - beta) * out if self.loss == "predsim" else out
 
     def train_epoch(self, stage: Stage, data: Data, gen: torch.Generator) -> torch.Tensor:
