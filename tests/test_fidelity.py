@@ -39,7 +39,7 @@ def test_balanced_subset_is_fixed_balanced_and_drawn_from_the_split(digits):
     rows = {tuple(r.tolist()) for r in digits.x_train.flatten(1)}
     assert all(tuple(r.tolist()) in rows for r in sub.x_train.flatten(1))
     assert torch.equal(sub.x_val, digits.x_val) and torch.equal(sub.x_test, digits.x_test)
-    assert sub.meta["sizes"]["train"] == 200 and sub.meta["subset"]["n"] == 200
+    assert sub.meta["sizes"]["train"] == 200 and sub.meta["subset"]["train"] == 200
     with pytest.raises(ValueError, match="exceeds the training split"):
         balanced_subset(digits, len(digits.y_train) + 1)
 
@@ -102,3 +102,24 @@ def test_a_search_subset_larger_than_the_final_split_is_refused():
     cfg["limit_train"] = 100
     with pytest.raises(ConfigError, match="protocol.search.limit_train = 200 is larger than limit_train = 100"):
         bpcfg.validate(cfg)
+
+
+def test_a_validation_subset_ranks_the_trials_and_is_recorded(tmp_path, digits_path, monkeypatch):
+    seen, fit = [], search.fit
+
+    def spy(algo, data, stopping, **kw):
+        seen.append(data.y_val.clone())
+        return fit(algo, data, stopping, **kw)
+
+    monkeypatch.setattr(search, "fit", spy)
+    cfg = copy.deepcopy(CFG)
+    cfg["protocol"]["search"]["limit_val"] = 90
+    spec = _spec(cfg)
+    study = search.run_search(spec, digits_path, tmp_path / "s.journal")
+    full = load(digits_path)
+    want = balanced_subset(full, 90, "val").y_val
+    assert all(torch.equal(y, want) for y in seen) and len(want) == 90 < len(full.y_val)
+    assert torch.bincount(want, minlength=10).min() == 9
+    search.write_outputs(spec, study, tmp_path / "best.json", tmp_path / "trials.csv", {})
+    assert json.loads((tmp_path / "best.json").read_text())["search_fidelity"]["limit_val"] == 90
+    assert set(pd.read_csv(tmp_path / "trials.csv").fidelity_limit_val) == {90}

@@ -177,8 +177,9 @@ def search_spec(cfg: dict, architecture: str, algorithm: str) -> dict:
     entry = cfg["algorithms"][algorithm]
     search = dict(cfg["protocol"]["search"])
     search.pop("workers", None)  # how many processes share a study does not change its budget
-    if search.get("limit_train") is None:  # absent and null are the same fidelity (and the same study key)
-        search.pop("limit_train", None)
+    for key in ("limit_train", "limit_val"):  # absent and null are the same fidelity (and the same study key)
+        if search.get(key) is None:
+            search.pop(key, None)
     return {**spec, "space": entry.get("space", {}), "search": search}
 
 

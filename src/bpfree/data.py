@@ -254,15 +254,17 @@ def load(path: str | Path, device: torch.device | str = "cpu", limit_train: int 
                 norm(blob["x_test"]), blob["y_test"].to(device, torch.long), meta)
 
 
-def balanced_subset(data: Data, n: int) -> Data:
-    """The search-fidelity subset: `n` images of the training split, class-balanced and fixed.
-    Examples are taken round-robin over the classes, each class in the split's own (prepared,
-    seeded) order, so the subset depends only on the prepared file and `n`: every algorithm and
-    trial sees the same images. A class with fewer examples than its share leaves its remainder to
-    the others. Validation and test splits are untouched. ValueError if `n` exceeds the split."""
-    y = data.y_train
+def balanced_subset(data: Data, n: int, split: str = "train") -> Data:
+    """The search-fidelity subset: `n` images of the training (or validation) split,
+    class-balanced and fixed. Examples are taken round-robin over the classes, each class in the
+    split's own (prepared, seeded) order, so the subset depends only on the prepared file and `n`:
+    every algorithm and trial sees the same images. A class with fewer examples than its share
+    leaves its remainder to the others. The other splits are untouched. ValueError if `n` exceeds
+    the split."""
+    x, y = (data.x_train, data.y_train) if split == "train" else (data.x_val, data.y_val)
     if n > len(y):
-        raise ValueError(f"protocol.search.limit_train = {n} exceeds the training split ({len(y)} examples)")
+        name = {"train": "training", "val": "validation"}[split]
+        raise ValueError(f"protocol.search.limit_{split} = {n} exceeds the {name} split ({len(y)} examples)")
     if n == len(y):
         return data
     rank = torch.empty_like(y)  # position of each example within its own class
@@ -271,9 +273,12 @@ def balanced_subset(data: Data, n: int) -> Data:
         rank[idx] = torch.arange(len(idx), device=y.device)
     order = torch.argsort(rank * len(y) + torch.arange(len(y), device=y.device))  # by (rank, index)
     keep = order[:n].sort().values
-    meta = {**data.meta, "sizes": {**data.meta["sizes"], "train": n},
-            "subset": {"n": n, "rule": "class-balanced, first examples of each class in the split's order"}}
-    return Data(data.x_train[keep], y[keep], data.x_val, data.y_val, data.x_test, data.y_test, meta)
+    meta = {**data.meta, "sizes": {**data.meta["sizes"], split: n},
+            "subset": {**data.meta.get("subset", {}), split: n,
+                       "rule": "class-balanced, first examples of each class in the split's order"}}
+    if split == "train":
+        return Data(x[keep], y[keep], data.x_val, data.y_val, data.x_test, data.y_test, meta)
+    return Data(data.x_train, data.y_train, x[keep], y[keep], data.x_test, data.y_test, meta)
 
 
 def warnings(data: Data, batch_size: int | None = None, limit_train: int | None = None) -> list[str]:

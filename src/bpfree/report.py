@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bpfree import io, published, stats
+from bpfree import io, published, stats, tiers
 from bpfree.errors import FileError
 from bpfree.stats import CELL, StatsConfig
 
@@ -204,6 +204,8 @@ def absolute_table(cells: pd.DataFrame, runs: pd.DataFrame, pub: pd.DataFrame) -
             "published accuracy (%)": DASH if p is None else
             f"{p.test_acc_mean:.2f} ± {p.test_acc_sd:.2f} (n={p.n_runs}, {p.source})",
             "train time (s)": ours("train_time_s", ".1f"), "published time (s)": theirs("train_time_s", ".1f"),
+            "CPU time (s)": ours("cpu_time_s", ".1f"), "train PFLOP": _scaled(cell, "train_flops", 1e-15, ".3f"),
+            "load (1 min)": ours("load_1m_mean", ".2f"),
             "energy (J)": ours("energy_j", ".1f"), "energy method": methods,
             "dynamic energy (J)": ours("energy_dynamic_j", ".1f"),
             BOARD: ours("energy_board_j", ".1f") if _measured(g, "energy_board_j") else _board_why(g),
@@ -215,6 +217,12 @@ def absolute_table(cells: pd.DataFrame, runs: pd.DataFrame, pub: pd.DataFrame) -
             "its authors' figure (%), their network": _field_reference(field, c.algorithm, g, c.dataset),
         })
     return pd.DataFrame(rows)
+
+
+def _scaled(cell: dict, metric: str, scale: float, fmt: str) -> str:
+    """A cell's mean of `metric` times `scale` (e.g. FLOPs as PFLOP), or a dash."""
+    mean = cell.get(f"{metric}_mean")
+    return DASH if mean is None or not math.isfinite(mean) else f"{mean * scale:{fmt}}"
 
 
 def _field_reference(field: pd.DataFrame, variant: str, g: pd.DataFrame, dataset: str) -> str:
@@ -352,18 +360,42 @@ def verdict_table(dl: pd.DataFrame) -> pd.DataFrame:
         unit = "pp" if r.unit == "pp" else "%"
         fmt = "+.2f" if r.unit == "pp" else "+.1f"
         rows.append({"dataset": r.dataset, "architecture": r.architecture, "variant": r.algorithm, "metric": r.metric,
-                     "n pairs": r.n_pairs, "margin": f"±{r.margin:g} {unit}",
+                     "n pairs": r.n_pairs, "margin": f"±{r.margin:g} {unit}" if math.isfinite(r.margin) else DASH,
+                     "p (adjusted)": DASH if not math.isfinite(r.p_value) else
+                     f"{r.p_value:.3g} ({_num(r.p_adjusted, '.3g')})",
                      "interval of the verdict": f"[{_num(r.verdict_low, fmt)}, {_num(r.verdict_high, fmt)}] {unit}",
                      "verdict": r.verdict, "method": r.verdict_method,
                      "seeds needed (estimate)": r.seeds_needed_note or DASH})
     return pd.DataFrame(rows, columns=["dataset", "architecture", "variant", "metric", "n pairs", "margin",
-                                       "interval of the verdict", "verdict", "method", "seeds needed (estimate)"])
+                                       "p (adjusted)", "interval of the verdict", "verdict", "method",
+                                       "seeds needed (estimate)"])
 
 
 def _margins(cfg: StatsConfig) -> str:
-    """The declared margins, as configured (whatever the runs let the verdicts use)."""
-    return ", ".join(f"{metric} ±{m:g} {'pp' if stats.DELTA_METRICS.get(metric) == 'pp' else '%'}"
-                     for metric, m in cfg.margins.items()) or "none"
+    """The declared margins, as configured (whatever the runs let the verdicts use); a per-dataset
+    margin as "test_accuracy ±0.25 pp on mnist, ±1.5 pp on fashion_mnist"."""
+    def one(metric: str, m) -> str:
+        unit = "pp" if stats.DELTA_METRICS.get(metric) == "pp" else "%"
+        if isinstance(m, dict):
+            return f"{metric} " + ", ".join(f"±{v:g} {unit} on {d}" for d, v in m.items())
+        return f"{metric} ±{m:g} {unit}"
+    return ", ".join(one(metric, m) for metric, m in cfg.margins.items()) or "none"
+
+
+def _multiplicity(dl: pd.DataFrame, cfg: StatsConfig) -> str:
+    """The multiplicity control in words, with the family it corrected over."""
+    fam = dl[dl.multiplicity.fillna("") != ""] if "multiplicity" in dl else dl.iloc[:0]
+    if fam.empty:
+        return f"Multiplicity: {cfg.multiplicity}; no verdict was made, so there was nothing to correct."
+    names = {"holm": "Holm-Bonferroni (family-wise error rate)", "bonferroni": "Bonferroni (family-wise error rate)",
+             "fdr_bh": "Benjamini-Hochberg (false discovery rate)", "none": "none"}
+    metrics = ", ".join(sorted(set(fam.metric)))
+    return (f"Multiplicity: {names[cfg.multiplicity]} at alpha {cfg.alpha:g}, over the family of all {len(fam)} "
+            f"verdicts of this report ({fam[CELL].drop_duplicates().shape[0]} cells against bp; metrics {metrics}; "
+            "energy estimates aside). Each verdict's p value is that of its claim (equivalent: the TOST p; better or "
+            "worse: the one-sided test beyond the margin; for an unresolved one, the smallest of the three); "
+            "deltas.csv gives it as p_value and the adjusted one as p_adjusted. A verdict whose adjusted p value is "
+            "not below alpha is 'not resolved after ...', its seeds-needed estimate at the level alpha / m.")
 
 
 def notes(runs: pd.DataFrame, cells: pd.DataFrame, dl: pd.DataFrame, cfg: StatsConfig) -> str:
@@ -385,7 +417,15 @@ def notes(runs: pd.DataFrame, cells: pd.DataFrame, dl: pd.DataFrame, cfg: StatsC
     out.append(f"Verdicts at a declared margin per metric (margins {_margins(cfg)}): {cfg.verdict_method}, "
                f"alpha {cfg.alpha:g}. 'equivalent within ±m' and 'better/worse by more than m' are claims at that "
                "margin; 'not resolved' comes with an estimate of the paired seeds that would resolve it "
-               f"({cfg.power:.0%} power, if the observed mean and sd of the per-seed differences were the true ones).")
+               f"({cfg.power:.0%} power, if the observed mean and sd of the per-seed differences were the true ones), "
+               "with the n and the sd it rests on and the range it spans over the sd's own 95 % interval.")
+    out.append(_multiplicity(dl, cfg))
+    out.append("The intervals and verdicts cover the randomness of the final runs' seeds only: each cell's "
+               "hyperparameters come from one search, and another search (another sampler seed, another "
+               "fidelity) could choose other values. That variation is not in any interval here.")
+    if "energy_method" in runs and runs.energy_method.astype(str).str.contains("estimate").any():
+        out.append("Energy from CodeCarbon's estimate (no energy counter on this machine) is a constant power "
+                   "times the run's time: its deltas repeat the time deltas and get no verdict of their own.")
     out.append(f"Published energy: {PUBLISHED_ENERGY}, converted from Wh to J; published runs used an A100 GPU, "
                "3 runs per cell with some seeds duplicated, per-algorithm patience and unequal tuning budgets. "
                f"The column that measures the same thing is '{BOARD}'; a published energy claim is held against it "
@@ -415,12 +455,6 @@ def notes(runs: pd.DataFrame, cells: pd.DataFrame, dl: pd.DataFrame, cfg: StatsC
                 out.append(f"{'/'.join(key)}: the epoch cap ({g.epoch_cap.iloc[0]:.0f}) ended {k} of {len(g)} runs "
                            f"before their patience ({g.patience.iloc[0]:.0f} epochs) ran out, their validation "
                            "quantity still improving: a larger protocol.stopping.max_epochs might change this cell.")
-    for col in ("epoch_cap", "patience", "limit_train", "n_train"):
-        if col in runs:
-            for (d, a), g in runs.groupby(["dataset", "architecture"]):
-                vals = set(g[col].dropna().tolist())
-                if len(vals) > 1:
-                    out.append(f"WARNING: {col} differs inside {d}/{a}: {sorted(vals)}; the comparison is not fair.")
     return "\n\n".join(o for o in out if o)
 
 
@@ -482,6 +516,42 @@ def plot_accuracy_energy(runs: pd.DataFrame, path: str | Path) -> None:
         ax.set(title=d, xlabel=f"training energy (J, {methods})", ylabel="test accuracy (%)")
         ax.legend(fontsize=7)
     _save(fig, path)
+
+
+def plot_accuracy_cost(runs: pd.DataFrame, path: str | Path) -> None:
+    """Test accuracy against training cost per dataset: CPU seconds of the training process (wall
+    seconds where a run recorded none), log scale; one colour per algorithm and one marker per
+    network, the same on every panel; cell means with their sd, and the Pareto front of the means."""
+    plt = _plt()
+    cost = "cpu_time_s" if "cpu_time_s" in runs and runs.cpu_time_s.notna().all() else "train_time_s"
+    label = "training CPU time (s, process user + system)" if cost == "cpu_time_s" else "training time (s, wall)"
+    datasets = sorted(runs.dataset.unique())
+    algos = sorted(runs.algorithm.unique(), key=lambda a: (a != stats.REFERENCE, a))
+    colour = {a: plt.get_cmap("tab20")(i % 20) for i, a in enumerate(algos)}
+    marker = {a: "osD^v<>p*h"[i % 10] for i, a in enumerate(sorted(runs.architecture.unique()))}
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets) + 2.8, 4.4), squeeze=False)
+    for ax, d in zip(axes[0], datasets):
+        pts = []
+        for (arch, alg), g in runs[runs.dataset == d].groupby(["architecture", "algorithm"]):
+            x, y = g[cost].mean(), g.test_accuracy.mean()
+            ax.errorbar(x, y, yerr=g.test_accuracy.std(ddof=1) if len(g) > 1 else None, fmt=marker[arch],
+                        color=colour[alg], ms=7, capsize=3, label=f"{alg} ({arch})")
+            pts.append((x, y))
+        front = pareto_front(pts)
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="k", lw=1, ls="--",
+                label="Pareto front (cell means)")
+        ax.set(title=d, xlabel=label, ylabel="test accuracy (%)", xscale="log")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    for ax in axes[0][1:]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="center right", fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 2.8 / (5.2 * len(datasets) + 2.8), 1))
+    io.save_figure(fig, path, dpi=110)
+    plt.close(fig)
 
 
 def plot_learning_curves(runs: pd.DataFrame, curves: dict[tuple, pd.DataFrame], path: str | Path) -> None:
@@ -621,8 +691,13 @@ class Results:
         return stats.to_target_table(self.runs, self.curves, self.cfg.target_fraction)
 
     @functools.cached_property
+    def search_budget(self) -> pd.DataFrame:
+        return tiers.search_budget(self.raw)
+
+    @functools.cached_property
     def notes(self) -> str:
-        return notes(self.runs, self.cells, self.deltas, self.cfg)
+        return "\n\n".join([notes(self.runs, self.cells, self.deltas, self.cfg),
+                            *tiers.fidelity_note(self.search_budget)])
 
     @functools.cached_property
     def absolute(self) -> pd.DataFrame:
@@ -642,12 +717,17 @@ class Results:
 ABSOLUTE_TITLE = "Results per cell, published values beside ours"
 
 
+SEARCH_TITLE = "Searches: the budget as spent"
+
+
 def absolute_md(r: Results) -> str:
-    return f"# {ABSOLUTE_TITLE}\n\n" + markdown(r.absolute) + "\n" + r.notes + "\n"
+    return (f"# {ABSOLUTE_TITLE}\n\n" + markdown(r.absolute) + f"\n## {SEARCH_TITLE}\n\n"
+            + (markdown(r.search_budget) if not r.search_budget.empty else "No search recorded.\n")
+            + "\n" + r.notes + "\n")
 
 
 def absolute_html(r: Results) -> str:
-    return html_page(ABSOLUTE_TITLE, [("", r.absolute), ("Notes", r.notes)])
+    return html_page(ABSOLUTE_TITLE, [("", r.absolute), (SEARCH_TITLE, r.search_budget), ("Notes", r.notes)])
 
 
 def markdown_parts(parts: list[tuple[str, pd.DataFrame | str]]) -> str:
@@ -692,6 +772,7 @@ TABLES = (
     table("cells.csv", lambda r, p: io.write_csv(p, r.cells), "cells.rst"),
     table("deltas.csv", lambda r, p: io.write_csv(p, r.deltas), "deltas_csv.rst", from_summary=True),
     table("to_target.csv", lambda r, p: io.write_csv(p, r.to_target), "to_target_csv.rst"),
+    table("search.csv", lambda r, p: io.write_csv(p, r.search_budget), "search_csv.rst"),
     table("table.md", lambda r, p: io.write_text(p, absolute_md(r))),
     table("table.html", lambda r, p: io.write_text(p, absolute_html(r)), "table.rst",
           label="absolute, beside published"),
@@ -701,6 +782,7 @@ TABLES = (
 )
 PLOTS = (
     plot("accuracy_vs_energy", lambda r, p: plot_accuracy_energy(r.runs, p), "accuracy vs energy"),
+    plot("accuracy_vs_cost", lambda r, p: plot_accuracy_cost(r.runs, p), "accuracy vs CPU time"),
     plot("learning_curves", lambda r, p: plot_learning_curves(r.runs, r.curves, p), "learning curves"),
     plot("layer_accuracy", lambda r, p: plot_layer_accuracy(layer_accuracies(r.raw), r.runs, p),
          "per-layer accuracy"),
@@ -745,6 +827,7 @@ def report_from_summary(summary_csv: str | Path, out_dir: str | Path,
     missing = [k for k in (*CELL, "seed", "test_accuracy") if k not in runs]
     if missing:
         raise ValueError(f"{summary_csv}: lacks the columns {', '.join(missing)}")
+    tiers.check([{**r, "_path": f"{summary_csv} row {i + 2}"} for i, r in enumerate(runs.to_dict("records"))])
     _write(Results(runs, [], cfg), out_dir, from_summary=True)
     return runs
 
@@ -757,6 +840,7 @@ def run_report(metric_files: list[str | Path], out_dir: str | Path,
     raw = load_runs(metric_files)
     if not raw:
         raise ValueError("report: no metrics.json given")
+    tiers.check(raw)
     results = Results(summarize(raw), raw, cfg)
     _write(results, out_dir)
     return results.runs

@@ -45,13 +45,15 @@ def first_error(instance, *keys: str) -> str | None:
     one line that names the key path ("protocol.statistics.alpha = 0.5: ..."); None if it is valid."""
     import jsonschema
 
-    schema = node(*keys)
+    schema = {**node(*keys), "$defs": load()["$defs"]}  # a section's $refs point at the root's $defs
     error = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(schema)(schema).iter_errors(instance))
     if error is None:
         return None
     path = ".".join([*keys, *(f"[{k}]" if isinstance(k, int) else str(k) for k in error.absolute_path)])
     value = f" = {error.instance!r}" if not isinstance(error.instance, (dict, list)) else ""
     message = error.message
+    if error.validator == "anyOf" and "description" in error.schema:
+        message = f"expected {error.schema['description']}"
     if error.validator == "type" and "description" in error.schema:  # say what belongs there
         types = [error.validator_value] if isinstance(error.validator_value, str) else error.validator_value
         message = f"expected {' or '.join(TYPE_NAMES.get(t, t) for t in types)}: {error.schema['description']}"

@@ -189,19 +189,23 @@ def fidelity(spec: dict) -> dict:
     s = spec["search"]
     stopping = {"min_delta": 0.0, **(s.get("stopping") or spec["stopping"])}
     final = {"min_delta": 0.0, **spec["stopping"]}
-    return {"limit_train": s.get("limit_train"), "stopping": stopping,
-            "reduced": s.get("limit_train") is not None or stopping != final}
+    out = {"limit_train": s.get("limit_train"), "stopping": stopping,
+           "reduced": s.get("limit_train") is not None or s.get("limit_val") is not None or stopping != final}
+    if s.get("limit_val") is not None:  # absent from older records, which had no such setting
+        out["limit_val"] = s["limit_val"]
+    return out
 
 
 def trial_data(spec: dict, data: Data) -> Data:
-    """What a search trial trains on: the class-balanced subset of protocol.search.limit_train."""
-    n = spec["search"].get("limit_train")
-    if n is None:
-        return data
-    try:
-        return balanced_subset(data, n)
-    except ValueError as e:
-        raise BpfreeError(str(e)) from None
+    """What a search trial trains and validates on: the class-balanced subsets of
+    protocol.search.limit_train and limit_val (each absent: the whole split)."""
+    for split in ("train", "val"):
+        if (n := spec["search"].get(f"limit_{split}")) is not None:
+            try:
+                data = balanced_subset(data, n, split)
+            except ValueError as e:
+                raise BpfreeError(str(e)) from None
+    return data
 
 
 def objective(spec: dict, data: Data, device: torch.device, log: Progress):
@@ -262,8 +266,8 @@ def run_search(spec: dict, data_path: str | Path, journal: str | Path, n_trials:
     tag = "" if worker is None else f" worker {worker}/{workers}"
     log = Progress(f"search {data.meta['dataset']}/{spec['architecture']}/{spec['algorithm']}{tag}")
     if (fid := fidelity(spec))["reduced"]:
-        log(f"search fidelity: {len(data.y_train)} training images, stopping {fid['stopping']} "
-            "(final runs: the whole split, protocol.stopping)")
+        log(f"search fidelity: {len(data.y_train)} training and {len(data.y_val)} validation images, stopping "
+            f"{fid['stopping']} (final runs: the whole splits, protocol.stopping)")
     for w in warnings(data, largest_batch(spec), spec.get("limit_train")):
         log(f"warning: {w}")
     study = make_study(spec, journal, worker, log=log)
@@ -374,6 +378,7 @@ def write_outputs(spec: dict, study: optuna.Study | None, best_path: str | Path,
         df = study.trials_dataframe()
         df["epochs_trained"] = [len(t.intermediate_values) for t in study.get_trials(deepcopy=False)]
         df["fidelity_limit_train"] = fid["limit_train"]
+        df["fidelity_limit_val"] = fid.get("limit_val")
         df["fidelity_max_epochs"] = fid["stopping"]["max_epochs"]
         df["fidelity_patience"] = fid["stopping"]["patience"]
     io.write_csv(trials_path, df)

@@ -32,8 +32,12 @@ CELL = ["dataset", "architecture", "algorithm"]
 REFERENCE = "bp"
 # metric -> unit of its delta against bp: "pp" = difference of means in percentage points,
 # "pct" = ratio of means minus 1, in percent (the published table's convention).
-DELTA_METRICS = {"test_accuracy": "pp", "train_time_s": "pct", "energy_j": "pct", "energy_dynamic_j": "pct",
-                 "energy_board_j": "pct", "peak_memory_mib": "pct"}
+DELTA_METRICS = {"test_accuracy": "pp", "train_time_s": "pct", "cpu_time_s": "pct", "energy_j": "pct",
+                 "energy_dynamic_j": "pct", "energy_board_j": "pct", "peak_memory_mib": "pct"}
+# Energy read from these methods is a model of time (CodeCarbon's estimate: a constant power times the
+# run's time): its delta repeats the time delta and is no second finding, so it gets no verdict.
+ESTIMATED = {"energy_j": "energy_method", "energy_dynamic_j": "energy_method"}
+MULTIPLICITY = tuple(schema.section("protocol", "statistics")["multiplicity"]["enum"])
 NOT_METRICS = {"seed", "threads", "limit_train"}  # numeric columns that are settings, not outcomes
 # A plain percentile interval undercovers at the small n of final runs (nominal 95 %: about 83 % at
 # n = 5 on normal data); the expanded percentile interval (Hesterberg 2015) widens its quantiles
@@ -65,6 +69,15 @@ class StatsConfig:
     alpha: float = DEFAULTS["alpha"]
     power: float = DEFAULTS["power"]
     max_seeds: int = DEFAULTS["max_seeds"]
+    multiplicity: str = DEFAULTS["multiplicity"]
+
+    def margin(self, metric: str, dataset: str | None = None) -> float | None:
+        """The margin of `metric` on `dataset` (a per-dataset mapping: its entry, else its `default`,
+        else the metric's schema default); None if the metric has no margin."""
+        m = self.margins.get(metric)
+        if isinstance(m, dict):
+            m = m.get(dataset, m.get("default", MARGINS.get(metric)))
+        return None if m is None else float(m)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> StatsConfig:
@@ -248,12 +261,18 @@ class Delta:
     verdict_high: float = float("nan")
     seeds_needed: float = float("nan")  # NaN: resolved, not estimable, or beyond max_seeds
     seeds_needed_note: str = ""
+    p_value: float = float("nan")  # the p value of the verdict's claim (for an unresolved one: its best claim)
+    p_adjusted: float = float("nan")  # after the report's multiplicity control (`multiplicity`)
+    multiplicity: str = ""  # the method and the size of the family it corrected over
+    d_mean: float = float("nan")  # mean and sd of the per-seed differences (pp, or log ratios)
+    d_sd: float = float("nan")
 
 
 def paired_delta(ours: pd.Series, ref: pd.Series, metric: str, unit: str,
-                 cfg: StatsConfig = StatsConfig()) -> Delta:
+                 cfg: StatsConfig = StatsConfig(), dataset: str | None = None) -> Delta:
     """Delta of `ours` against `ref` (both indexed by seed), over the seeds both have a finite
-    value for. Unpaired seeds are left out and named in `note`."""
+    value for. Unpaired seeds are left out and named in `note`. The verdict uses the margin of
+    `metric` on `dataset`; it is not yet corrected for multiplicity (`adjust` does that)."""
     for name, s in (("ours", ours), ("reference", ref)):
         if s.index.has_duplicates:
             dup = sorted(set(s.index[s.index.duplicated()].tolist()))
@@ -272,26 +291,29 @@ def paired_delta(ours: pd.Series, ref: pd.Series, metric: str, unit: str,
     if unit == "pct" and b.mean() == 0:
         return Delta(metric, unit, n, status="not compared: the bp mean is 0", note=note)
     d = Delta(metric, unit, n, estimate=float(_delta_stat(a, b, unit)), note=note)
+    margin = cfg.margin(metric, dataset)
     if n == 1:
         d.status = "single seed (n = 1): no interval"
-        d.verdict = f"{UNRESOLVED} (n = 1)" if metric in cfg.margins else ""
+        d.verdict = f"{UNRESOLVED} (n = 1)" if margin is not None else ""
         return d
     d.ci_low, d.ci_high = bootstrap_ci(a, b, unit, cfg.resamples, cfg.seed, cfg.confidence, cfg.interval)
     d.resolved = not d.ci_low <= 0.0 <= d.ci_high
     d.status = "resolved" if d.resolved else f"not resolved at n = {n}"
-    if metric in cfg.margins:
-        _verdict(d, a, b, metric, cfg)
+    if margin is not None:
+        _verdict(d, a, b, metric, margin, cfg)
     return d
 
 
-def _verdict(d: Delta, a: np.ndarray, b: np.ndarray, metric: str, cfg: StatsConfig) -> None:
-    d.margin = m = float(cfg.margins[metric])
+def _verdict(d: Delta, a: np.ndarray, b: np.ndarray, metric: str, m: float, cfg: StatsConfig) -> None:
+    d.margin = m
     up = metric in HIGHER_IS_BETTER
     level = f"{1 - 2 * cfg.alpha:.0%}"
     if d.unit == "pct" and ((a <= 0).any() or (b <= 0).any()):
         d.verdict = "not compared: a value <= 0 has no log ratio"
         return
     v = verdict_arrays(a, b, d.unit, m, up, cfg.alpha)
+    p = {EQUIVALENT: float(v["p_equivalent"]), BETTER: float(v["p_above"] if up else v["p_below"]),
+         WORSE: float(v["p_below"] if up else v["p_above"])}
     if cfg.verdict_method == "tost":
         kind, d.verdict_low, d.verdict_high = v["kind"].item(), float(v["low"]), float(v["high"])
         scale = "differences" if d.unit == "pp" else "log ratios (geometric mean ratio)"
@@ -302,16 +324,86 @@ def _verdict(d: Delta, a: np.ndarray, b: np.ndarray, metric: str, cfg: StatsConf
         kind = classify_interval(d.verdict_low, d.verdict_high, m, up)
         d.verdict_method = f"{level} bootstrap {cfg.interval} interval inside/beyond the margin"
     d.verdict, d.verdict_kind = verdict_text(kind, m, d.unit), kind
+    d.p_value = p[kind] if kind != UNRESOLVED else min(p.values())
+    diffs = a - b if d.unit == "pp" else np.log(a) - np.log(b)
+    d.d_mean, d.d_sd = float(diffs.mean()), float(diffs.std(ddof=1))
     if kind == UNRESOLVED:
-        diffs = a - b if d.unit == "pp" else np.log(a) - np.log(b)
-        n, d.seeds_needed_note = seeds_needed(float(diffs.mean()), float(diffs.std(ddof=1)), d.unit, m, cfg.alpha,
-                                              cfg.power, cfg.max_seeds)
-        d.seeds_needed = float("nan") if n is None else float(n)
+        _seeds_needed(d, cfg, cfg.alpha)
+
+
+def _seeds_needed(d: Delta, cfg: StatsConfig, alpha: float) -> None:
+    """The seeds-needed estimate of an unresolved verdict at level `alpha`, with the n and the sd it
+    rests on and the range it spans over the 95 % chi-square interval of that sd (an sd from a few
+    seeds is itself uncertain, several-fold at n = 3)."""
+    from scipy.stats import chi2
+
+    n_needed, note = seeds_needed(d.d_mean, d.d_sd, d.unit, d.margin, alpha, cfg.power, cfg.max_seeds)
+    d.seeds_needed = float("nan") if n_needed is None else float(n_needed)
+    if n_needed is None or not d.d_sd > 0:
+        d.seeds_needed_note = note
+        return
+    df = d.n_pairs - 1
+    sd_lo, sd_hi = (d.d_sd * math.sqrt(df / chi2.ppf(q, df)) for q in (0.975, 0.025))
+    ends = [seeds_needed(d.d_mean, s, d.unit, d.margin, alpha, cfg.power, cfg.max_seeds)[0] for s in (sd_lo, sd_hi)]
+    span = " to ".join(str(e) if e is not None else f"more than {cfg.max_seeds}" for e in ends)
+    scale = "pp" if d.unit == "pp" else "(log ratio)"
+    d.seeds_needed_note = (f"{note}; from n = {d.n_pairs} pairs, sd of the differences {d.d_sd:.3g} {scale} "
+                           f"(95 % interval {sd_lo:.3g} to {sd_hi:.3g}): {span} seeds over that interval"
+                           + (f"; at the level alpha = {alpha:.3g} that the multiplicity control asks of the "
+                              "first test" if alpha != cfg.alpha else ""))
+
+
+def adjust(dl: pd.DataFrame, cfg: StatsConfig) -> pd.DataFrame:
+    """Multiplicity control over the verdicts of one report (statsmodels' `multipletests`, method
+    `cfg.multiplicity`): the family is every row of `dl` with a verdict. A verdict whose adjusted
+    p value is not below alpha becomes "not resolved", with a seeds-needed estimate at the level
+    alpha / m (the strictest step of Holm; Bonferroni's level)."""
+    dl = dl.copy()
+    fam = dl.index[dl.verdict_kind.isin([EQUIVALENT, BETTER, WORSE, UNRESOLVED]) & dl.p_value.notna()]
+    m = len(fam)
+    if m == 0:
+        return dl
+    if cfg.multiplicity == "none":
+        dl.loc[fam, "p_adjusted"] = dl.loc[fam, "p_value"]
+        dl.loc[fam, "multiplicity"] = f"none (family of {m})"
+        return dl
+    from statsmodels.stats.multitest import multipletests
+
+    _, p_adj, _, _ = multipletests(dl.loc[fam, "p_value"].to_numpy(float), alpha=cfg.alpha, method=cfg.multiplicity)
+    dl.loc[fam, "p_adjusted"] = p_adj
+    dl.loc[fam, "multiplicity"] = f"{cfg.multiplicity} over {m} verdicts"
+    level = cfg.alpha / m if cfg.multiplicity in ("holm", "bonferroni") else cfg.alpha
+    for i in fam:
+        row = dl.loc[i]
+        if row.verdict_kind != UNRESOLVED and row.p_adjusted >= cfg.alpha:
+            d = Delta(**{k: row[k] for k in Delta.__dataclass_fields__})
+            d.verdict_kind, d.verdict = UNRESOLVED, (f"{UNRESOLVED} after {cfg.multiplicity} (alone: {row.verdict}; "
+                                                     f"p {row.p_value:.3g}, adjusted {row.p_adjusted:.3g})")
+            _seeds_needed(d, cfg, level)
+            for k in ("verdict_kind", "verdict", "seeds_needed", "seeds_needed_note"):
+                dl.at[i, k] = getattr(d, k)
+        elif row.verdict_kind == UNRESOLVED and level != cfg.alpha:
+            d = Delta(**{k: row[k] for k in Delta.__dataclass_fields__})
+            _seeds_needed(d, cfg, level)
+            dl.at[i, "seeds_needed"], dl.at[i, "seeds_needed_note"] = d.seeds_needed, d.seeds_needed_note
+    return dl
 
 
 def deltas(runs: pd.DataFrame, cfg: StatsConfig = StatsConfig()) -> pd.DataFrame:
     """Every non-bp cell against bp on the same dataset and architecture, for each metric of
-    DELTA_METRICS present in `runs`."""
+    DELTA_METRICS present in `runs`, with the verdicts corrected for multiplicity (`adjust`).
+    An energy delta of two estimated cells (ESTIMATED) keeps its interval but gets no verdict."""
+    return adjust(raw_deltas(runs, cfg), cfg)
+
+
+def estimated(g: pd.DataFrame, metric: str) -> bool:
+    """Whether every run of `g` has `metric` from an estimate (see ESTIMATED)."""
+    col = ESTIMATED.get(metric)
+    return col is not None and col in g and len(g) > 0 and g[col].astype(str).str.contains("estimate").all()
+
+
+def raw_deltas(runs: pd.DataFrame, cfg: StatsConfig = StatsConfig()) -> pd.DataFrame:
+    """`deltas` before the multiplicity control."""
     metrics = {m: u for m, u in DELTA_METRICS.items() if m in runs.columns}
     rows = []
     for (d, a), group in runs.groupby(["dataset", "architecture"], sort=True):
@@ -322,8 +414,13 @@ def deltas(runs: pd.DataFrame, cfg: StatsConfig = StatsConfig()) -> pd.DataFrame
             for m, unit in metrics.items():
                 if ref.empty:
                     res = Delta(m, unit, 0, status=f"no {REFERENCE} cell on this dataset and architecture")
+                elif estimated(g, m) and estimated(ref, m):
+                    res = paired_delta(g.set_index("seed")[m], ref.set_index("seed")[m], m, unit,
+                                       StatsConfig(**{**asdict(cfg), "margins": {}}), d)
+                    res.verdict = ("no verdict: an estimate (time x a constant power), it repeats the time delta "
+                                   "and carries no information beyond it")
                 else:
-                    res = paired_delta(g.set_index("seed")[m], ref.set_index("seed")[m], m, unit, cfg)
+                    res = paired_delta(g.set_index("seed")[m], ref.set_index("seed")[m], m, unit, cfg, d)
                 rows.append({"dataset": d, "architecture": a, "algorithm": alg, "n_ours": len(g),
                              "n_ref": len(ref), **asdict(res)})
     cols = ["dataset", "architecture", "algorithm", "n_ours", "n_ref", *Delta.__dataclass_fields__]

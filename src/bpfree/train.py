@@ -153,7 +153,8 @@ def assemble_metrics(spec: dict, seed: int, algo: Algorithm, settings: hparams.S
         f"{measured['train_time_s']:.1f}s  {energy} ({measured['energy_method']})")
     hp = settings.asdict()
     metrics = {
-        "dataset": data.meta["dataset"], "architecture": spec["architecture"], "algorithm": spec["algorithm"],
+        "dataset": data.meta["dataset"], "architecture": spec["architecture"], "arch": spec["arch"],
+        "algorithm": spec["algorithm"],
         "impl": spec["impl"], "locality": algo.locality, "seed": seed, "hyperparameters": hp,
         "optimizer": settings.optimizer_label(),
         "test_accuracy": test_acc, "val_accuracy": res.val_acc,
@@ -194,7 +195,8 @@ def search_record(best: dict) -> dict:
     fid = best.get("search_fidelity") or {}
     stop = fid.get("stopping") or {}
     budget = best.get("budget") or {}
-    return {"search_limit_train": fid.get("limit_train"), "search_max_epochs": stop.get("max_epochs"),
+    return {"search_limit_train": fid.get("limit_train"), "search_limit_val": fid.get("limit_val"),
+            "search_max_epochs": stop.get("max_epochs"),
             "search_patience": stop.get("patience"), "search_n_trials": budget.get("asked", best.get("n_trials")),
             "search_complete": budget.get("complete")}
 

@@ -13,7 +13,7 @@ rule report:
     published values beside ours, and the plots; all of them go into `snakemake --report`."""
     input:
         metrics=final_runs(),
-        src=[str(SRC / f) for f in ("report.py", "stats.py", "schema.py")],
+        src=[str(SRC / f) for f in ("report.py", "stats.py", "schema.py", "tiers.py")],
         published=[
             str(SRC / "published" / f"published_{t}.csv") for t in bpreport.published.TABLES
         ],

@@ -5,6 +5,7 @@ config, sized to finish in about two hours of one 1-thread job at a time on a 2-
     python workflow/scripts/field_shards.py command t1-mnist-a   # the exact snakemake command of a shard
     python workflow/scripts/field_shards.py run t1-mnist-a       # restore, run, collect, record
     python workflow/scripts/field_shards.py collect t1-mnist-a   # copy a shard's finished files into docs/
+    python workflow/scripts/field_shards.py report               # rebuild docs/field.md's tables from docs/
 
 A shard runs in runs/field-<tier>/ (Snakemake's working directory). Its finished per-run files are
 committed under docs/results/field/<tier>/, in the same layout as results/: each search's best.json,
@@ -28,9 +29,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import math
+import re
+
 import pandas as pd
 
 from bpfree import config as bpcfg
+from bpfree import published
 from bpfree import report as bpreport
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -163,9 +168,129 @@ def status(shard: Shard, cfg: dict) -> str:
     return f"{done}/{len(targets)} committed"
 
 
+# ---- docs/field.md, rebuilt from the committed files ----------------------------------------------
+
+FIELD_PAGE = ROOT / "docs" / "field.md"
+BEGIN, END = "<!-- field-tables: begin (python workflow/scripts/field_shards.py report) -->", "<!-- field-tables: end -->"
+DASH = "–"
+
+
+def floor_figures() -> dict[str, str]:
+    """Percent of floor per MLP algorithm, from docs/floor.md's table (its one home)."""
+    out: dict[str, list[str]] = {}
+    for line in (ROOT / "docs" / "floor.md").read_text().splitlines():
+        cols = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cols) >= 5 and re.fullmatch(r"\**\d+\**", cols[4]) and re.fullmatch(r"[a-z][a-z-]*( \(.*\))?", cols[0]):
+            out.setdefault(cols[0].split(" ")[0], []).append(cols[4].strip("*"))
+    return {a: "/".join(v) + " %" for a, v in out.items()}
+
+
+def _fmt(mean: float, sd: float, n: int, fmt: str) -> str:
+    if not isinstance(mean, float) or not math.isfinite(mean):
+        return DASH
+    return f"{mean:{fmt}} ± {sd:{fmt}} (n={n})" if n > 1 and math.isfinite(sd) else f"{mean:{fmt}} (n={n})"
+
+
+def _when(tier: str) -> dict[str, str]:
+    """Run folder -> 'date of its shard' from shards.csv (the shard that last ran each target)."""
+    path = committed(tier) / "shards.csv"
+    if not path.exists():
+        return {}
+    cfg, out = load_config(tier), {}
+    for row in pd.read_csv(path).itertuples(index=False):
+        if row.shard in BY_NAME:
+            for t in BY_NAME[row.shard].targets(cfg):
+                out.setdefault(t, row.started_utc[:10])
+    return out
+
+
+def tier_tables(tier: str) -> tuple[list[dict], list[dict], list[str]] | None:
+    """The accuracy and cost rows of one tier's committed runs (its report rebuilt under
+    docs/results/field/<tier>/report/), and plain-words lines for its verdicts."""
+    files = sorted(committed(tier).glob("results/runs/**/metrics.json"))
+    if not files:
+        return None
+    cfg = load_config(tier)
+    out_dir = committed(tier) / "report"
+    runs = bpreport.run_report(files, out_dir, cfg["protocol"].get("statistics"))
+    raw = {(m["dataset"], m["architecture"], m["algorithm"], m["seed"]): m for m in bpreport.load_runs(files)}
+    dl = pd.read_csv(out_dir / "deltas.csv")
+    field = published.load("field")
+    floors, when = floor_figures(), _when(tier)
+    acc_rows, cost_rows, words = [], [], []
+    for (d, a, alg), g in runs.groupby(["dataset", "architecture", "algorithm"], sort=False):
+        delta = dl[(dl.dataset == d) & (dl.architecture == a) & (dl.algorithm == alg)].set_index("metric")
+        n = len(g)
+        acc = _fmt(g.test_accuracy.mean(), g.test_accuracy.std(ddof=1), n, ".2f")
+        if "test_accuracy" in delta.index:
+            r = delta.loc["test_accuracy"]
+            dtext = (f"{r.estimate:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]" if math.isfinite(r.ci_low)
+                     else f"{r.estimate:+.2f}" if math.isfinite(r.estimate) else r.status)
+            vtext = r.verdict if isinstance(r.verdict, str) and r.verdict else DASH
+            cpu = delta.loc["cpu_time_s"] if "cpu_time_s" in delta.index else None
+            cost = (f"; CPU time {cpu.estimate:+.0f} % [{cpu.ci_low:+.0f}, {cpu.ci_high:+.0f}]"
+                    if cpu is not None and math.isfinite(cpu.ci_low) else "")
+            words.append(f"- {d}, {a}, **{alg}**: {vtext} (delta {dtext} pp against bp, {int(r.n_pairs)} paired seeds"
+                         f"{cost}). " + (f"Seeds needed: {r.seeds_needed_note}." if isinstance(r.seeds_needed_note, str)
+                                         and r.seeds_needed_note else ""))
+        else:
+            dtext, vtext = "reference", DASH
+        pub = field[(field.dataset == d) & (field.variant == alg)]
+        theirs = "; ".join(f"{p.test_acc:.2f} ({p.network}; {p.tag})" for p in pub.itertuples()) or DASH
+        acc_rows.append({"tier": tier, "dataset": d, "network": a, "algorithm": alg, "locality": g.locality.iloc[0],
+                         "test accuracy (%)": acc, "delta vs bp (pp) [95 % CI]": dtext, "verdict": vtext,
+                         "authors' figure (their network)": theirs})
+        seeds = [raw[(d, a, alg, s)] for s in g.seed]
+        hosts = sorted({(m.get("provenance") or {}).get("host", "?") for m in seeds})
+        dates = sorted({when.get(f"results/runs/{d}/{a}/{alg}/seed{s}/metrics.json", "?") for s in g.seed})
+        load = g.load_1m_mean.mean() if "load_1m_mean" in g else float("nan")
+        methods = ", ".join(sorted(set(g.energy_method.dropna())))
+        cost_rows.append({
+            "tier": tier, "dataset": d, "network": a, "algorithm": alg,
+            "epochs": f"{g.epochs.mean():.1f}", "wall time (s)": _fmt(g.train_time_s.mean(), g.train_time_s.std(ddof=1), n, ".0f"),
+            "CPU time (s)": _fmt(g.cpu_time_s.mean(), g.cpu_time_s.std(ddof=1), n, ".0f") if "cpu_time_s" in g else DASH,
+            "train PFLOP": f"{g.train_flops.mean() / 1e15:.2f}", "energy (J)": f"{g.energy_j.mean():.0f} ({methods})",
+            "peak memory (MiB)": f"{g.peak_memory_mib.mean():.0f}", "% of floor": floors.get(alg, DASH),
+            "ran": f"{', '.join(dates)} on {', '.join(hosts)}, load {load:.1f}" if math.isfinite(load)
+            else f"{', '.join(dates)} on {', '.join(hosts)}"})
+    return acc_rows, cost_rows, words
+
+
+def pending() -> list[dict]:
+    """Cells of config/field.yaml that no tier holds yet, committed or not."""
+    full = bpcfg.load(ROOT / "config" / "field.yaml")
+    done = set()
+    for tier in TIERS:
+        if (ROOT / TIERS[tier]).exists():
+            done |= {c for c in bpcfg.cells(load_config(tier))}
+    return [{"dataset": d, "network": a, "algorithm": alg} for d, a, alg in bpcfg.cells(full) if (d, a, alg) not in done]
+
+
+def write_field_page() -> str:
+    """Rebuild the generated part of docs/field.md from docs/results/field/; returns a summary line."""
+    acc, cost, words = [], [], []
+    for tier in TIERS:
+        if (ROOT / TIERS[tier]).exists() and (got := tier_tables(tier)) is not None:
+            acc += got[0]
+            cost += got[1]
+            words += [f"{tier}:", *got[2]] if got[2] else []
+    parts = [BEGIN, "", "### Accuracy and verdicts", "",
+             bpreport.markdown(pd.DataFrame(acc)) if acc else "No committed run yet.\n",
+             "### Cost", "", bpreport.markdown(pd.DataFrame(cost)) if cost else "No committed run yet.\n",
+             "### Each verdict, as the report gives it", "", *(words or ["No verdict yet."]), "",
+             "### Not in any tier yet (config/field.yaml's cells that only a GPU or a cluster makes practical)", "",
+             bpreport.markdown(pd.DataFrame(pending())), END]
+    text = FIELD_PAGE.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{FIELD_PAGE} lacks the markers {BEGIN} ... {END}")
+    head, rest = text.split(BEGIN, 1)
+    FIELD_PAGE.write_text(head + "\n".join(parts) + rest.split(END, 1)[1])
+    return f"{FIELD_PAGE}: {len(acc)} cells from docs/results/field/"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=("list", "command", "run", "collect", "restore"))
+    p.add_argument("action", choices=("list", "command", "run", "collect", "restore", "report"))
     p.add_argument("shard", nargs="?", help="a shard's name (see list); restore: a tier")
     p.add_argument("--cores", type=int, default=2, help="cores for Snakemake (1-thread jobs: this many at once)")
     a = p.parse_args(argv)
@@ -176,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(tier)
             for s in (s for s in SHARDS if s.tier == tier):
                 print(f"{s.name:22s} {tier}  ~{s.hours:.1f} h  {len(s.targets(cfg)):3d} targets  {status(s, cfg)}")
+        return 0
+    if a.action == "report":
+        print(write_field_page())
         return 0
     if a.action == "restore":
         print(f"restored {restore(a.shard, load_config(a.shard))} files into {workdir(a.shard)}")
