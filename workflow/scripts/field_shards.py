@@ -104,12 +104,20 @@ def snakemake_cmd(shard: Shard, cfg: dict, cores: int) -> list[str]:
 
 
 def restore(tier: str, cfg: dict) -> int:
-    """Copy the tier's committed files into its working directory, prepare the data, then give the
-    restored files fresh timestamps, searches before runs (see the module's docstring)."""
-    src, dst = committed(tier), workdir(tier)
+    """Copy the tier's committed files into its working directory so that Snakemake counts them as
+    done (see `restore_into`)."""
+    return restore_into(committed(tier), workdir(tier), ROOT / "Snakefile", ROOT / TIERS[tier])
+
+
+def restore_into(src: Path, dst: Path, snakefile: Path, configfile: Path, env: dict | None = None) -> int:
+    """Copy the per-run files under `src`/results into `dst`/results (never over a file already
+    there), prepare the data they were made from, then give the restored files fresh timestamps in
+    the order of the DAG (searches before final runs, each file newer than what it was made from).
+    They carry no Snakemake metadata, so no params or code trigger fires on them. Returns how many
+    files were restored."""
     restored = []
     for f in sorted(src.glob("results/**/*")):
-        if f.is_file() and f.parent.name != "shards":
+        if f.is_file():
             out = dst / f.relative_to(src)
             if not out.exists():
                 out.parent.mkdir(parents=True, exist_ok=True)
@@ -118,9 +126,8 @@ def restore(tier: str, cfg: dict) -> int:
     if not restored:
         return 0
     datasets = sorted({p.relative_to(dst).parts[2] for p in restored})
-    subprocess.run(["snakemake", "--configfile", str(ROOT / TIERS[tier]), "--directory", str(dst), "--snakefile",
-                    str(ROOT / "Snakefile"), "--cores", "1", "--quiet",
-                    *[f"resources/data/{d}.pt" for d in datasets]], check=True)
+    subprocess.run(["snakemake", *[f"resources/data/{d}.pt" for d in datasets], "--configfile", str(configfile),
+                    "--directory", str(dst), "--snakefile", str(snakefile), "--cores", "1"], check=True, env=env)
     order = sorted(restored, key=lambda p: (p.relative_to(dst).parts[1] != "search",
                                             p.name in ("best.json", "trials.csv"), str(p)))
     now = time.time()

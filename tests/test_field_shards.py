@@ -1,0 +1,50 @@
+"""The field study's shard runner on the real DAG with tiny data: a config with a reduced search
+fidelity runs end to end; committed per-run files restored into a fresh working directory count as
+done (nothing is computed twice); a report rebuilt from them gives the same numbers."""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import shutil
+import sys
+
+import pandas as pd
+import pytest
+
+from cluster_helpers import REPO, TINY, env, make_repo, planned_jobs, snakemake
+
+pytestmark = pytest.mark.slow
+SPEC = importlib.util.spec_from_file_location("field_shards", REPO / "workflow" / "scripts" / "field_shards.py")
+shards = sys.modules.setdefault("field_shards", importlib.util.module_from_spec(SPEC))
+SPEC.loader.exec_module(shards)
+KEEP = (*shards.SEARCH_FILES, *shards.RUN_FILES)
+
+
+def test_a_reduced_fidelity_study_restored_elsewhere_has_nothing_left_to_compute(tmp_path):
+    cfg = copy.deepcopy(TINY)
+    cfg["protocol"]["seeds"] = [0, 1]
+    cfg["protocol"]["search"] = {"n_trials": 2, "pruner": {"type": "none"}, "limit_train": 300,
+                                 "stopping": {"max_epochs": 2, "patience": 1}}
+    cfg["protocol"]["stopping"] = {"max_epochs": 4, "patience": 4}
+    first = make_repo(tmp_path / "first", cfg)
+    snakemake(first, "--cores", "2")
+    best = json.loads((first / "results/search/digits/tiny/bp/best.json").read_text())
+    assert best["search_fidelity"]["limit_train"] == 300 and best["budget"]["complete"] == 2
+    m = json.loads((first / "results/runs/digits/tiny/bp/seed0/metrics.json").read_text())
+    assert m["n_train"] > 300 and m["search_limit_train"] == 300 and m["epoch_cap"] == 4
+
+    committed = tmp_path / "committed"  # what a shard commits under docs/results/field/<tier>/
+    for f in (first / "results").rglob("*"):
+        rel = f.relative_to(first / "results")
+        if f.is_file() and (rel.parts[0] in ("search", "runs")) and (f.name in KEEP or rel.parts[-2:][0] == "workers"):
+            (committed / "results" / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, committed / "results" / rel)
+    fresh = make_repo(tmp_path / "fresh", cfg)  # a clone elsewhere, no results, no .snakemake
+    n = shards.restore_into(committed, fresh, fresh / "Snakefile", fresh / "config" / "config.yaml", env=env())
+    assert n == len([f for f in committed.rglob("*") if f.is_file()]) > 0
+    jobs = {rule for rule, _ in planned_jobs(snakemake(fresh, "-n").stdout)}
+    assert jobs <= {"report", "all"}, jobs  # no search, no final run is computed again
+    snakemake(fresh, "--cores", "1")
+    again, before = (pd.read_csv(r / "results/summary.csv") for r in (fresh, first))
+    assert again.test_accuracy.tolist() == before.test_accuracy.tolist()
