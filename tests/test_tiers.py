@@ -120,3 +120,14 @@ def test_the_search_table_gives_complete_pruned_and_failed_trials(tmp_path):
     assert "## Searches: the budget as spent" in table
     assert "mnist/mlp/bp completed 5 of 20 trials asked (14 pruned, 1 failed)" in table
     assert "tuned on 10,000 training images, at most 15 epochs per stage, patience 5" in table
+
+
+def test_summary_carries_hyperparameters_commit_and_run_hash(tmp_path):
+    files = [fake_run(tmp_path, "mnist", "mlp", "bp", s, 98.0) for s in range(2)]
+    for f in files:
+        _edit(f, hyperparameters={"lr": 1e-3, "batch_size": 128, "optimizer": "adamw"},
+              provenance={"git_commit": "abc123", "run_sha256": "f" * 64})
+    df = report.summarize(report.load_runs(files))
+    assert df.hp_lr.tolist() == [1e-3, 1e-3] and set(df.hp_optimizer) == {"adamw"}
+    assert set(df.git_commit) == {"abc123"} and df.run_sha256.str.len().eq(64).all()
+    assert "hp_lr" not in stats.metric_columns(df)

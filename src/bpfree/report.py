@@ -66,8 +66,16 @@ def _methods(df: pd.DataFrame) -> str:
 
 
 def summarize(runs: list[dict]) -> pd.DataFrame:
-    """One flat row per run of `load_runs` (nested fields dropped), sorted by cell and seed."""
-    df = pd.DataFrame(runs).drop(columns=["_path"], errors="ignore")
+    """One flat row per run of `load_runs`, sorted by cell and seed. Nested fields are dropped but
+    for three kept flat, so that two studies' summaries can be put side by side: each setting of
+    `hyperparameters` as `hp_<name>`, and the provenance's `git_commit` and `run_sha256`."""
+    flat = []
+    for m in runs:
+        prov = m.get("provenance") if isinstance(m.get("provenance"), dict) else {}
+        hp = m.get("hyperparameters") if isinstance(m.get("hyperparameters"), dict) else {}
+        flat.append({**m, **{f"hp_{k}": v for k, v in hp.items() if not isinstance(v, (dict, list))},
+                     "git_commit": prov.get("git_commit"), "run_sha256": prov.get("run_sha256")})
+    df = pd.DataFrame(flat).drop(columns=["_path"], errors="ignore")
     nested = [c for c in df.columns if df[c].map(lambda v: isinstance(v, (dict, list))).any()]
     df = df.drop(columns=nested)  # hyperparameters, energy_components, provenance...: kept in metrics.json
     cols = [c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]

@@ -38,7 +38,8 @@ DELTA_METRICS = {"test_accuracy": "pp", "train_time_s": "pct", "cpu_time_s": "pc
 # run's time): its delta repeats the time delta and is no second finding, so it gets no verdict.
 ESTIMATED = {"energy_j": "energy_method", "energy_dynamic_j": "energy_method"}
 MULTIPLICITY = tuple(schema.section("protocol", "statistics")["multiplicity"]["enum"])
-NOT_METRICS = {"seed", "threads", "limit_train"}  # numeric columns that are settings, not outcomes
+NOT_METRICS = {"seed", "threads", "limit_train", "epoch_cap", "patience", "cpu_count"}  # numeric settings, not outcomes
+NOT_METRIC_PREFIXES = ("hp_", "search_")  # a run's hyperparameters and its search's fidelity and budget
 # A plain percentile interval undercovers at the small n of final runs (nominal 95 %: about 83 % at
 # n = 5 on normal data); the expanded percentile interval (Hesterberg 2015) widens its quantiles
 # to those a t interval would use: about 91 % at n = 5, 95 % from n = 10. No bootstrap interval
@@ -102,7 +103,7 @@ def mean_sd(x) -> tuple[int, float, float]:
 
 
 def metric_columns(runs: pd.DataFrame) -> list[str]:
-    return [c for c in runs.columns if c not in NOT_METRICS and c not in CELL
+    return [c for c in runs.columns if c not in NOT_METRICS and c not in CELL and not c.startswith(NOT_METRIC_PREFIXES)
             and pd.api.types.is_numeric_dtype(runs[c]) and not pd.api.types.is_bool_dtype(runs[c])]
 
 
