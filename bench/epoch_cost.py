@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-eval", type=int, default=1000)
     p.add_argument("--data", help="a prepared data set (default: random MNIST-shaped tensors)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--csv", help="also write the rows to this CSV (what docs/field.md's estimates read)")
     a = p.parse_args(argv)
+    rows = []
     torch.set_num_threads(a.threads)
     cfg = yaml.safe_load(Path(a.config).read_text())
     data = data_or_fake(a.data, a.n_train, n_eval=a.n_eval)
@@ -76,10 +78,17 @@ def main(argv: list[str] | None = None) -> None:
             continue
         impl, params = settings(algo, cfg, None, {})
         for r in time_stages(impl, params, cfg["architectures"][arch_name], data, str(a.n_eval)):
+            rows.append({"architecture": arch_name, "algorithm": algo, **r, "n_train": a.n_train, "n_eval": a.n_eval,
+                         "threads": a.threads, "cpu_s_per_1000_train": 1000 * r["cpu_s"] / a.n_train,
+                         "val_cpu_s_per_1000": 1000 * r["val_cpu_s"] / a.n_eval,
+                         "setup_cpu_s_per_1000": 1000 * r["setup_cpu_s"] / (a.n_train + a.n_eval)})
             print(f"{arch_name} | {algo} | {r['stage']}{' (fixed)' if r['fixed_epochs'] else ''} | "
                   f"{r['setup_s']:.2f} ({r['setup_cpu_s']:.2f}) | {r['train_s']:.2f} ({r['cpu_s']:.2f}) | "
                   f"{1000 * r['cpu_s'] / a.n_train:.2f} | {r['val_s']:.2f} ({r['val_cpu_s']:.2f}) | {r['load_1m']:.2f}",
                   flush=True)
+    if a.csv:
+        import pandas as pd
+        pd.DataFrame(rows).to_csv(a.csv, index=False)
 
 
 if __name__ == "__main__":

@@ -314,6 +314,13 @@ def diverging(tmp: Path, digits: Path) -> list[str]:
 
 cli_case("run-diverges", "result", "hyperparameters whose training loss becomes NaN", diverging,
          "digits/tiny/bp seed 0 diverged", "{tmp}/best.json", "training loss is nan")
+def exploding(tmp: Path, digits: Path) -> list[str]:
+    best = written(tmp / "best.json", json.dumps({"params": {"lr": 1e8, "batch_size": 128}}))
+    return train_argv(tmp, digits, best=best)
+
+
+cli_case("run-explodes-finite", "result", "hyperparameters whose training explodes but stays finite (lr 1e8)",
+         exploding, "digits/tiny/bp seed 0 diverged", "{tmp}/best.json", "no result is written")
 cli_case("output-folder-unwritable", "result", "an output folder that cannot be created or written",
          lambda t, d: train_argv(t, d, out=written(t / "file", "") / "run"), "cannot write to the output folder {tmp}/file/run")
 
@@ -346,6 +353,33 @@ cli_case("metrics-accuracy-null", "result", "`test_accuracy: null` fed to the re
          lambda t, d: report_argv(t, metrics(t, test_accuracy=None)), "{tmp}/metrics.json", "test_accuracy = None")
 cli_case("metrics-accuracy-string", "result", '`test_accuracy: "95"` fed to the report',
          lambda t, d: report_argv(t, metrics(t, test_accuracy="95")), "{tmp}/metrics.json", "test_accuracy = '95'")
+cli_case("metrics-accuracy-impossible", "result", "`test_accuracy: 150` fed to the report",
+         lambda t, d: report_argv(t, metrics(t, test_accuracy=150.0)), "{tmp}/metrics.json",
+         "test_accuracy = 150.0 is not a percentage")
+cli_case("metrics-energy-negative", "result", "a negative `energy_j` fed to the report",
+         lambda t, d: report_argv(t, metrics(t, energy_j=-5.0)), "{tmp}/metrics.json", "energy_j = -5.0 is negative")
+
+
+def run_folder(tmp: Path, epochs_csv: str | None) -> Path:
+    """A run's metrics.json (3 epochs) with an epochs.csv of `epochs_csv` beside it (None: none)."""
+    if epochs_csv is not None:
+        written(tmp / "epochs.csv", epochs_csv)
+    return metrics(tmp, epochs=3)
+
+
+cli_case("epochs-csv-missing", "result", "a run folder without its epochs.csv",
+         lambda t, d: report_argv(t, run_folder(t, None)), "{tmp}/epochs.csv is missing")
+cli_case("epochs-csv-truncated", "result", "an epochs.csv cut after its first epoch",
+         lambda t, d: report_argv(t, run_folder(t, "epoch,val_acc,seconds\n1,90.0,1.0\n")),
+         "{tmp}/epochs.csv holds 1 epochs, its metrics.json 3")
+cli_case("best-other-algorithm", "result", "a best.json written for another algorithm",
+         lambda t, d: train_argv(t, d, best=written(t / "best.json", json.dumps(
+             {"params": PARAMS, "algorithm": "mf", "architecture": "tiny"}))),
+         "best.json {tmp}/best.json was made for algorithm 'mf'")
+cli_case("best-other-network", "result", "a best.json written for another network of the same name",
+         lambda t, d: train_argv(t, d, best=written(t / "best.json", json.dumps(
+             {"params": PARAMS, "algorithm": "bp", "arch": {"type": "mlp", "widths": [512]}}))),
+         "best.json {tmp}/best.json was made for arch")
 cli_case("report-bad-statistics", "cli", "`--statistics '{\"resamples\": 5}'`",
          lambda t, d: ["report", "--out-dir", str(t / "out"), "--statistics", '{"resamples": 5}', str(metrics(t))],
          "statistics.resamples = 5")
@@ -394,6 +428,33 @@ cli_case("study-all-diverged", "journal", "a study whose every trial diverged",
 cli_case("study-none-complete", "journal", "a study whose every trial was pruned",
          lambda t, d: collect_argv(t, study(t, ["pruned", "diverged"])), "study {tmp}/study.journal",
          "no trial completed (1 diverged, 1 pruned")
+def other_study(tmp: Path) -> Path:
+    """A journal of the same algorithm with another search space."""
+    journal = tmp / "study.journal"
+    other = {**SEARCH, "space": {"lr": {"type": "float", "low": 1e-2, "high": 1e-1, "log": True}}}
+    s = search.make_study(other, journal)
+    search.check_identity(s, other, journal, "digits")
+    for _ in range(2):
+        s.tell(s.ask(), 90.0)
+    return journal
+
+
+cli_case("journal-other-study", "journal", "collecting a journal made for another search space",
+         lambda t, d: collect_argv(t, other_study(t)), "study journal {tmp}/study.journal belongs to another study",
+         "its space is")
+cli_case("journal-other-dataset", "journal", "searching with a journal made on another dataset",
+         lambda t, d: ["search", "--spec", json.dumps(SEARCH), "--data", str(d), "--journal",
+                       str(dataset_study(t)), "--best", str(t / "best.json")],
+         "study journal {tmp}/study.journal belongs to a study on mnist")
+
+
+def dataset_study(tmp: Path) -> Path:
+    journal = tmp / "study.journal"
+    s = search.make_study(SEARCH, journal)
+    search.check_identity(s, SEARCH, journal, "mnist")
+    return journal
+
+
 cli_case("worker-file-truncated", "result", "a truncated search worker file",
          lambda t, d: worker_file(t, '{"worker": 0, "fin'), "search worker file {tmp}/0.json is truncated")
 cli_case("worker-file-incomplete", "result", "a search worker file without its trials",
@@ -434,7 +495,9 @@ def checkpoint_case(id: str, what: str, content: Callable[[Path, Path], bytes], 
     def run(tmp: Path, digits: Path) -> str:
         out = tmp / "run"
         written(out / "checkpoint.pt", content(tmp, digits))
-        argv = train_argv(tmp, digits, out=out)
+        # a rate at which one epoch learns: a run at chance is refused as diverged (train.exploded)
+        best = written(tmp / "best.json", json.dumps({"params": {**PARAMS, "lr": 3e-2}}))
+        argv = train_argv(tmp, digits, best=best, out=out)
         argv[-1] = "0"  # checkpointing on: the rerun looks for a checkpoint
         err = _io.StringIO()
         with contextlib.redirect_stderr(err):

@@ -38,6 +38,7 @@ PUBLISHED_ENERGY = ("GPU board power polled at 5 Hz, trapezoid-integrated, no id
 BOARD = "GPU board energy (J), the original study's method"
 LATER = {"camera-ready": "camera-ready (PPAM 2026)", "mf-v2": "Mono-Forward paper v2 (May 2026)"}
 DASH = "–"
+NON_NEGATIVE = ("train_time_s", "cpu_time_s", "energy_j", "energy_board_j", "peak_memory_mib", "epochs", "train_flops")
 
 
 # ---- loading ------------------------------------------------------------------------------------
@@ -55,6 +56,14 @@ def load_runs(metric_files: list[str | Path]) -> list[dict]:
         if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc):
             # would be dropped from every mean without a word
             raise FileError(f"{f}: test_accuracy = {acc!r} is not a finite number; delete it and rerun its final run")
+        if not 0.0 <= acc <= 100.0:
+            raise FileError(f"{f}: test_accuracy = {acc!r} is not a percentage (0 to 100): not a result of this "
+                            "benchmark; delete it and rerun its final run")
+        for k in NON_NEGATIVE:
+            v = m.get(k)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
+                raise FileError(f"{f}: {k} = {v!r} is negative, which no measurement gives; delete it and rerun "
+                                "its final run")
         m["_path"] = str(f)
         runs.append(m)
     return runs
@@ -83,12 +92,25 @@ def summarize(runs: list[dict]) -> pd.DataFrame:
 
 
 def read_curves(runs: list[dict]) -> dict[tuple, pd.DataFrame]:
-    """epochs.csv of each run (beside its metrics.json), keyed by (dataset, architecture, algorithm, seed)."""
+    """epochs.csv of each run (beside its metrics.json), keyed by (dataset, architecture, algorithm,
+    seed). FileError naming the file if it is missing, unreadable or shorter than the run's epochs:
+    a dropped curve would make time-to-target say "not reached" without a word."""
     curves = {}
     for m in runs:
         f = Path(m["_path"]).parent / "epochs.csv"
-        if f.exists():
-            curves[(m["dataset"], m["architecture"], m["algorithm"], m["seed"])] = pd.read_csv(f)
+        if not f.exists():
+            raise FileError(f"{f} is missing beside its metrics.json: restore it, or delete the run's folder and "
+                            "rerun it")
+        try:
+            df = pd.read_csv(f)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise FileError(f"{f} is not readable as CSV ({type(e).__name__}): restore it, or delete the run's "
+                            "folder and rerun it") from None
+        n = m.get("epochs")
+        if isinstance(n, int) and (len(df) < n or "val_acc" not in df):
+            raise FileError(f"{f} holds {len(df)} epochs, its metrics.json {n}: it is truncated; restore it, or "
+                            "delete the run's folder and rerun it")
+        curves[(m["dataset"], m["architecture"], m["algorithm"], m["seed"])] = df
     return curves
 
 

@@ -133,6 +133,45 @@ def storage(journal: str | Path, log: Callable[[str], None] | None = None) -> op
     return optuna.storages.JournalStorage(Journal(path, log))
 
 
+class StudyMismatch(FileError):
+    """A journal holds the study of another (dataset, architecture, algorithm, space or fidelity)."""
+
+
+IDENTITY = ("algorithm", "impl", "architecture", "arch", "fixed", "space", "search", "stopping", "limit_train")
+
+
+def identity(spec: dict) -> dict:
+    """What a study is: the parts of its search spec that decide its trials (the device and the
+    budget aside: a study may be given more trials)."""
+    out = {k: spec.get(k) for k in IDENTITY}
+    out["search"] = {k: v for k, v in (spec.get("search") or {}).items() if k not in ("n_trials", "workers")}
+    return out
+
+
+def check_identity(study: optuna.Study, spec: dict, journal: str | Path, dataset: str | None = None) -> None:
+    """Record the study's identity (and its dataset, once known) in a fresh journal; refuse, naming
+    the journal and the first key that differs, a journal made for anything else. A journal written
+    before identities were recorded is accepted as it is."""
+    attrs = study.user_attrs
+    mine = identity(spec)
+    if "identity" not in attrs:
+        if not study.get_trials(deepcopy=False):
+            study.set_user_attr("identity", mine)
+    else:
+        theirs = attrs["identity"]
+        for k in IDENTITY:
+            if json.dumps(theirs.get(k), sort_keys=True) != json.dumps(mine.get(k), sort_keys=True):
+                raise StudyMismatch(
+                    f"study journal {journal} belongs to another study: its {k} is {json.dumps(theirs.get(k))}, "
+                    f"this search's is {json.dumps(mine.get(k))}; give this search its own --journal")
+    if dataset is not None:
+        if attrs.get("dataset") not in (None, dataset):
+            raise StudyMismatch(f"study journal {journal} belongs to a study on {attrs['dataset']}, this search is on "
+                                f"{dataset}; give this search its own --journal")
+        if "dataset" not in attrs:
+            study.set_user_attr("dataset", dataset)
+
+
 def make_study(spec: dict, journal: str | Path, worker: int | None = None,
                log: Callable[[str], None] | None = None) -> optuna.Study:
     """Create or load the study. Worker k > 0 of a parallel search seeds its sampler with
@@ -271,6 +310,7 @@ def run_search(spec: dict, data_path: str | Path, journal: str | Path, n_trials:
     for w in warnings(data, largest_batch(spec), spec.get("limit_train")):
         log(f"warning: {w}")
     study = make_study(spec, journal, worker, log=log)
+    check_identity(study, spec, journal, data.meta["dataset"])
     if n_before := len(study.get_trials(deepcopy=False)):
         # resuming: a sampler seeded as at the start would draw the first trials' points again
         study.sampler = optuna.samplers.TPESampler(
@@ -370,7 +410,9 @@ def write_outputs(spec: dict, study: optuna.Study | None, best_path: str | Path,
     best = best_params(spec, study, journal)
     s = settings(spec, best["params"])
     fid = fidelity(spec)
+    dataset = study.user_attrs.get("dataset") if study is not None else None
     io.write_json(best_path, {**best, "algorithm": spec["algorithm"], "architecture": spec["architecture"],
+                              "arch": spec["arch"], "impl": spec["impl"], "dataset": dataset,
                               "settings": s.asdict(), "optimizer": s.optimizer_label(), "search_fidelity": fid,
                               "provenance": {**prov, "search_fidelity": fid}})
     df = None
@@ -411,6 +453,7 @@ def collect(spec: dict, journal: str | Path) -> optuna.Study:
         raise FileError(f"no study journal at {journal}: run the search workers first")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = make_study(spec, journal)
+    check_identity(study, spec, journal)
     fail_stale(study)
     budget = spec["search"]["n_trials"]
     done = len(study.get_trials(deepcopy=False, states=FINISHED))

@@ -51,6 +51,7 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
     best = io.read_json(best_path, "best.json")
     if not isinstance(best, dict) or not isinstance(best.get("params"), dict):
         raise FileError(f"best.json {best_path} has no `params` mapping; delete it and rerun the search step")
+    check_best(best, spec, data.meta["dataset"], best_path)
     cls = algorithms.get(spec["impl"])
     settings = hparams.parse(cls.Settings, best["params"], where=f"{best_path}: params")
     hp = settings.asdict()  # complete: the defaults of unset settings are recorded too
@@ -73,6 +74,9 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
         run = train_metered(algo, data, Stopping(**spec["stopping"]), seed, build_meter(device, spec, log), ckpt, log)
     except Diverged as e:
         raise Diverged(f"{cell} seed {seed} diverged with the hyperparameters of {best_path}: {e}") from None
+    if why := exploded(run.fit.history, data.n_classes):
+        raise Diverged(f"{cell} seed {seed} diverged with the hyperparameters of {best_path}: {why} "
+                       "(docs/protocol.md, 'Final runs'); no result is written") from None
     metrics = assemble_metrics(spec, seed, algo, settings, data, run, ckpt, log)
     metrics.update(search_record(best))
     metrics["provenance"], warning = provenance.finished(prov, spec)
@@ -85,6 +89,37 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
     if ckpt is not None:
         ckpt.delete()
     return metrics
+
+
+LOSS_BLOWUP = 100.0  # a final training loss this many times the first epoch's: exploded
+CHANCE_FACTOR = 1.5  # a best validation accuracy at most this many times chance: learned nothing
+
+
+def exploded(history: list[dict], n_classes: int) -> str | None:
+    """Divergence that stays finite (the engine stops NaN and inf itself): the last epoch's training
+    loss above LOSS_BLOWUP times the first epoch's, or a best validation accuracy no better than
+    CHANCE_FACTOR times chance (100 / classes %). Returns the reason, or None."""
+    if not history:
+        return None
+    first, last = history[0]["train_loss"], history[-1]["train_loss"]
+    if first > 0 and last > LOSS_BLOWUP * first:
+        return f"its training loss rose from {first:.3g} (epoch 1) to {last:.3g} (epoch {len(history)})"
+    best = max(r["val_acc"] for r in history)
+    if best <= CHANCE_FACTOR * 100.0 / n_classes:
+        return (f"its best validation accuracy {best:.1f} % is no better than {CHANCE_FACTOR:g} x chance "
+                f"({100.0 / n_classes:.1f} %)")
+    return None
+
+
+def check_best(best: dict, spec: dict, dataset: str, path: str | Path) -> None:
+    """FileError naming `path` if its search was made for another algorithm, implementation,
+    network or dataset than this run's (keys a best.json does not record are not checked)."""
+    want = {"algorithm": spec["algorithm"], "impl": spec["impl"], "architecture": spec["architecture"],
+            "arch": spec["arch"], "dataset": dataset}
+    for k, v in want.items():
+        if best.get(k) is not None and best[k] != v:
+            raise FileError(f"best.json {path} was made for {k} {best[k]!r}, this run is for {v!r}: give the "
+                            "run the best.json of its own search")
 
 
 def build_meter(device: torch.device, spec: dict, log: Progress) -> Meter:

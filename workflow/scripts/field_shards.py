@@ -263,14 +263,40 @@ def tier_tables(tier: str) -> tuple[list[dict], list[dict], list[str]] | None:
     return acc_rows, cost_rows, words
 
 
+EPOCH_COST = ROOT / "docs" / "results" / "field" / "epoch-cost-cpu.csv"  # bench/epoch_cost.py --csv
+
+
+def full_protocol_hours(arch: str, alg: str, cost: pd.DataFrame, epochs: int = 30, seeds: int = 5,
+                        search_factor: float = 2.5) -> float | None:
+    """A rough CPU-hour estimate of one cell under config/field.yaml's full protocol: each stage's
+    measured CPU seconds per 1,000 images (train on 50,000, validate on 10,000, set up once on
+    both) times `epochs` (or the stage's fixed count), times `seeds`, times `search_factor` for
+    its search (the committed 20-trial searches cost about 1.5 times their five final runs).
+    None where the cell's cost was not measured."""
+    rows = cost[(cost.architecture == arch) & (cost.algorithm == alg)]
+    if rows.empty:
+        return None
+    per_run = sum((r.fixed_epochs if r.fixed_epochs == r.fixed_epochs and r.fixed_epochs else epochs)
+                  * (50 * r.cpu_s_per_1000_train + 10 * r.val_cpu_s_per_1000) + 60 * r.setup_cpu_s_per_1000
+                  for r in rows.itertuples())
+    return per_run * seeds * search_factor / 3600
+
+
 def pending() -> list[dict]:
-    """Cells of config/field.yaml that no tier holds yet, committed or not."""
+    """Cells of config/field.yaml that tier 1 does not hold at its full protocol: those only tier 2
+    holds (at its reduced protocol) and those no tier holds, with a rough full-protocol estimate."""
     full = bpcfg.load(ROOT / "config" / "field.yaml")
-    done = set()
-    for tier in TIERS:
-        if (ROOT / TIERS[tier]).exists():
-            done |= {c for c in bpcfg.cells(load_config(tier))}
-    return [{"dataset": d, "network": a, "algorithm": alg} for d, a, alg in bpcfg.cells(full) if (d, a, alg) not in done]
+    held = {tier: set(bpcfg.cells(load_config(tier))) for tier in TIERS if (ROOT / TIERS[tier]).exists()}
+    cost = pd.read_csv(EPOCH_COST) if EPOCH_COST.exists() else pd.DataFrame(columns=["architecture", "algorithm"])
+    out = []
+    for d, a, alg in bpcfg.cells(full):
+        if (d, a, alg) in held.get("tier1", set()):
+            continue
+        hours = full_protocol_hours(a, alg, cost)
+        out.append({"dataset": d, "network": a, "algorithm": alg,
+                    "held by": "tier 2 (reduced protocol)" if (d, a, alg) in held.get("tier2", set()) else "no tier",
+                    "full protocol, CPU hours (rough estimate)": DASH if hours is None else f"{hours:.0f}"})
+    return out
 
 
 def write_field_page() -> str:
@@ -285,7 +311,10 @@ def write_field_page() -> str:
              bpreport.markdown(pd.DataFrame(acc)) if acc else "No committed run yet.\n",
              "### Cost", "", bpreport.markdown(pd.DataFrame(cost)) if cost else "No committed run yet.\n",
              "### Each verdict, as the report gives it", "", *(words or ["No verdict yet."]), "",
-             "### Not in any tier yet (config/field.yaml's cells that only a GPU or a cluster makes practical)", "",
+             "### Pending at the full protocol (config/field.yaml's cells beyond tier 1: for a GPU or a cluster)", "",
+             "Rough CPU-hour estimates of one 1-thread job from the measured per-image costs of "
+             "`docs/results/field/epoch-cost-cpu.csv` (30 epochs per stage, 5 seeds, the search at 1.5 times the "
+             "final runs); a dash where the network's cost was not measured.", "",
              bpreport.markdown(pd.DataFrame(pending())), END]
     text = FIELD_PAGE.read_text()
     if BEGIN not in text or END not in text:
