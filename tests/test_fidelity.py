@@ -86,6 +86,23 @@ def test_final_runs_train_on_the_whole_split_and_record_the_fidelity_they_were_t
     assert m["epoch_cap"] == 6
     assert m["cpu_time_s"] > 0 and set(m["stage_cpu_s"]) == {"all"}
     assert m["load_1m_mean"] is not None and len(m["load_start"]) == 3
+    assert m["flush_denormal"] is True
+
+
+def test_jobs_flush_subnormal_floats_unless_the_config_says_not():
+    """Regression: fa's epochs on MNIST grew from 5 to 32 CPU seconds as its signals decayed into
+    subnormal floats (x86's slow path); every job now flushes them, the same for all algorithms."""
+    from bpfree.device import set_flush_denormal
+
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormal floats")
+    try:
+        assert set_flush_denormal({}) is True
+        assert (torch.tensor([1e-39]) * 1.0).item() == 0.0
+        assert set_flush_denormal({"flush_denormal": False}) is False
+        assert (torch.tensor([1e-39]) * 1.0).item() > 0.0
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def test_without_the_fidelity_keys_the_search_spec_is_unchanged():

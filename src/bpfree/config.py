@@ -167,6 +167,7 @@ def train_spec(cfg: dict, architecture: str, algorithm: str) -> dict:
     return {"algorithm": algorithm, "impl": entry["impl"], "architecture": architecture,
             "arch": cfg["architectures"][architecture], "fixed": entry.get("fixed", {}),
             "stopping": proto["stopping"], "limit_train": cfg.get("limit_train"),
+            "flush_denormal": cfg.get("flush_denormal", True),
             "device": cfg.get("device", "auto"), "metering": proto.get("metering", {})}
 
 

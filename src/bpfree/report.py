@@ -234,7 +234,7 @@ def absolute_table(cells: pd.DataFrame, runs: pd.DataFrame, pub: pd.DataFrame) -
             "published accuracy (%)": DASH if p is None else
             f"{p.test_acc_mean:.2f} ± {p.test_acc_sd:.2f} (n={p.n_runs}, {p.source})",
             "train time (s)": ours("train_time_s", ".1f"), "published time (s)": theirs("train_time_s", ".1f"),
-            "CPU time (s)": ours("cpu_time_s", ".1f"), "train PFLOP": _scaled(cell, "train_flops", 1e-15, ".3f"),
+            "CPU time (s)": ours("cpu_time_s", ".1f"), "train TFLOP": _scaled(cell, "train_flops", 1e-12, ".1f"),
             "load (1 min)": ours("load_1m_mean", ".2f"),
             "energy (J)": ours("energy_j", ".1f"), "energy method": methods,
             "dynamic energy (J)": ours("energy_dynamic_j", ".1f"),
@@ -250,7 +250,7 @@ def absolute_table(cells: pd.DataFrame, runs: pd.DataFrame, pub: pd.DataFrame) -
 
 
 def _scaled(cell: dict, metric: str, scale: float, fmt: str) -> str:
-    """A cell's mean of `metric` times `scale` (e.g. FLOPs as PFLOP), or a dash."""
+    """A cell's mean of `metric` times `scale` (e.g. FLOPs as TFLOP), or a dash."""
     mean = cell.get(f"{metric}_mean")
     return DASH if mean is None or not math.isfinite(mean) else f"{mean * scale:{fmt}}"
 
@@ -557,7 +557,8 @@ def plot_accuracy_cost(runs: pd.DataFrame, path: str | Path) -> None:
     label = "training CPU time (s, process user + system)" if cost == "cpu_time_s" else "training time (s, wall)"
     datasets = sorted(runs.dataset.unique())
     algos = sorted(runs.algorithm.unique(), key=lambda a: (a != stats.REFERENCE, a))
-    colour = {a: plt.get_cmap("tab20")(i % 20) for i, a in enumerate(algos)}
+    palette = [*plt.get_cmap("tab10").colors, *plt.get_cmap("tab20").colors[1::2]]  # 20 distinct, strong first
+    colour = {a: palette[i % len(palette)] for i, a in enumerate(algos)}
     marker = {a: "osD^v<>p*h"[i % 10] for i, a in enumerate(sorted(runs.architecture.unique()))}
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets) + 2.8, 4.4), squeeze=False)
     for ax, d in zip(axes[0], datasets):

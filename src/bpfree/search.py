@@ -16,7 +16,7 @@ from optuna.storages.journal._file import get_lock_file
 
 from bpfree import algorithms, hparams, io
 from bpfree.data import Data, balanced_subset, load, warnings
-from bpfree.device import resolve_device
+from bpfree.device import resolve_device, set_flush_denormal
 from bpfree.engine import Diverged, Stopping, fit
 from bpfree.errors import BpfreeError, FileError
 
@@ -301,6 +301,7 @@ def run_search(spec: dict, data_path: str | Path, journal: str | Path, n_trials:
         torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     device = torch.device(resolve_device(spec["device"]))
+    set_flush_denormal(spec)
     data = trial_data(spec, load(data_path, device, spec.get("limit_train")))
     tag = "" if worker is None else f" worker {worker}/{workers}"
     log = Progress(f"search {data.meta['dataset']}/{spec['architecture']}/{spec['algorithm']}{tag}")

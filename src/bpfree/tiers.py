@@ -18,6 +18,7 @@ CELL = ["dataset", "architecture", "algorithm"]
 # metrics.json keys that define a run's protocol, with what they mean (the refusal says it)
 PROTOCOL = {
     "epoch_cap": "the final runs' epoch cap", "patience": "the final runs' patience",
+    "flush_denormal": "flush_denormal (subnormal floats flushed to zero: it changes time on a CPU)",
     "limit_train": "limit_train (the final runs' training subset)", "n_train": "the training images of the final runs",
     "search_limit_train": "the search's training subset", "search_limit_val": "the search's validation subset",
     "search_max_epochs": "the search trials' epoch cap",

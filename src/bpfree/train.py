@@ -13,7 +13,7 @@ import torch
 from bpfree import algorithms, checkpoint, hparams, io, provenance, sources
 from bpfree.algorithms.base import Algorithm, accuracy
 from bpfree.data import Data, load, warnings
-from bpfree.device import resolve_device
+from bpfree.device import resolve_device, set_flush_denormal
 from bpfree.engine import Diverged, FitResult, Stopping, fit
 from bpfree.errors import FileError
 from bpfree.metering import KWH, Meter
@@ -47,6 +47,7 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
     io.check_writable(out_dir)  # now, not after the last epoch
     stale = io.remove_stale_tmp(out_dir / f for f in OUTPUTS)
     device = resolve_device(spec["device"])
+    flushed = set_flush_denormal(spec)
     data = load(data_path, device, spec.get("limit_train"))
     best = io.read_json(best_path, "best.json")
     if not isinstance(best, dict) or not isinstance(best.get("params"), dict):
@@ -79,6 +80,7 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
                        "(docs/protocol.md, 'Final runs'); no result is written") from None
     metrics = assemble_metrics(spec, seed, algo, settings, data, run, ckpt, log)
     metrics.update(search_record(best))
+    metrics["flush_denormal"] = flushed
     metrics["provenance"], warning = provenance.finished(prov, spec)
     if warning:
         log(warning)

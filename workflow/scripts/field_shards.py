@@ -256,7 +256,7 @@ def tier_tables(tier: str) -> tuple[list[dict], list[dict], list[str]] | None:
             "tier": tier, "dataset": d, "network": a, "algorithm": alg,
             "epochs": f"{g.epochs.mean():.1f}", "wall time (s)": _fmt(g.train_time_s.mean(), g.train_time_s.std(ddof=1), n, ".0f"),
             "CPU time (s)": _fmt(g.cpu_time_s.mean(), g.cpu_time_s.std(ddof=1), n, ".0f") if "cpu_time_s" in g else DASH,
-            "train PFLOP": f"{g.train_flops.mean() / 1e15:.2f}", "energy (J)": f"{g.energy_j.mean():.0f} ({methods})",
+            "train TFLOP": f"{g.train_flops.mean() / 1e12:.1f}", "energy (J)": f"{g.energy_j.mean():.0f} ({methods})",
             "peak memory (MiB)": f"{g.peak_memory_mib.mean():.0f}", "% of floor": floors.get(alg, DASH),
             "ran": f"{', '.join(dates)} on {', '.join(hosts)}, load {load:.1f}" if math.isfinite(load)
             else f"{', '.join(dates)} on {', '.join(hosts)}"})
@@ -307,9 +307,14 @@ def write_field_page() -> str:
             acc += got[0]
             cost += got[1]
             words += [f"{tier}:", *got[2]] if got[2] else []
+    figures = [f"![accuracy against CPU time, {t}](results/field/{t}/report/plots/accuracy_vs_cost.png)"
+               for t in TIERS if (committed(t) / "report" / "plots" / "accuracy_vs_cost.png").exists()]
     parts = [BEGIN, "", "### Accuracy and verdicts", "",
              bpreport.markdown(pd.DataFrame(acc)) if acc else "No committed run yet.\n",
              "### Cost", "", bpreport.markdown(pd.DataFrame(cost)) if cost else "No committed run yet.\n",
+             "fwdgrad-local's floor figure predates the change that carries its tangent by hand; remeasured "
+             "after it: 61 % (floor.md).", "",
+             "### Accuracy against cost", "", *(figures or ["No figure yet."]), "",
              "### Each verdict, as the report gives it", "", *(words or ["No verdict yet."]), "",
              "### Pending at the full protocol (config/field.yaml's cells beyond tier 1: for a GPU or a cluster)", "",
              "Rough CPU-hour estimates of one 1-thread job from the measured per-image costs of "
