@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import yaml
@@ -122,3 +123,12 @@ def test_bad_checkpoint_interval_in_the_environment_is_named(monkeypatch, capsys
     assert "BPFREE_CHECKPOINT_EVERY = 'ten' is not a number" in capsys.readouterr().err
     cli.main(["doctor", "--json"])  # other commands do not read it
     assert capsys.readouterr().out.startswith("{")
+
+
+def test_bpfree_version_names_the_release_and_the_commit(capsys):
+    from bpfree import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0
+    assert re.fullmatch(r"bpfree \S+, commit \S+.*\n", capsys.readouterr().out)

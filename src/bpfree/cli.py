@@ -253,8 +253,27 @@ def _tool_parsers(sub) -> None:
     p.set_defaults(fn=cmd_settings)
 
 
+class _Version(argparse.Action):
+    """`bpfree --version`: the installed version and the checkout's commit (read only when asked)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import importlib.metadata
+        import subprocess
+
+        try:
+            version = importlib.metadata.version("bpfree")
+        except importlib.metadata.PackageNotFoundError:
+            version = "not installed"
+        root = Path(__file__).resolve().parents[2]
+        git = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        commit = git.stdout.strip() if git.returncode == 0 else "unknown (not a checkout)"
+        print(f"bpfree {version}, commit {commit}")
+        parser.exit()
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="bpfree", description=__doc__, epilog=EPILOG)
+    ap.add_argument("--version", action=_Version, nargs=0, help="print the version and commit, and exit")
     sub = ap.add_subparsers(dest="cmd", required=True)
     _stage_parsers(sub)
     _tool_parsers(sub)

@@ -40,6 +40,11 @@ from bpfree import report as bpreport
 
 ROOT = Path(__file__).resolve().parents[2]
 TIERS = {"tier1": "config/field-tier1.yaml", "tier2": "config/field-tier2.yaml"}
+# Committed runs kept apart from their tier (the report refuses to pool them with it), shown in the
+# field page under their own name: tier 1's first final runs, made before jobs flushed subnormal
+# floats (their fa, dfa and local-pred times are the CPU's slow path, docs/protocol.md).
+ARCHIVED = {"tier1-noflush": "config/field-tier1.yaml"}
+CONFIGS = {**TIERS, **ARCHIVED}
 SEARCH_FILES = ("best.json", "trials.csv", "workers/0.json")
 RUN_FILES = ("metrics.json", "epochs.csv")
 
@@ -80,7 +85,7 @@ BY_NAME = {s.name: s for s in SHARDS}
 
 
 def load_config(tier: str) -> dict:
-    return bpcfg.load(ROOT / TIERS[tier])
+    return bpcfg.load(ROOT / CONFIGS[tier])
 
 
 def workdir(tier: str) -> Path:
@@ -302,13 +307,13 @@ def pending() -> list[dict]:
 def write_field_page() -> str:
     """Rebuild the generated part of docs/field.md from docs/results/field/; returns a summary line."""
     acc, cost, words = [], [], []
-    for tier in TIERS:
-        if (ROOT / TIERS[tier]).exists() and (got := tier_tables(tier)) is not None:
+    for tier in CONFIGS:
+        if (ROOT / CONFIGS[tier]).exists() and (got := tier_tables(tier)) is not None:
             acc += got[0]
             cost += got[1]
             words += [f"{tier}:", *got[2]] if got[2] else []
     figures = [f"![accuracy against CPU time, {t}](results/field/{t}/report/plots/accuracy_vs_cost.png)"
-               for t in TIERS if (committed(t) / "report" / "plots" / "accuracy_vs_cost.png").exists()]
+               for t in CONFIGS if (committed(t) / "report" / "plots" / "accuracy_vs_cost.png").exists()]
     parts = [BEGIN, "", "### Accuracy and verdicts", "",
              bpreport.markdown(pd.DataFrame(acc)) if acc else "No committed run yet.\n",
              "### Cost", "", bpreport.markdown(pd.DataFrame(cost)) if cost else "No committed run yet.\n",
