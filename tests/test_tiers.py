@@ -67,7 +67,14 @@ def test_holm_adjustment_matches_statsmodels_and_a_hand_computed_example():
     assert out.p_adjusted.tolist() == pytest.approx(multipletests(p, method="holm")[1].tolist())
     assert (out.verdict_kind == [stats.EQUIVALENT, stats.UNRESOLVED, stats.UNRESOLVED, stats.EQUIVALENT]).all()
     assert out.verdict[1].startswith("not resolved after holm (alone: equivalent within ±0.5 pp")
-    assert set(out.multiplicity) == {"holm over 4 verdicts"}
+    assert set(out.multiplicity) == {"holm over 4 test_accuracy verdicts"}
+    # the family is per metric by default; "report" pools every metric's verdicts
+    two = pd.concat([dl, dl.assign(metric="train_time_s")], ignore_index=True)
+    per_metric = stats.adjust(two, StatsConfig(multiplicity="holm"))
+    assert per_metric.p_adjusted.tolist()[:4] == pytest.approx(multipletests(p, method="holm")[1].tolist())
+    pooled = stats.adjust(two, StatsConfig(multiplicity="holm", family="report"))
+    assert pooled.p_adjusted.tolist() == pytest.approx(multipletests(np.r_[p, p], method="holm")[1].tolist())
+    assert set(pooled.multiplicity) == {"holm over 8 verdicts"}
     bh = stats.adjust(dl, StatsConfig(multiplicity="fdr_bh"))
     assert bh.p_adjusted.tolist() == pytest.approx(multipletests(p, method="fdr_bh")[1].tolist())
     assert (stats.adjust(dl, StatsConfig(multiplicity="none")).verdict_kind == stats.EQUIVALENT).all()
@@ -131,3 +138,12 @@ def test_summary_carries_hyperparameters_commit_and_run_hash(tmp_path):
     assert df.hp_lr.tolist() == [1e-3, 1e-3] and set(df.hp_optimizer) == {"adamw"}
     assert set(df.git_commit) == {"abc123"} and df.run_sha256.str.len().eq(64).all()
     assert "hp_lr" not in stats.metric_columns(df)
+
+
+def test_report_takes_its_statistics_from_a_config_file(tmp_path):
+    files = [fake_run(tmp_path, "mnist", "mlp", a, s, 98.0 + 0.01 * s) for a in ("bp", "fa") for s in range(3)]
+    cfg = tmp_path / "tier.yaml"
+    cfg.write_text("protocol:\n  statistics:\n    resamples: 200\n    margins: {test_accuracy: {mnist: 0.3}}\n")
+    cli.main(["report", "--config", str(cfg), "--out-dir", str(tmp_path / "out"), *map(str, files)])
+    acc = pd.read_csv(tmp_path / "out" / "deltas.csv").query("metric == 'test_accuracy'")
+    assert acc.margin.tolist() == [0.3]

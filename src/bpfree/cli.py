@@ -142,7 +142,11 @@ def cmd_train(a: argparse.Namespace) -> None:
 def cmd_report(a: argparse.Namespace) -> None:
     from bpfree.report import output_paths, run_report
 
+    if a.statistics and a.config:
+        raise BpfreeError("bpfree report: give --statistics or --config, not both")
     stats = _json_arg(a.statistics, "--statistics") if a.statistics else None
+    if a.config:
+        stats = _config_statistics(a.config)
     if bool(a.summary) == bool(a.metrics):
         raise BpfreeError("bpfree report: give metrics.json files, or --summary CSV (not both)")
     _outputs("report", output_paths(a.out_dir, from_summary=bool(a.summary)))
@@ -155,6 +159,22 @@ def cmd_report(a: argparse.Namespace) -> None:
     except ValueError as e:  # a bad statistics setting, named in e
         raise BpfreeError(str(e)) from None
     print(f"{len(df)} runs summarised into {a.out_dir}")
+
+
+def _config_statistics(path: str) -> dict:
+    """protocol.statistics of a config file (what the workflow's report rule passes), read without
+    the config's other checks: a report can be rebuilt where the data are not."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise BpfreeError(f"--config {path}: cannot read it ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise BpfreeError(f"--config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("protocol", {}), dict):
+        raise BpfreeError(f"--config {path} is not a bpfree config (a mapping with `protocol`)")
+    return (cfg.get("protocol") or {}).get("statistics") or {}
 
 
 def cmd_doctor(a: argparse.Namespace) -> None:
@@ -228,9 +248,11 @@ def _tool_parsers(sub) -> None:
     """report, doctor, spec and settings."""
     p = sub.add_parser("report", help="summary.csv, table.md and plots from finished runs")
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--statistics", help="the config's protocol.statistics as JSON, or @FILE (bootstrap "
+    p.add_argument("--statistics", help="the config's protocol.statistics as JSON, or @FILE of JSON (bootstrap "
                    "resamples, seed, confidence, interval, target_fraction, verdict margins, verdict_method, alpha, "
-                   "power, max_seeds; defaults otherwise)")
+                   "power, max_seeds, multiplicity, family; defaults otherwise)")
+    p.add_argument("--config", help="take protocol.statistics from this config file (YAML), as the workflow does; "
+                   "e.g. --config config/field-tier1.yaml")
     p.add_argument("--summary", help="recompute the deltas, verdicts and published claims (deltas.csv, deltas.md, "
                    "deltas.html) from a recorded summary.csv instead of metrics.json files")
     p.add_argument("metrics", nargs="*", help="metrics.json files of final runs")

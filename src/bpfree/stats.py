@@ -71,6 +71,7 @@ class StatsConfig:
     power: float = DEFAULTS["power"]
     max_seeds: int = DEFAULTS["max_seeds"]
     multiplicity: str = DEFAULTS["multiplicity"]
+    family: str = DEFAULTS["family"]
 
     def margin(self, metric: str, dataset: str | None = None) -> float | None:
         """The margin of `metric` on `dataset` (a per-dataset mapping: its entry, else its `default`,
@@ -356,23 +357,33 @@ def _seeds_needed(d: Delta, cfg: StatsConfig, alpha: float) -> None:
 
 def adjust(dl: pd.DataFrame, cfg: StatsConfig) -> pd.DataFrame:
     """Multiplicity control over the verdicts of one report (statsmodels' `multipletests`, method
-    `cfg.multiplicity`): the family is every row of `dl` with a verdict. A verdict whose adjusted
-    p value is not below alpha becomes "not resolved", with a seeds-needed estimate at the level
-    alpha / m (the strictest step of Holm; Bonferroni's level)."""
+    `cfg.multiplicity`). The family (`cfg.family`) is every row of `dl` with a verdict on one metric
+    ("metric": accuracy verdicts are corrected among themselves, time verdicts among themselves, ...)
+    or on any metric ("report"). A verdict whose adjusted p value is not below alpha becomes "not
+    resolved", with a seeds-needed estimate at the level alpha / m (the strictest step of Holm;
+    Bonferroni's level)."""
     dl = dl.copy()
-    fam = dl.index[dl.verdict_kind.isin([EQUIVALENT, BETTER, WORSE, UNRESOLVED]) & dl.p_value.notna()]
+    judged = dl.verdict_kind.isin([EQUIVALENT, BETTER, WORSE, UNRESOLVED]) & dl.p_value.notna()
+    keys = dl.metric if cfg.family == "metric" else pd.Series("all", index=dl.index)
+    for key in sorted(set(keys[judged])):
+        dl = _adjust_family(dl, dl.index[judged & (keys == key)], cfg,
+                            f"{key} verdicts" if cfg.family == "metric" else "verdicts")
+    return dl
+
+
+def _adjust_family(dl: pd.DataFrame, fam: pd.Index, cfg: StatsConfig, what: str) -> pd.DataFrame:
     m = len(fam)
     if m == 0:
         return dl
     if cfg.multiplicity == "none":
         dl.loc[fam, "p_adjusted"] = dl.loc[fam, "p_value"]
-        dl.loc[fam, "multiplicity"] = f"none (family of {m})"
+        dl.loc[fam, "multiplicity"] = f"none (a family of {m} {what})"
         return dl
     from statsmodels.stats.multitest import multipletests
 
     _, p_adj, _, _ = multipletests(dl.loc[fam, "p_value"].to_numpy(float), alpha=cfg.alpha, method=cfg.multiplicity)
     dl.loc[fam, "p_adjusted"] = p_adj
-    dl.loc[fam, "multiplicity"] = f"{cfg.multiplicity} over {m} verdicts"
+    dl.loc[fam, "multiplicity"] = f"{cfg.multiplicity} over {m} {what}"
     level = cfg.alpha / m if cfg.multiplicity in ("holm", "bonferroni") else cfg.alpha
     for i in fam:
         row = dl.loc[i]

@@ -81,6 +81,14 @@ SHARDS = [
               Shard(f"t1-{tag}-b", "tier1", ds, "mlp-2x1000", MLP_B, hours=1.3),
               Shard(f"t1-{tag}-c", "tier1", ds, "mlp-1x1024", hours=0.8))
 ]
+SHARDS += [  # tier 2: MNIST only; hours from config/field-tier2.yaml's header
+    Shard("t2-search", "tier2", "mnist", kind="search", hours=1.0),
+    Shard("t2-mlp", "tier2", "mnist", "mlp-3x1000", hours=0.3),
+    Shard("t2-fwdgrad", "tier2", "mnist", "mlp-2x1000", hours=0.4),
+    Shard("t2-cnn", "tier2", "mnist", "cnn-3block", hours=0.6),
+    Shard("t2-cwc-bp", "tier2", "mnist", "cwc-cnn-cfse", ("bp",), hours=1.1),
+    Shard("t2-cwc-cwcomp", "tier2", "mnist", "cwc-cnn-cfse", ("cwcomp",), hours=1.0),
+]
 BY_NAME = {s.name: s for s in SHARDS}
 
 
@@ -248,10 +256,12 @@ def tier_tables(tier: str) -> tuple[list[dict], list[dict], list[str]] | None:
         else:
             dtext, vtext = "reference", DASH
         pub = field[(field.dataset == d) & (field.variant == alg)]
-        theirs = "; ".join(f"{p.test_acc:.2f} ({p.network}; {p.tag})" for p in pub.itertuples()) or DASH
+        theirs = "; ".join(f"{p.test_acc:.2f} ({p.network}"
+                           + (f", bp {p.bp_same_network:g} on it" if p.bp_same_network == p.bp_same_network else "")
+                           + f"; {p.source.split(' (')[0] if 'BioTorch' in p.source else p.tag})" for p in pub.itertuples()) or DASH
         acc_rows.append({"tier": tier, "dataset": d, "network": a, "algorithm": alg, "locality": g.locality.iloc[0],
                          "test accuracy (%)": acc, "delta vs bp (pp) [95 % CI]": dtext, "verdict": vtext,
-                         "authors' figure (their network)": theirs})
+                         "published figure (its network; tag or re-run)": theirs})
         seeds = [raw[(d, a, alg, s)] for s in g.seed]
         hosts = sorted({(m.get("provenance") or {}).get("host", "?") for m in seeds})
         dates = sorted({when.get(f"results/runs/{d}/{a}/{alg}/seed{s}/metrics.json", "?") for s in g.seed})
