@@ -316,7 +316,8 @@ cli_case("run-diverges", "result", "hyperparameters whose training loss becomes 
          "digits/tiny/bp seed 0 diverged", "{tmp}/best.json", "training loss is nan")
 def exploding(tmp: Path, digits: Path) -> list[str]:
     best = written(tmp / "best.json", json.dumps({"params": {"lr": 1e8, "batch_size": 128}}))
-    return train_argv(tmp, digits, best=best)
+    spec = {**TRAIN, "stopping": {"max_epochs": 3, "patience": 3}}  # the chance rule needs 3 epochs
+    return train_argv(tmp, digits, best=best, spec=spec)
 
 
 cli_case("run-explodes-finite", "result", "hyperparameters whose training explodes but stays finite (lr 1e8)",

@@ -95,19 +95,21 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
 
 LOSS_BLOWUP = 100.0  # a final training loss this many times the first epoch's: exploded
 CHANCE_FACTOR = 1.5  # a best validation accuracy at most this many times chance: learned nothing
+CHANCE_EPOCHS = 3  # ... after at least this many epochs (a 1-epoch smoke run may still be at chance)
 
 
 def exploded(history: list[dict], n_classes: int) -> str | None:
     """Divergence that stays finite (the engine stops NaN and inf itself): the last epoch's training
-    loss above LOSS_BLOWUP times the first epoch's, or a best validation accuracy no better than
-    CHANCE_FACTOR times chance (100 / classes %). Returns the reason, or None."""
+    loss above LOSS_BLOWUP times the first epoch's, or, after CHANCE_EPOCHS epochs or more, a best
+    validation accuracy no better than CHANCE_FACTOR times chance (100 / classes %). Returns the
+    reason, or None."""
     if not history:
         return None
     first, last = history[0]["train_loss"], history[-1]["train_loss"]
     if first > 0 and last > LOSS_BLOWUP * first:
         return f"its training loss rose from {first:.3g} (epoch 1) to {last:.3g} (epoch {len(history)})"
     best = max(r["val_acc"] for r in history)
-    if best <= CHANCE_FACTOR * 100.0 / n_classes:
+    if len(history) >= CHANCE_EPOCHS and best <= CHANCE_FACTOR * 100.0 / n_classes:
         return (f"its best validation accuracy {best:.1f} % is no better than {CHANCE_FACTOR:g} x chance "
                 f"({100.0 / n_classes:.1f} %)")
     return None
