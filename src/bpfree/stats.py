@@ -21,7 +21,7 @@ is "not resolved", `seeds_needed` estimates the paired seeds that would resolve 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -387,17 +387,16 @@ def _adjust_family(dl: pd.DataFrame, fam: pd.Index, cfg: StatsConfig, what: str)
     level = cfg.alpha / m if cfg.multiplicity in ("holm", "bonferroni") else cfg.alpha
     for i in fam:
         row = dl.loc[i]
-        if row.verdict_kind != UNRESOLVED and row.p_adjusted >= cfg.alpha:
-            d = Delta(**{k: row[k] for k in Delta.__dataclass_fields__})
+        overturned = row.verdict_kind != UNRESOLVED and row.p_adjusted >= cfg.alpha
+        if not overturned and (row.verdict_kind != UNRESOLVED or level == cfg.alpha):
+            continue  # a verdict that stands, or an estimate already made at this level
+        d = Delta(**{k: row[k] for k in Delta.__dataclass_fields__})
+        if overturned:
             d.verdict_kind, d.verdict = UNRESOLVED, (f"{UNRESOLVED} after {cfg.multiplicity} (alone: {row.verdict}; "
                                                      f"p {row.p_value:.3g}, adjusted {row.p_adjusted:.3g})")
-            _seeds_needed(d, cfg, level)
-            for k in ("verdict_kind", "verdict", "seeds_needed", "seeds_needed_note"):
-                dl.at[i, k] = getattr(d, k)
-        elif row.verdict_kind == UNRESOLVED and level != cfg.alpha:
-            d = Delta(**{k: row[k] for k in Delta.__dataclass_fields__})
-            _seeds_needed(d, cfg, level)
-            dl.at[i, "seeds_needed"], dl.at[i, "seeds_needed_note"] = d.seeds_needed, d.seeds_needed_note
+        _seeds_needed(d, cfg, level)
+        for k in ("verdict_kind", "verdict", "seeds_needed", "seeds_needed_note"):
+            dl.at[i, k] = getattr(d, k)
     return dl
 
 
@@ -428,7 +427,7 @@ def raw_deltas(runs: pd.DataFrame, cfg: StatsConfig = StatsConfig()) -> pd.DataF
                     res = Delta(m, unit, 0, status=f"no {REFERENCE} cell on this dataset and architecture")
                 elif estimated(g, m) and estimated(ref, m):
                     res = paired_delta(g.set_index("seed")[m], ref.set_index("seed")[m], m, unit,
-                                       StatsConfig(**{**asdict(cfg), "margins": {}}), d)
+                                       replace(cfg, margins={}), d)
                     res.verdict = ("no verdict: an estimate (time x a constant power), it repeats the time delta "
                                    "and carries no information beyond it")
                 else:

@@ -37,6 +37,7 @@ import pandas as pd
 from bpfree import config as bpcfg
 from bpfree import published
 from bpfree import report as bpreport
+from bpfree import stats
 
 ROOT = Path(__file__).resolve().parents[2]
 TIERS = {"tier1": "config/field-tier1.yaml", "tier2": "config/field-tier2.yaml"}
@@ -192,7 +193,7 @@ def status(shard: Shard, cfg: dict) -> str:
 
 FIELD_PAGE = ROOT / "docs" / "field.md"
 BEGIN, END = "<!-- field-tables: begin (python workflow/scripts/field_shards.py report) -->", "<!-- field-tables: end -->"
-DASH = "–"
+DASH = bpreport.DASH
 
 
 def floor_figures() -> dict[str, str]:
@@ -205,10 +206,9 @@ def floor_figures() -> dict[str, str]:
     return {a: "/".join(v) + " %" for a, v in out.items()}
 
 
-def _fmt(mean: float, sd: float, n: int, fmt: str) -> str:
-    if not isinstance(mean, float) or not math.isfinite(mean):
-        return DASH
-    return f"{mean:{fmt}} ± {sd:{fmt}} (n={n})" if n > 1 and math.isfinite(sd) else f"{mean:{fmt}} (n={n})"
+def _fmt(g: pd.DataFrame, col: str, fmt: str) -> str:
+    """mean ± sd (n) of a column of a cell's runs, as the report writes it."""
+    return bpreport.fmt_mean_sd(*stats.mean_sd(g[col]), fmt) if col in g else DASH
 
 
 def _when(tier: str) -> dict[str, str]:
@@ -240,8 +240,7 @@ def tier_tables(tier: str) -> tuple[list[dict], list[dict], list[str]] | None:
     acc_rows, cost_rows, words = [], [], []
     for (d, a, alg), g in runs.groupby(["dataset", "architecture", "algorithm"], sort=False):
         delta = dl[(dl.dataset == d) & (dl.architecture == a) & (dl.algorithm == alg)].set_index("metric")
-        n = len(g)
-        acc = _fmt(g.test_accuracy.mean(), g.test_accuracy.std(ddof=1), n, ".2f")
+        acc = _fmt(g, "test_accuracy", ".2f")
         if "test_accuracy" in delta.index:
             r = delta.loc["test_accuracy"]
             dtext = (f"{r.estimate:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]" if math.isfinite(r.ci_low)
@@ -269,8 +268,8 @@ def tier_tables(tier: str) -> tuple[list[dict], list[dict], list[str]] | None:
         methods = ", ".join(sorted(set(g.energy_method.dropna())))
         cost_rows.append({
             "tier": tier, "dataset": d, "network": a, "algorithm": alg,
-            "epochs": f"{g.epochs.mean():.1f}", "wall time (s)": _fmt(g.train_time_s.mean(), g.train_time_s.std(ddof=1), n, ".0f"),
-            "CPU time (s)": _fmt(g.cpu_time_s.mean(), g.cpu_time_s.std(ddof=1), n, ".0f") if "cpu_time_s" in g else DASH,
+            "epochs": f"{g.epochs.mean():.1f}", "wall time (s)": _fmt(g, "train_time_s", ".0f"),
+            "CPU time (s)": _fmt(g, "cpu_time_s", ".0f"),
             "train TFLOP": f"{g.train_flops.mean() / 1e12:.1f}", "energy (J)": f"{g.energy_j.mean():.0f} ({methods})",
             "peak memory (MiB)": f"{g.peak_memory_mib.mean():.0f}", "% of floor": floors.get(alg, DASH),
             "ran": f"{', '.join(dates)} on {', '.join(hosts)}, load {load:.1f}" if math.isfinite(load)
