@@ -61,31 +61,30 @@ def check(runs: list[dict]) -> None:
     comparisons = _split(runs, lambda r: (r["dataset"], r["architecture"]))
     for (d, a), group in sorted(comparisons.items()):
         where = f"{d}/{a}"
-        for key, what in PROTOCOL.items():
-            by = _split(group, lambda r: _value(r.get(key)))
-            if len(by) > 1:
-                cells = sorted({r["algorithm"] for r in group})
-                scope = f"cell {where}/{cells[0]}" if len(cells) == 1 else f"comparison {where}"
-                if len(cells) > 1:
-                    for alg in cells:  # name the cell if one cell alone mixes
-                        inner = _split([r for r in group if r["algorithm"] == alg], lambda r: _value(r.get(key)))
-                        if len(inner) > 1:
-                            scope, by = f"cell {where}/{alg}", inner
-                            break
-                raise TierError(f"{scope} mixes runs of different protocols: {what} ({key}) is "
-                                + "; ".join(f"{v} in {_files(rs)}" for v, rs in by.items())
-                                + ". Report each protocol (tier) separately")
+        cells = sorted(_split(group, lambda r: r["algorithm"]).items())
+        for key, what in PROTOCOL.items():  # a cell that mixes is named before the comparison it spoils
+            for alg, cell in cells:
+                _refuse_mixed(f"cell {where}/{alg}", cell, key, what)
+            _refuse_mixed(f"comparison {where}", group, key, what)
         shapes = _split([r for r in group if arch_key(r) is not None], arch_key)
         if len(shapes) > 1:
             raise TierError(f"architecture {a!r} names {len(shapes)} different networks on {d}: "
                             + "; ".join(f"{k} in {_files(rs)}" for k, rs in shapes.items())
                             + ". Give each network its own name")
-        for alg, cell in _split(group, lambda r: r["algorithm"]).items():
+        for alg, cell in cells:
             sizes = _split(cell, lambda r: _value(r.get("n_params")))
             if len(sizes) > 1:
                 raise TierError(f"architecture {a!r} names networks of different sizes in cell {where}/{alg}: "
                                 + "; ".join(f"{v} parameters in {_files(rs)}" for v, rs in sizes.items())
                                 + ". Give each network its own name")
+
+
+def _refuse_mixed(scope: str, runs: list[dict], key: str, what: str) -> None:
+    by = _split(runs, lambda r: _value(r.get(key)))
+    if len(by) > 1:
+        raise TierError(f"{scope} mixes runs of different protocols: {what} ({key}) is "
+                        + "; ".join(f"{v} in {_files(rs)}" for v, rs in by.items())
+                        + ". Report each protocol (tier) separately")
 
 
 def best_file(run: dict) -> Path | None:
