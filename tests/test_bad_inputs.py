@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import io as _io
 import json
 import math
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from cluster_helpers import TINY, make_repo, snakemake  # noqa: E402
 
 from bpfree import cli, config, io, search  # noqa: E402
-from bpfree.config import ConfigError  # noqa: E402
+from bpfree.errors import BpfreeError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -41,7 +42,7 @@ DEFAULT = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 @dataclass(frozen=True)
 class Case:
     id: str
-    kind: str  # config, snakemake, data, result, journal, checkpoint, cli
+    kind: str  # config, snakemake, data, result, journal, checkpoint, cli, disk
     what: str  # the input, in words
     run: Callable[[Path, Path], str]  # (temp folder, prepared digits) -> the refusal's message
     needles: tuple[str, ...]  # what the message names; "{tmp}" stands for the temp folder
@@ -56,7 +57,7 @@ def config_refusal(check: Callable[[], object]) -> str:
     """The message of the ConfigError that `check()` raises (AssertionError if it accepts)."""
     try:
         check()
-    except ConfigError as e:
+    except BpfreeError as e:  # ConfigError; a config file that cannot be read is a FileError
         return str(e)
     raise AssertionError("the config was accepted")
 
@@ -171,6 +172,19 @@ config_case("no-seeds", "`seeds: []`", lambda c, t: c["protocol"].update(seeds=[
 config_case("unknown-top-level-key", "a misspelt top-level key", lambda c, t: c.update(limit_trian=100),
             "'limit_trian' was unexpected")
 
+config_case("int-step-wider-than-range", "an int search range whose `step` is wider than the range",
+            lambda c, t: (c["algorithms"]["bp"]["fixed"].pop("batch_size"), c["algorithms"]["bp"]["space"].update(
+                batch_size={"type": "int", "low": 32, "high": 64, "step": 100})),
+            "algorithms.bp.space.batch_size.step = 100 is wider than the range 32..64")
+config_case("step-not-dividing-range", "a search range whose `step` does not divide it",
+            lambda c, t: c["algorithms"]["bp"]["space"]["lr"].update(low=1e-3, high=1e-2, log=False, step=4e-3),
+            "algorithms.bp.space.lr.step = 0.004 does not divide the range")
+config_case("impl-relative", "`impl: .bp` (a relative module name)", lambda c, t: c["algorithms"]["bp"].update(
+    impl=".bp"), "algorithms.bp.impl = '.bp'", "is not a module name")
+config_case("country-unknown", "`country_iso_code: XXX` (no carbon intensity in CodeCarbon)",
+            lambda c, t: c["protocol"]["metering"].update(country_iso_code="XXX"),
+            "protocol.metering.country_iso_code = 'XXX'", "world average")
+
 
 def load_case(id: str, what: str, text: str | None, *needles: str) -> None:
     def run(tmp: Path, digits: Path) -> str:
@@ -186,6 +200,12 @@ load_case("config-file-missing", "`--config` naming no file", None, "{tmp}/confi
 load_case("config-not-yaml", "a config file that is not YAML", "datasets: [digits\n", "{tmp}/config.yaml",
           "not valid YAML")
 load_case("config-not-a-mapping", "a config file holding a list", "- digits\n", "a config is a mapping")
+load_case("config-duplicate-key", "a config file that gives `bp:` twice under `algorithms`",
+          "algorithms:\n  bp: {impl: bp}\n  bp: {impl: fa}\n", "{tmp}/config.yaml, line 3, column 3",
+          "the key 'bp' is given twice (first on line 2)")
+load_case("config-yaml-line", "a YAML syntax error (a tab for indentation)", "datasets:\n\t- digits\n",
+          "{tmp}/config.yaml, line 2, column 1", "not valid YAML")
+load_case("config-empty", "an empty config file", "", "config file {tmp}/config.yaml is empty")
 
 
 # ---- through Snakemake: refused before any job ---------------------------------------------------
@@ -213,6 +233,31 @@ snakemake_case("snakemake-space-not-a-range", "`space: {lr: -1}` (a number, not 
                lambda c: c["algorithms"]["bp"].update(space={"lr": -1}), "algorithms.bp.space.lr = -1")
 snakemake_case("snakemake-mf-on-cnn", "`mf` on a CNN, through `snakemake -n`", lambda c: c.update(
     architectures={"tiny": {"type": "cnn", "channels": [4]}}), "comparisons[0]: algorithm mf on architecture tiny")
+
+
+def configfile_case(id: str, what: str, configfile: Callable[[Path], str], *needles: str) -> None:
+    """`snakemake -n --configfile X` with a bad X: one line, exit status 2, no traceback."""
+    def run(tmp: Path, digits: Path) -> str:
+        root = make_repo(tmp / "repo", TINY)
+        out = snakemake(root, "-n", "--configfile", configfile(tmp), check=False)
+        text = out.stdout + out.stderr
+        assert out.returncode == 2, f"{id}: snakemake -n exited {out.returncode}:\n{text[-2000:]}"
+        assert "Traceback" not in text and 'File "' not in text, f"{id}: a traceback for a known failure:\n{text}"
+        return next((line.strip() for line in text.splitlines() if "refused" in line), text[-2000:])
+
+    CASES.append(Case(id, "snakemake", what, run, needles))
+
+
+configfile_case("snakemake-configfile-missing", "a misspelt `--configfile` path",
+                lambda t: str(t / "confg.yaml"), "cannot read config file {tmp}/confg.yaml")
+configfile_case("snakemake-configfile-folder", "a folder given as `--configfile`",
+                lambda t: str(t), "cannot read config file {tmp}", "Is a directory")
+configfile_case("snakemake-configfile-yaml-error", "a `--configfile` with a YAML syntax error",
+                lambda t: str(written(t / "c.yaml", "datasets: [digits\n")), "{tmp}/c.yaml, line 2",
+                "not valid YAML")
+configfile_case("snakemake-configfile-duplicate-key", "a `--configfile` that gives `protocol:` twice",
+                lambda t: str(written(t / "c.yaml", yaml.safe_dump(TINY) + "protocol: {seeds: [0]}\n")),
+                "{tmp}/c.yaml", "the key 'protocol' is given twice")
 
 
 # ---- files and arguments: refused by the command that reads them (one line, exit status 2) ------
@@ -283,6 +328,21 @@ cli_case("data-not-torch", "data", "a prepared `.pt` file that is text",
          lambda t, d: train_argv(t, written(t / "data.pt", "hello")), "prepared data {tmp}/data.pt")
 cli_case("data-lacks-split", "data", "a prepared file without its training images",
          lambda t, d: train_argv(t, data_without(t, d)), "prepared data {tmp}/data.pt", "lacks x_train")
+def label_out_of_range(tmp: Path, digits: Path) -> Path:
+    blob = torch.load(digits, weights_only=True)
+    blob["y_train"][0] = blob["meta"]["n_classes"]
+    torch.save(blob, tmp / "data.pt")
+    return tmp / "data.pt"
+
+
+cli_case("data-label-out-of-range", "data", "a prepared file with a label outside the classes",
+         lambda t, d: train_argv(t, label_out_of_range(t, d)), "prepared data {tmp}/data.pt",
+         "labels in 0..10, for n_classes = 10")
+cli_case("prepare-out-is-folder", "cli", "`bpfree prepare --out` naming a folder",
+         lambda t, d: ["prepare", "--dataset", "digits", "--out", str(t)], "the output {tmp} is a folder")
+cli_case("train-checkpoint-is-folder", "cli", "a run folder whose `checkpoint.pt` is a folder",
+         lambda t, d: (t / "run" / "checkpoint.pt").mkdir(parents=True) or train_argv(t, d),
+         "the output {tmp}/run/checkpoint.pt is a folder")
 cli_case("prepare-unknown-dataset", "data", "`bpfree prepare --dataset svhn`",
          lambda t, d: ["prepare", "--dataset", "svhn", "--out", str(t / "x.pt")], "unknown dataset 'svhn'")
 cli_case("prepare-mnist-without-root", "data", "`bpfree prepare --dataset mnist` without `--data-root`",
@@ -381,6 +441,12 @@ cli_case("best-other-network", "result", "a best.json written for another networ
          lambda t, d: train_argv(t, d, best=written(t / "best.json", json.dumps(
              {"params": PARAMS, "algorithm": "bp", "arch": {"type": "mlp", "widths": [512]}}))),
          "best.json {tmp}/best.json was made for arch")
+cli_case("report-summary-missing", "cli", "`bpfree report --summary` naming no file",
+         lambda t, d: ["report", "--out-dir", str(t / "out"), "--summary", str(t / "none.csv")],
+         "--summary {tmp}/none.csv does not exist")
+cli_case("report-summary-empty", "cli", "`bpfree report --summary` naming an empty file",
+         lambda t, d: ["report", "--out-dir", str(t / "out"), "--summary", str(written(t / "s.csv", ""))],
+         "--summary {tmp}/s.csv is not readable as CSV")
 cli_case("report-bad-statistics", "cli", "`--statistics '{\"resamples\": 5}'`",
          lambda t, d: ["report", "--out-dir", str(t / "out"), "--statistics", '{"resamples": 5}', str(metrics(t))],
          "statistics.resamples = 5")
@@ -485,9 +551,53 @@ cli_case("checkpoint-interval-env", "cli", "`BPFREE_CHECKPOINT_EVERY=ten`", lamb
          "BPFREE_CHECKPOINT_EVERY = 'ten'", env={"BPFREE_CHECKPOINT_EVERY": "ten"})
 cli_case("spec-without-config", "cli", "`bpfree train` with neither `--spec` nor `--config`", lambda t, d: [
          "train", "--data", str(d), "--best", "b.json", "--seed", "0", "--out-dir", str(t)], "give --spec, or --config")
+cli_case("spec-unknown-architecture", "cli", "`bpfree spec --architecture` naming none of the config's",
+         lambda t, d: ["spec", "--config", str(written(t / "c.yaml", yaml.safe_dump(DEFAULT))), "--architecture",
+                       "mlp-9x9", "--algorithm", "bp"], "architecture 'mlp-9x9' is not defined under architectures")
+cli_case("train-unknown-algorithm", "cli", "`bpfree train --config --algorithm` naming none of the config's",
+         lambda t, d: ["train", "--config", str(written(t / "c.yaml", yaml.safe_dump(DEFAULT))), "--architecture",
+                       "mlp-2x256", "--algorithm", "bpp", "--data", str(d), "--best", "b.json", "--seed", "0",
+                       "--out-dir", str(t)], "algorithm 'bpp' is not defined under algorithms")
 cli_case("config-arg-missing-file", "cli", "`bpfree spec --config` naming no file", lambda t, d: [
          "spec", "--config", str(t / "none.yaml"), "--architecture", "a", "--algorithm", "b"],
          "cannot read config file {tmp}/none.yaml")
+
+
+def disk_full_case(id: str, what: str, argv: Callable[[Path, Path], list[str]], fail: str, *needles: str) -> None:
+    """`bpfree argv` on a disk that fills when `fail` (a dotted attribute: a write of bpfree's or of
+    the standard library) is called: refused by name, and no temporary file left anywhere."""
+    def run(tmp: Path, digits: Path) -> str:
+        args = argv(tmp, digits)
+        before = {f for f in tmp.rglob("*") if f.is_file()}
+
+        def full(*a, **k):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(fail, full)
+            message = refused(args)
+        left = [f for f in tmp.rglob("*") if f.is_file() and f not in before and ".tmp" in f.name]
+        assert not left, f"{id}: temporary files left: {left}"
+        return message
+
+    CASES.append(Case(id, "disk", what, run, needles))
+
+
+disk_full_case("disk-full-final-run", "a disk that fills as a final run writes its results",
+               lambda t, d: train_argv(t, d), "pathlib.Path.write_text", "cannot write {tmp}/run/epochs.csv",
+               "No space left on device")
+disk_full_case("disk-full-report", "a disk that fills as the report writes its tables",
+               lambda t, d: report_argv(t, run_folder(t, "epoch,val_acc,seconds\n1,90,1\n2,91,1\n3,92,1\n")),
+               "pathlib.Path.write_text", "cannot write {tmp}/out/", "No space left on device")
+disk_full_case("disk-full-journal", "a disk that fills as a search appends to its study journal",
+               lambda t, d: ["search", "--spec", json.dumps(SEARCH), "--data", str(d), "--journal",
+                             str(t / "study.journal"), "--best", str(t / "best.json")],
+               "bpfree.search.os.fsync", "cannot write the study journal {tmp}/study.journal",
+               "No space left on device")
+cli_case("journal-is-folder", "journal", "a study journal path that is a folder",
+         lambda t, d: (t / "study.journal").mkdir() or ["search", "--spec", json.dumps(SEARCH), "--data", str(d),
+                                                        "--journal", str(t / "study.journal")],
+         "the output {tmp}/study.journal is a folder")
 
 
 # ---- checkpoints: a bad one is refused (ignored, and the log says why); the run starts afresh -----
@@ -564,8 +674,11 @@ def markdown() -> str:
         "Every known failure names the key or the file at fault (and the value). A config key is refused",
         "before any job runs (by the config check that `snakemake` and `bpfree --config` run); a data file,",
         "result file, journal or argument by the `bpfree` command that reads it, as one line",
-        "`bpfree <command>: error: <message>` with exit status 2. A bad checkpoint is ignored, and the log",
-        "says why. Find your message below to see which input causes it.",
+        "`bpfree <command>: error: <message>` with exit status 2. A file named by `snakemake --configfile` is",
+        "read while the workflow's profile is (before Snakemake reads it), so a missing file, a YAML error",
+        "(with its line and column) or a key given twice is one line too. A write that fails (a full disk, a",
+        "folder in the way) names the file and leaves no temporary file; what was finished before stays. A",
+        "bad checkpoint is ignored, and the log says why. Find your message below to see which input causes it.",
         "",
         "This table is generated from the test corpus `tests/test_bad_inputs.py` (each row is a test);",
         "regenerate it with `.venv/bin/python tests/test_bad_inputs.py docs/errors.md`. `<tmp>` stands for",

@@ -132,3 +132,20 @@ def test_bpfree_version_names_the_release_and_the_commit(capsys):
         cli.main(["--version"])
     assert e.value.code == 0
     assert re.fullmatch(r"bpfree \S+, commit \S+.*\n", capsys.readouterr().out)
+
+
+def test_configfiles_of_a_snakemake_command_line_are_read_in_every_spelling(tmp_path, monkeypatch, capsys):
+    """config.check_files (called while the workflow's profiles are read) finds the files after
+    `--configfile X Y`, `--configfiles X` and `--configfile=X`, and stops at the next option."""
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({"datasets": ["digits"]}))
+    for argv in (["--configfile", str(good), str(good), "--cores", "1"], [f"--configfile={good}", "all"],
+                 ["--configfiles", str(good), "-n"], ["-n"]):
+        monkeypatch.setattr("sys.argv", ["snakemake", *argv])
+        config.check_files()  # no exit
+    for argv in (["--configfile", str(good), str(tmp_path / "typo.yaml")], [f"--configfile={tmp_path / 'typo.yaml'}"]):
+        monkeypatch.setattr("sys.argv", ["snakemake", *argv])
+        with pytest.raises(SystemExit) as e:
+            config.check_files()
+        assert e.value.code == 2
+        assert f"cannot read config file {tmp_path / 'typo.yaml'}" in capsys.readouterr().err

@@ -125,12 +125,10 @@ class Checkpoint:
 
     def save(self, state: dict) -> None:
         t0 = time.perf_counter()
-        tmp = io.tmp_path(self.path)
-        with open(tmp, "wb") as f:
+        with io.atomic(self.path) as tmp, open(tmp, "wb") as f:
             torch.save({**state, "format": FORMAT, "key": self.key, "extra": self.extra}, f)
             f.flush()
             os.fsync(f.fileno())
-        tmp.replace(self.path)
         self._last = time.monotonic()
         self.seconds += time.perf_counter() - t0
         self.saves += 1

@@ -78,8 +78,7 @@ def _outputs(cmd: str, files: list[str | Path | None]) -> None:
     from bpfree import io
 
     files = [Path(f) for f in files if f]
-    for folder in dict.fromkeys(f.parent for f in files):
-        io.check_writable(folder)
+    io.check_outputs(files)
     for stale in io.remove_stale_tmp(files):
         print(f"bpfree {cmd}: removed {stale}, left by an interrupted write", file=sys.stderr, flush=True)
 
@@ -164,14 +163,9 @@ def cmd_report(a: argparse.Namespace) -> None:
 def _config_statistics(path: str) -> dict:
     """protocol.statistics of a config file (what the workflow's report rule passes), read without
     the config's other checks: a report can be rebuilt where the data are not."""
-    import yaml
+    from bpfree import io
 
-    try:
-        cfg = yaml.safe_load(Path(path).read_text())
-    except OSError as e:
-        raise BpfreeError(f"--config {path}: cannot read it ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise BpfreeError(f"--config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    cfg = io.read_yaml(path)
     if not isinstance(cfg, dict) or not isinstance(cfg.get("protocol", {}), dict):
         raise BpfreeError(f"--config {path} is not a bpfree config (a mapping with `protocol`)")
     return (cfg.get("protocol") or {}).get("statistics") or {}

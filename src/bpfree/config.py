@@ -7,13 +7,13 @@ changed, and the `bpfree` command line takes the same spec without Snakemake.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-import yaml
-
-from bpfree import algorithms, hparams, models
+from bpfree import algorithms, hparams, io, models
 from bpfree.algorithms.base import check_architecture
 from bpfree.errors import ConfigError  # noqa: F401 - raised by every check here; callers import it from config
+from bpfree.errors import FileError
 from bpfree.hparams import PROTOCOL_KEYS  # noqa: F401 - settings only `protocol` may hold
 from bpfree import schema
 from bpfree.schema import SCHEMA  # the schema's path, defaults and errors live there (no torch)
@@ -25,15 +25,35 @@ MOVED = ((("protocol", "metering", "target_fraction"), ("protocol", "statistics"
 
 def load(path: str | Path) -> dict:
     """Read, validate (filling schema defaults) and check a config file."""
-    try:
-        with open(path) as f:
-            cfg = yaml.safe_load(f)
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    cfg = io.read_yaml(path)
     validate(cfg)
     return cfg
+
+
+def check_files(paths: list[str | Path] | None = None) -> None:
+    """Read each config file strictly (io.read_yaml); on a missing, empty, non-YAML one, one that
+    is not a mapping, or one with a key given twice, print one line naming it and exit with status 2. `paths`: by default
+    the `--configfile(s)` of this process's snakemake command line. Snakemake reads those before
+    the Snakefile, with a traceback for a missing file and no line number for a syntax error, so
+    the workflow's profiles call this while they are parsed (a yte definition); the Snakefile calls
+    it too, for a duplicate key under any profile."""
+    if paths is None:
+        paths, taking = [], False
+        for arg in sys.argv[1:]:
+            option, eq, value = arg.partition("=")
+            if option in ("--configfile", "--configfiles"):
+                paths, taking = paths + ([value] if eq else []), not eq
+            elif arg.startswith("-"):
+                taking = False
+            elif taking:
+                paths.append(arg)
+    for path in paths:
+        try:
+            if not isinstance(io.read_yaml(path), dict):
+                raise FileError(f"config file {path} is not a mapping of keys (datasets, architectures, ...)")
+        except FileError as e:
+            sys.stderr.write(f"bpfree: the config is refused: {e}\n")
+            raise SystemExit(2) from None
 
 
 def validate(cfg: dict, device: bool = True) -> None:
@@ -107,6 +127,9 @@ def check(cfg: dict, device: bool = True) -> None:
             if d not in cfg["datasets"]:
                 raise ConfigError(f"comparisons[{i}].datasets: {d!r} is not in datasets {cfg['datasets']}")
     _check_search_fidelity(cfg)
+    from bpfree.metering import check_country
+
+    check_country(cfg["protocol"]["metering"]["country_iso_code"])
     if device:
         from bpfree.device import check_device  # imports torch: only where the device is checked
 
@@ -161,7 +184,11 @@ def cells(cfg: dict) -> list[tuple[str, str, str]]:
 
 
 def train_spec(cfg: dict, architecture: str, algorithm: str) -> dict:
-    """Everything besides data, hyperparameters and seed that decides a training run's result."""
+    """Everything besides data, hyperparameters and seed that decides a training run's result.
+    ConfigError when the config defines no such architecture or algorithm."""
+    for what, name in (("architectures", architecture), ("algorithms", algorithm)):
+        if name not in cfg[what]:
+            raise ConfigError(f"{what[:-1]} {name!r} is not defined under {what} ({', '.join(cfg[what])})")
     entry = cfg["algorithms"][algorithm]
     proto = cfg["protocol"]
     return {"algorithm": algorithm, "impl": entry["impl"], "architecture": architecture,

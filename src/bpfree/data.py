@@ -196,9 +196,8 @@ def prepare(dataset: str, data_root: str | Path | None, out: str | Path,
     blob = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in arr.items()}
     blob["meta"] = meta
     out = Path(out)
-    tmp = io.tmp_path(out)
-    torch.save(blob, tmp)
-    tmp.replace(out)  # atomic: a killed job never leaves a truncated data file
+    with io.atomic(out) as tmp:  # a killed job never leaves a truncated data file
+        torch.save(blob, tmp)
     return meta
 
 
@@ -239,6 +238,12 @@ def load(path: str | Path, device: torch.device | str = "cpu", limit_train: int 
                         f"{str(e).splitlines()[0] if str(e) else ''}); delete it and prepare it again") from None
     if missing:
         raise DataError(f"prepared data {path} lacks {', '.join(missing)}; delete it and prepare it again")
+    for split in ("train", "val", "test"):  # a label outside the classes would fail deep in a loss
+        x, y = blob[f"x_{split}"], blob[f"y_{split}"]
+        if len(x) != len(y) or (len(y) and not (0 <= int(y.min()) and int(y.max()) < meta["n_classes"])):
+            raise DataError(f"prepared data {path}: the {split} split has {len(x)} images and {len(y)} labels in "
+                            f"{int(y.min()) if len(y) else '-'}..{int(y.max()) if len(y) else '-'}, for "
+                            f"n_classes = {meta['n_classes']}; delete it and prepare it again")
     c = len(meta["mean"])
     mean = torch.tensor(meta["mean"], dtype=torch.float32, device=device).view(1, c, 1, 1)
     std = torch.tensor(meta["std"], dtype=torch.float32, device=device).view(1, c, 1, 1)

@@ -284,6 +284,19 @@ def _check_space(key: str, f: Field, p: Mapping[str, Any]) -> None:
         raise ConfigError(f"{key}.low = {p['low']} is above {key}.high = {p['high']}")
     if p.get("log") and p["low"] <= 0:
         raise ConfigError(f"{key}.low = {p['low']}: a log-scale range must start above 0")
+    step = p.get("step")
+    if step is not None:  # Optuna would only warn in a job's log, and search what remains
+        if p.get("log"):
+            raise ConfigError(f"{key}.step = {step}: a log-scale range takes no step")
+        if kind == "int" and not float(step).is_integer():
+            raise ConfigError(f"{key}.step = {step}: an int range takes a whole step")
+        width = p["high"] - p["low"]
+        if step > width > 0:
+            raise ConfigError(f"{key}.step = {step} is wider than the range {p['low']}..{p['high']}: "
+                              "the search would try only the low bound")
+        if width > 0 and not math.isclose(width / step, round(width / step), abs_tol=1e-9):
+            raise ConfigError(f"{key}.step = {step} does not divide the range {p['low']}..{p['high']}: "
+                              "the search would never reach the high bound")
 
 
 def _probes(fixed: Mapping[str, Any], space: Mapping[str, Any]) -> Iterator[dict]:

@@ -2,12 +2,15 @@
 killed job never leaves a half-written result that looks finished."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from bpfree.errors import FileError
 
@@ -18,11 +21,28 @@ def tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def write_text(path: str | Path, text: str) -> None:
+@contextlib.contextmanager
+def atomic(path: str | Path, suffix: str = "tmp") -> Iterator[Path]:
+    """Yield a temporary path beside `path` to write; when the block ends it replaces `path`. On
+    any failure the temporary file is removed and `path` is left as it was; an OSError (a full disk,
+    no permission, a folder in the way) becomes FileError naming `path`."""
     path = Path(path)
-    tmp = tmp_path(path)
-    tmp.write_text(text)
-    tmp.replace(path)
+    tmp = None
+    try:
+        tmp = tmp_path(path).with_suffix(f".{suffix}")
+        yield tmp
+        tmp.replace(path)
+    except BaseException as e:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise FileError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic(path) as tmp:
+        tmp.write_text(text)
 
 
 def _default(o: Any) -> Any:
@@ -49,6 +69,61 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
                         "that writes it") from None
 
 
+class DuplicateKey(yaml.constructor.ConstructorError):
+    pass
+
+
+class StrictYaml(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (with both lines)."""
+
+    def construct_mapping(self, node, deep=False):
+        first = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key == "<<" or not isinstance(key, (str, int, float, bool)):  # merge keys; PyYAML refuses the rest
+                continue
+            if key in first:
+                raise DuplicateKey(
+                    None, None, f"the key {key!r} is given twice (first on line {first[key] + 1})", key_node.start_mark)
+            first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """The parsed YAML file, read strictly: FileError naming it when it cannot be read, is empty,
+    is not YAML (with the line and column), or gives one key twice in a mapping (PyYAML would keep
+    the last one without a word: a second `bp:` entry would replace the first)."""
+    try:
+        with open(path) as f:
+            value = yaml.load(f, StrictYaml)
+    except OSError as e:
+        raise FileError(f"cannot read {what} {path}: {e.strerror}") from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = e.problem if isinstance(e, DuplicateKey) else f"not valid YAML: {e.problem}"
+        raise FileError(f"{what} {path}{where}: {problem}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise FileError(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if value is None:
+        raise FileError(f"{what} {path} is empty")
+    return value
+
+
+def read_csv(path: str | Path, what: str = "CSV file", remedy: str = ""):
+    """The file as a pandas DataFrame, or FileError naming it (missing, unreadable, empty or
+    malformed); `remedy` is appended to the message ("; restore it, ...")."""
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path)
+    except FileNotFoundError:
+        raise FileError(f"{what} {path} does not exist{remedy}") from None
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise FileError(f"{what} {path} is not readable as CSV ({getattr(e, 'strerror', None) or type(e).__name__})"
+                        f"{remedy}") from None
+
+
 def check_writable(folder: str | Path) -> None:
     """FileError naming `folder` unless it exists (or can be made) and a file can be created in it:
     checked before a job's long work, not after it."""
@@ -60,6 +135,17 @@ def check_writable(folder: str | Path) -> None:
         probe.unlink()
     except OSError as e:
         raise FileError(f"cannot write to the output folder {folder}: {e.strerror or e}") from None
+
+
+def check_outputs(files: Iterable[str | Path | None]) -> None:
+    """FileError naming the first output that is a folder, or whose folder cannot be written:
+    checked before a job's long work, not after it."""
+    files = [Path(f) for f in files if f]
+    for f in files:
+        if f.is_dir():
+            raise FileError(f"the output {f} is a folder: give a file path, or remove the folder")
+    for folder in dict.fromkeys(f.parent for f in files):
+        check_writable(folder)
 
 
 def _alive(pid: int) -> bool:
@@ -99,7 +185,5 @@ def write_csv(path: str | Path, df) -> None:
 
 
 def save_figure(fig, path: str | Path, **kw) -> None:
-    path = Path(path)
-    tmp = tmp_path(path).with_suffix(path.suffix)
-    fig.savefig(tmp, **kw)
-    tmp.replace(path)
+    with atomic(path, suffix=Path(path).suffix.lstrip(".")) as tmp:
+        fig.savefig(tmp, **kw)

@@ -38,6 +38,7 @@ opens the window and puts these together. Device synchronisation and NVML: bpfre
 from __future__ import annotations
 
 import bisect
+import difflib
 import gc
 import logging
 import os
@@ -51,6 +52,7 @@ from typing import Any
 import torch
 
 from bpfree.device import load_nvml, nvml_handle, sync, text
+from bpfree.errors import ConfigError
 
 KWH = 3.6e6  # joules per kWh
 MIB = 2**20
@@ -229,6 +231,19 @@ def open_gpu(nvml: Any, device: torch.device | int) -> Gpu | None:
 
 
 # ---- CodeCarbon -----------------------------------------------------------------------------------
+
+def check_country(code: str, key: str = "protocol.metering.country_iso_code") -> None:
+    """ConfigError unless CodeCarbon has a carbon intensity for the ISO 3166-1 alpha-3 `code`: for
+    a code it does not know, CodeCarbon records the world average under that code's name."""
+    from codecarbon.input import DataSource
+
+    known = DataSource().get_global_energy_mix_data()
+    if code not in known:
+        close = difflib.get_close_matches(code, known, n=3, cutoff=0.6)
+        raise ConfigError(f"{key} = {code!r}: CodeCarbon has no carbon intensity for this country code (it would "
+                          f"record the world average); give an ISO 3166-1 alpha-3 code such as "
+                          f"{', '.join(close or ['FRA', 'DEU', 'USA'])}")
+
 
 def codecarbon_tracker(country: str, output_dir: str, interval_s: float = 1.0) -> Any:
     """CodeCarbon's offline tracker (no network), recording after each of its measurements the

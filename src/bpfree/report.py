@@ -101,11 +101,7 @@ def read_curves(runs: list[dict]) -> dict[tuple, pd.DataFrame]:
         if not f.exists():
             raise FileError(f"{f} is missing beside its metrics.json: restore it, or delete the run's folder and "
                             "rerun it")
-        try:
-            df = pd.read_csv(f)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-            raise FileError(f"{f} is not readable as CSV ({type(e).__name__}): restore it, or delete the run's "
-                            "folder and rerun it") from None
+        df = io.read_csv(f, "epochs.csv", ": restore it, or delete the run's folder and rerun it")
         n = m.get("epochs")
         if isinstance(n, int) and (len(df) < n or "val_acc" not in df):
             raise FileError(f"{f} holds {len(df)} epochs, its metrics.json {n}: it is truncated; restore it, or "
@@ -856,7 +852,7 @@ def report_from_summary(summary_csv: str | Path, out_dir: str | Path,
     claims) recomputed from a recorded summary.csv, e.g. one committed under docs/: what needs only
     the per-run figures, without the runs' folders (no plots, no time to target)."""
     cfg = statistics if isinstance(statistics, StatsConfig) else StatsConfig.from_dict(statistics)
-    runs = pd.read_csv(summary_csv)
+    runs = io.read_csv(summary_csv, "--summary")
     missing = [k for k in (*CELL, "seed", "test_accuracy") if k not in runs]
     if missing:
         raise ValueError(f"{summary_csv}: lacks the columns {', '.join(missing)}")

@@ -2,11 +2,12 @@
 journal file so that a killed search resumes with every finished trial kept."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
@@ -19,11 +20,12 @@ from bpfree.data import Data, balanced_subset, load, warnings
 from bpfree.device import resolve_device, set_flush_denormal
 from bpfree.engine import Diverged, Stopping, fit
 from bpfree.errors import BpfreeError, FileError
+from bpfree.progress import Progress
 
 
 class JournalError(FileError):
-    """A study journal holds a corrupt record; the message names the file, the line and the remedy."""
-from bpfree.progress import Progress
+    """A study journal holds a corrupt record or cannot be written; the message names the file (and
+    the line and the remedy)."""
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -44,6 +46,16 @@ def sample(trial: optuna.Trial, space: dict) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def _journal_writes(path: str) -> Iterator[None]:
+    """An OSError on the journal or its lock file (no permission, a full disk, a folder in the way)
+    becomes JournalError naming the journal."""
+    try:
+        yield
+    except OSError as e:
+        raise JournalError(f"cannot write the study journal {path} (or its lock file): {e.strerror or e}") from None
+
+
 class Journal(JournalFileBackend):
     """Optuna's journal file, made to survive a torn write (a full disk, a lost node, a killed
     write): a last record without its newline would be glued to the next appended record, and
@@ -53,11 +65,12 @@ class Journal(JournalFileBackend):
     JournalError naming the file, the line and what to do. `log(message)` reports repairs."""
 
     def __init__(self, path: str, log: Callable[[str], None] | None = None):
-        super().__init__(path, lock_obj=JournalFileOpenLock(path))
         self.log = log or (lambda msg: None)
-        with get_lock_file(self._lock):
-            check_journal(path)
-            self._repair_tail()
+        with _journal_writes(path):
+            super().__init__(path, lock_obj=JournalFileOpenLock(path))
+            with get_lock_file(self._lock):
+                check_journal(path)
+                self._repair_tail()
 
     def _repair_tail(self) -> None:
         """Call under the lock."""
@@ -99,7 +112,7 @@ class Journal(JournalFileBackend):
             raise
 
     def append_logs(self, logs: list[dict]) -> None:
-        with get_lock_file(self._lock):
+        with _journal_writes(self._file_path), get_lock_file(self._lock):
             self._repair_tail()
             text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
             with open(self._file_path, "ab") as f:

@@ -16,7 +16,7 @@ from bpfree.data import Data, load, warnings
 from bpfree.device import resolve_device, set_flush_denormal
 from bpfree.engine import Diverged, FitResult, Stopping, fit
 from bpfree.errors import FileError
-from bpfree.metering import KWH, Meter
+from bpfree.metering import KWH, Meter, check_country
 from bpfree.progress import Progress
 
 # What a run writes into its folder (their temporary files, left by a kill, are removed at start).
@@ -44,7 +44,7 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
     if threads:
         torch.set_num_threads(threads)
     out_dir = Path(out_dir)
-    io.check_writable(out_dir)  # now, not after the last epoch
+    io.check_outputs(out_dir / f for f in OUTPUTS)  # now, not after the last epoch
     stale = io.remove_stale_tmp(out_dir / f for f in OUTPUTS)
     device = resolve_device(spec["device"])
     flushed = set_flush_denormal(spec)
@@ -129,6 +129,7 @@ def check_best(best: dict, spec: dict, dataset: str, path: str | Path) -> None:
 def build_meter(device: torch.device, spec: dict, log: Progress) -> Meter:
     """The energy meter of a final run, from the spec's `metering` settings."""
     m = spec.get("metering", {})
+    check_country(m.get("country_iso_code", "FRA"), "spec metering.country_iso_code")
     if m.get("idle_seconds", 0):
         log(f"idle-power baseline: {m['idle_seconds']} s")
     return Meter(device, country=m.get("country_iso_code", "FRA"), idle_seconds=m.get("idle_seconds", 0),

@@ -10,6 +10,7 @@ import functools
 # The schema (defaults filled in) and what it cannot express, before any job; a bad value is a known
 # failure: one line naming the key, exit status 2, no traceback. The device is checked where jobs
 # run: a cluster's submit host need not have its nodes' GPUs.
+bpcfg.check_files(workflow.overwrite_configfiles)  # a key given twice: Snakemake keeps the last
 try:
     bpcfg.validate(config, device=workflow.local_exec)
 except bpcfg.ConfigError as e:

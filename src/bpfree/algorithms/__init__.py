@@ -13,6 +13,10 @@ HERE = Path(__file__).parent
 
 
 def module_name(impl: str) -> str:
+    """The module of `impl`; ValueError if it cannot name one (empty, relative, a path)."""
+    if not isinstance(impl, str) or not all(part.isidentifier() for part in impl.split(".")):
+        raise ValueError(f"{impl!r} is not a module name: give a shipped implementation "
+                         f"({', '.join(available())}) or an absolute dotted path such as mypackage.myalgo")
     return impl if "." in impl else f"bpfree.algorithms.{impl}"
 
 
@@ -24,11 +28,13 @@ def available() -> list[str]:
 def get(impl: str) -> type[Algorithm]:
     try:
         mod = importlib.import_module(module_name(impl))
-    except ModuleNotFoundError as e:
-        stem = impl.split("-")[0]
+    except (ModuleNotFoundError, ValueError) as e:
+        stem = impl.split("-")[0] if isinstance(impl, str) else impl
         if stem != impl and stem in available():  # a config entry's name, e.g. fwdgrad-weight
             raise ValueError(f"{impl!r} is not an implementation but reads like a config entry's name: "
-                             f"did you mean {stem!r}? (an entry's `impl`)") from e
+                             f"did you mean {stem!r}? (an entry's `impl`)") from None
+        if isinstance(e, ValueError):  # not a module name
+            raise
         raise ValueError(f"unknown algorithm implementation {impl!r} ({e}); "
                          f"shipped: {', '.join(available())}") from e
     cls = getattr(mod, "ALGORITHM", None)
@@ -39,7 +45,10 @@ def get(impl: str) -> type[Algorithm]:
 
 def source_file(impl: str) -> Path:
     """The file that implements `impl` (declared as an input of its jobs so edits rerun them)."""
-    spec = importlib.util.find_spec(module_name(impl))
+    try:
+        spec = importlib.util.find_spec(module_name(impl))
+    except ModuleNotFoundError:  # a dotted path whose package is missing
+        spec = None
     if spec is None or spec.origin is None:
         raise ValueError(f"unknown algorithm implementation {impl!r}; shipped: {', '.join(available())}")
     return Path(spec.origin)
