@@ -11,7 +11,7 @@ import functools
 # failure: one line naming the key, exit status 2, no traceback. The device is checked where jobs
 # run: a cluster's submit host need not have its nodes' GPUs.
 try:
-    bpcfg.validate(config, device=workflow.local_exec)
+    bpcfg.validate(config, device=workflow.local_exec, base=Path(workflow.basedir))
 except bpcfg.ConfigError as e:
     sys.stderr.write(f"bpfree: the config is refused: {e}\n")
     sys.exit(2)
