@@ -1,5 +1,5 @@
 # bpfree: data -> per-algorithm Optuna search -> final runs over seeds (metered) -> report.
-# Run: snakemake --cores 2        Config: config/config.yaml (schema: workflow/schemas/)
+# Run: snakemake --cores 2        Config: config/config.yaml (schema: src/bpfree/config.schema.yaml)
 from pathlib import Path
 
 from snakemake.utils import min_version

@@ -38,7 +38,7 @@ def env() -> dict:
 
 
 def make_repo(root: Path, config: dict | None = None) -> Path:
-    """A copy of the workflow (Snakefile, rules, schemas, profiles, the package sources that jobs
+    """A copy of the workflow (Snakefile, rules, profiles, the package sources and schema that jobs
     declare as inputs) with `config` as config/config.yaml. The jobs run the installed bpfree."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "Snakefile", root / "Snakefile")

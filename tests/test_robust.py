@@ -119,7 +119,7 @@ def test_search_provenance_is_the_code_at_its_start(tmp_path, digits_path, capsy
 
 
 def test_workflow_and_package_share_one_core_list():
-    common = (bpcfg.ROOT / "workflow" / "rules" / "common.smk").read_text()
+    common = (sources.checkout() / "workflow" / "rules" / "common.smk").read_text()
     assert "CORE_SRC = [str(f) for f in bpsources.core(SRC)]" in common
     assert {"checkpoint.py", "hparams.py", "errors.py"} <= set(sources.CORE)
     assert all(f.exists() for f in sources.core())
@@ -133,7 +133,7 @@ def test_git_dirty_counts_untracked_files_in_the_package_tree(tmp_path, monkeypa
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "."], check=True)
     subprocess.run([*git, "commit", "-qm", "init"], check=True)
-    monkeypatch.setattr(provenance, "ROOT", repo)
+    monkeypatch.setattr(sources, "checkout", lambda: repo)
     provenance.git.cache_clear()
     try:
         assert provenance.git()["git_dirty"] is False

@@ -274,15 +274,14 @@ class _Version(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         import importlib.metadata
-        import subprocess
+
+        from bpfree import sources
 
         try:
             version = importlib.metadata.version("bpfree")
         except importlib.metadata.PackageNotFoundError:
             version = "not installed"
-        root = Path(__file__).resolve().parents[2]
-        git = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        commit = git.stdout.strip() if git.returncode == 0 else "unknown (not a checkout)"
+        commit = sources.git("rev-parse", "--short", "HEAD") or "unknown (not a checkout)"
         print(f"bpfree {version}, commit {commit}")
         parser.exit()
 

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from bpfree import algorithms, hparams, io, models
+from bpfree import algorithms, hparams, io, models, sources
 from bpfree.algorithms.base import check_architecture
 from bpfree.errors import ConfigError  # noqa: F401 - raised by every check here; callers import it from config
 from bpfree.errors import FileError
@@ -18,7 +18,6 @@ from bpfree.hparams import PROTOCOL_KEYS  # noqa: F401 - settings only `protocol
 from bpfree import schema
 from bpfree.schema import SCHEMA  # the schema's path, defaults and errors live there (no torch)
 
-ROOT = Path(__file__).resolve().parents[2]
 # Keys that moved: (old path, new path). A config that still has one is refused with the new place.
 MOVED = ((("protocol", "metering", "target_fraction"), ("protocol", "statistics", "target_fraction")),)
 
@@ -32,8 +31,8 @@ def load(path: str | Path) -> dict:
 
 def check_files(paths: list[str | Path] | None = None) -> None:
     """Read each config file strictly (io.read_yaml); on a missing, empty, non-YAML one, one that
-    is not a mapping, or one with a key given twice, print one line naming it and exit with status 2. `paths`: by default
-    the `--configfile(s)` of this process's snakemake command line. Snakemake reads those before
+    is not a mapping, or one with a key given twice, print one line naming it and exit with status
+    2. `paths`: by default the `--configfile(s)` of this process's snakemake command line. Snakemake reads those before
     the Snakefile, with a traceback for a missing file and no line number for a syntax error, so
     the workflow's profiles call this while they are parsed (a yte definition); the Snakefile calls
     it too, for a duplicate key under any profile."""
@@ -56,9 +55,10 @@ def check_files(paths: list[str | Path] | None = None) -> None:
             raise SystemExit(2) from None
 
 
-def validate(cfg: dict, device: bool = True) -> None:
+def validate(cfg: dict, device: bool = True, base: Path | None = None) -> None:
     """Schema validation with defaults filled in (Snakemake's validator), then `check` (`device`:
-    whether this machine must offer the config's device); ConfigError names the first bad key."""
+    whether this machine must offer the config's device; `base`: the folder a relative data_root is
+    taken from); ConfigError names the first bad key."""
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate as sm_validate
 
@@ -69,7 +69,7 @@ def validate(cfg: dict, device: bool = True) -> None:
         sm_validate(cfg, str(SCHEMA))
     except WorkflowError as e:
         raise ConfigError(_schema_error(cfg) or str(e)) from None
-    check(cfg, device=device)
+    check(cfg, device=device, base=base)
 
 
 def refuse_moved(cfg: dict) -> None:
@@ -89,13 +89,14 @@ def _schema_error(cfg: dict) -> str | None:
     return schema.first_error(cfg)
 
 
-def check(cfg: dict, device: bool = True) -> None:
+def check(cfg: dict, device: bool = True, base: Path | None = None) -> None:
     """What the schema cannot express: cross-references, every algorithm's settings against its
     declaration (bpfree.hparams), architectures the algorithms can run on, and values that must
-    name something real on this machine (data_root's folders; `device`, unless `device` is False:
-    a cluster's submit host need not have the compute nodes' GPUs)."""
+    name something real on this machine (data_root's folders, a relative data_root taken from
+    `base`, by default the checkout the package runs from, else the current folder; `device`,
+    unless `device` is False: a cluster's submit host need not have the compute nodes' GPUs)."""
     algos, archs = cfg["algorithms"], cfg["architectures"]
-    _check_datasets(cfg)
+    _check_datasets(cfg, base or sources.checkout() or Path.cwd())
     for name, arch in archs.items():
         try:
             models.check(arch)  # the type's record in models.REGISTRY
@@ -144,7 +145,7 @@ def _check_search_fidelity(cfg: dict) -> None:
                           "train on a subset of the final runs' split")
 
 
-def _check_datasets(cfg: dict) -> None:
+def _check_datasets(cfg: dict, base: Path) -> None:
     """Every dataset is in the registry (bpfree.data.REGISTRY); data_root holds the folders of
     those that are read from files."""
     from bpfree.data import REGISTRY
@@ -160,7 +161,7 @@ def _check_datasets(cfg: dict) -> None:
             raise ConfigError(f"data_root = null but datasets = {cfg['datasets']}: only {built_in} is built in; "
                               "set data_root to the folder with MNIST/, FashionMNIST/, ...")
         return
-    where = ROOT / root  # a relative data_root is taken from the repository root
+    where = base / root
     if not where.is_dir():
         raise ConfigError(f"data_root = {root!r}: no such folder ({where})")
     for ds in needed:

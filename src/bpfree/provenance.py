@@ -6,36 +6,25 @@ import importlib.metadata
 import os
 import platform
 import socket
-import subprocess
 from functools import lru_cache
-from pathlib import Path
 
 import torch
 
 from bpfree import device as devices
 from bpfree import sources
 
-ROOT = Path(__file__).resolve().parents[2]
 # The packages whose versions every result records and `bpfree doctor` prints (distribution names).
 PACKAGES = ("bpfree", "torch", "numpy", "optuna", "codecarbon", "pandas", "snakemake", "scikit-learn", "nvidia-ml-py")
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 @lru_cache(maxsize=1)
 def git() -> dict:
     """Commit of the source tree and whether the package tree (src/) holds files that are modified
     or not tracked (not ignored) since it (None: not a checkout)."""
-    commit = _git("rev-parse", "HEAD")
+    commit = sources.git("rev-parse", "HEAD")
     if commit is None:
         return {"git_commit": None, "git_dirty": None}
-    status = _git("status", "--porcelain", "--untracked-files=all", "--", "src")
+    status = sources.git("status", "--porcelain", "--untracked-files=all", "--", "src")
     return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
 
 
@@ -99,7 +88,7 @@ def finished(start: dict, spec: dict) -> tuple[dict, str | None]:
     job ran would be recorded as the code that produced its result."""
     now = sources.hashes(spec.get("impl"), extra=_stage(spec))
     files = sorted(f for f in {*now, *start["sources"]} if now.get(f) != start["sources"].get(f))
-    commit = _git("rev-parse", "HEAD") if start.get("git_commit") else None
+    commit = sources.git("rev-parse", "HEAD") if start.get("git_commit") else None
     if not files and commit == start.get("git_commit"):
         return start, None
     changed = {"files": files, "git_commit_at_end": commit}

@@ -1,5 +1,6 @@
-"""The config schema (workflow/schemas/config.schema.yaml): its path, and the defaults it declares,
-read without importing torch (the report and its statistics need none)."""
+"""The config schema (config.schema.yaml beside this module, shipped with the package; the workflow
+validates against the same file): its path, and the defaults it declares, read without importing
+torch (the report and its statistics need none)."""
 from __future__ import annotations
 
 import functools
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = Path(__file__).resolve().parent / "config.schema.yaml"
 
 
 @functools.cache

@@ -6,10 +6,31 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
+
+
+def checkout() -> Path | None:
+    """The repository this package runs from (src/bpfree of a checkout: an editable install or
+    PYTHONPATH=src); None for an installed copy (`pip install .`), whose code no checkout describes."""
+    root = PACKAGE.parents[1]
+    return root if (root / "Snakefile").is_file() else None
+
+
+def git(*args: str) -> str | None:
+    """The output of `git ARGS` in `checkout()`; None for an installed copy (one inside a checkout's
+    .venv must not report that checkout's commit) or where git fails."""
+    root = checkout()
+    if root is None:
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
 
 # Besides the algorithm's own module: the engine every algorithm runs through and what it reads.
 CORE = ("engine.py", "models.py", "data.py", "checkpoint.py", "hparams.py", "errors.py", "algorithms/base.py")

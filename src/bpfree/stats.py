@@ -46,7 +46,7 @@ NOT_METRIC_PREFIXES = ("hp_", "search_")  # a run's hyperparameters and its sear
 # can reach beyond the observed values, so at n <= 4 none reaches its nominal coverage.
 INTERVALS = tuple(schema.section("protocol", "statistics")["interval"]["enum"])
 VERDICT_METHODS = tuple(schema.section("protocol", "statistics")["verdict_method"]["enum"])
-# The defaults of `protocol.statistics` are the schema's (workflow/schemas/config.schema.yaml), their
+# The defaults of `protocol.statistics` are the schema's (src/bpfree/config.schema.yaml), their
 # one home. Margins of the verdicts, in the unit of each metric's delta (pp or %). Accuracy 0.5 pp:
 # the size of the largest MLP accuracy edge the original study claimed on MNIST/Fashion-MNIST
 # (+0.51 pp) and within the seed-to-seed sd it published for bp (0.10-0.63 pp). Time, energy,

@@ -12,7 +12,7 @@ import functools
 # run: a cluster's submit host need not have its nodes' GPUs.
 bpcfg.check_files(workflow.overwrite_configfiles)  # a key given twice: Snakemake keeps the last
 try:
-    bpcfg.validate(config, device=workflow.local_exec)
+    bpcfg.validate(config, device=workflow.local_exec, base=Path(workflow.basedir))
 except bpcfg.ConfigError as e:
     sys.stderr.write(f"bpfree: the config is refused: {e}\n")
     sys.exit(2)
