@@ -28,3 +28,10 @@ rule all:
     input:
         rules.report.output,
     default_target: True
+
+
+onsuccess:
+    if Path("results/table.md").exists():  # the report was built (not a run of single targets)
+        print(f"bpfree: done. Tables: {Path('results/table.md').resolve()} and deltas.md beside it; figures: "
+              "results/*.png; per-job logs (one line per epoch or trial): logs/; the HTML report: "
+              "snakemake --report report.html")

@@ -91,7 +91,7 @@ def _data() -> Data:
 def test_extra_validation_keys_and_epoch_metrics_become_columns_after_the_engines():
     res = fit(Reporter({"angle": 0.5}), _data(), Stopping(max_epochs=2, patience=2), seed=0)
     assert list(res.history[0]) == ["epoch", "stage", "stage_epoch", "train_loss", "val_acc", "val_loss",
-                                    "val_calibration", "seconds", "cpu_s", "load_1m", "angle"]
+                                    "val_calibration", "seconds", "cpu_s", "load_1m", "since_best", "angle"]
     assert [r["angle"] for r in res.history] == [0.5, 0.5]
 
 

@@ -125,9 +125,11 @@ def fit(algo: Algorithm, data: Data, stopping: Stopping, seed: int,
             record, val = _epoch(algo, stage, epoch, data, gen, res)
             _add_cpu(res, stage.name, time.process_time() - cpu0)
             cpu0 = time.process_time()
+            early.update(val, algo, res.epochs, last=epoch == cap)
+            if stage.epochs is None:
+                record["since_best"] = early.bad
             if on_epoch is not None:
                 on_epoch(record)
-            early.update(val, algo, res.epochs, last=epoch == cap)
             if checkpoint is not None and checkpoint.due():
                 checkpoint.save({"stage": si, "stage_epoch": epoch, "result": asdict(res), "algo": algo_state(algo),
                                  "rng": rng_state(gen), "early": early.state_dict()})
@@ -163,7 +165,8 @@ def _epoch(algo: Algorithm, stage: Stage, stage_epoch: int, data: Data, gen: tor
     record = {"epoch": res.epochs, "stage": stage.name, "stage_epoch": stage_epoch, "train_loss": loss,
               "val_acc": val["acc"], "val_loss": val["loss"],
               **{f"val_{k}": v for k, v in val.items() if k not in MONITORS}, "seconds": seconds,
-              "cpu_s": cpu, "load_1m": os.getloadavg()[0]}
+              "cpu_s": cpu, "load_1m": os.getloadavg()[0],
+              "since_best": None}  # epochs since the monitor improved (fit sets it; None: a fixed-epoch stage)
     extra = algo.epoch_metrics(stage, data)
     if clash := sorted(set(extra) & set(record)):
         raise ValueError(f"{type(algo).__name__}.epoch_metrics: {', '.join(clash)} would overwrite the engine's columns")

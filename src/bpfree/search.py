@@ -20,7 +20,7 @@ from bpfree.data import Data, balanced_subset, load, warnings
 from bpfree.device import resolve_device, set_flush_denormal
 from bpfree.engine import Diverged, Stopping, fit
 from bpfree.errors import BpfreeError, FileError
-from bpfree.progress import Progress
+from bpfree.progress import Progress, duration
 
 
 class JournalError(FileError):
@@ -372,12 +372,17 @@ def _resume(study: optuna.Study, journal: str | Path, budget: int, exclusive: bo
 
 
 def _log_trial(study: optuna.Study, t: optuna.trial.FrozenTrial, budget: int, log: Progress) -> None:
-    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+    """One line per trial: its outcome and point, the trials finished of the budget, the best so
+    far, and the time left at the finished trials' mean duration (one worker's view)."""
+    done = study.get_trials(deepcopy=False, states=FINISHED)
     value = f"{t.value:.2f}%" if t.value is not None else "-"
-    best = f"{study.best_value:.2f}%" if any(
-        x.state == optuna.trial.TrialState.COMPLETE for x in study.get_trials(deepcopy=False)) else "-"
+    best = f"{study.best_value:.2f}%" if any(x.state == optuna.trial.TrialState.COMPLETE for x in done) else "-"
+    seconds = [x.duration.total_seconds() for x in done if x.duration is not None]
+    left = ""
+    if seconds and budget > len(done):
+        left = f", ~{duration(sum(seconds) / len(seconds) * (budget - len(done)))} left"
     log(f"trial {t.number} {t.state.name.lower()} val_acc {value} params {json.dumps(t.params)}  "
-        f"[{finished}/{budget} finished, best {best}]")
+        f"[{len(done)}/{budget} finished, best {best}{left}]")
 
 
 def best_params(spec: dict, study: optuna.Study | None, journal: str | Path = "") -> dict:

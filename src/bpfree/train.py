@@ -159,7 +159,7 @@ def train_metered(algo: Algorithm, data: Data, stopping: Stopping, seed: int, me
                        elapsed_s=earlier["train_time_s"] + mark["elapsed_s"], cum_energy_j=_energy(total),
                        metered=f"provisional mark of process {segment}")
             ckpt.extra = {"train_time_s": rec["elapsed_s"], "window_j": total, "segments": segment}
-        log.epoch(rec, caps[rec["stage"]])
+        log.epoch(rec, caps[rec["stage"]], stopping.patience)
 
     # No warm-up of torch._dynamo: the optimisers of bpfree.algorithms.base do not import it (a
     # torch.optim class does, ~1 s, inside the window if an algorithm builds one in begin_stage).
