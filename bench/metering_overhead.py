@@ -39,7 +39,8 @@ from pathlib import Path
 import torch
 
 from bpfree import algorithms
-from bpfree.data import load, prepare
+from bpfree.data import load
+from bpfree.datasets import prepare
 from bpfree.engine import Stopping, fit
 from bpfree.metering import Meter
 

@@ -9,7 +9,8 @@ import torch
 import yaml
 
 from bpfree import config
-from bpfree.data import REGISTRY, load, prepare
+from bpfree.data import load
+from bpfree.datasets import REGISTRY, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "datasets"

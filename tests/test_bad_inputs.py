@@ -657,7 +657,7 @@ def test_docs_list_every_case_with_its_message_of_today():
 
 def markdown() -> str:
     """docs/errors.md: every case with the message it gets (paths shown as <tmp>)."""
-    from bpfree.data import prepare
+    from bpfree.datasets import prepare
 
     rows = []
     with tempfile.TemporaryDirectory() as d:

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from bpfree.algorithms.base import Stage, accuracy
 from bpfree.algorithms.cafo import CaFo, least_squares, sparsemax, sparsemax_loss
-from bpfree.data import Data, load, prepare
+from bpfree.data import Data, load
+from bpfree.datasets import prepare
 from bpfree.engine import Stopping, fit
 
 ARCH = {"type": "cnn", "channels": [4, 8, 16]}

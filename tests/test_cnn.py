@@ -9,7 +9,8 @@ import torch
 from bpfree import models
 from bpfree.algorithms.base import Stage, accuracy
 from bpfree.algorithms.bp import BP
-from bpfree.data import load, prepare
+from bpfree.data import load
+from bpfree.datasets import prepare
 from bpfree.engine import Stopping, fit
 
 CHANNELS = [32, 128, 512]

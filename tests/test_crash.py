@@ -127,7 +127,7 @@ def test_resumed_run_reports_time_and_energy_of_all_its_processes(tmp_path):
     run uninterrupted, per second of training computation (the engine's own per-epoch seconds: on
     this shared machine two identical runs differ by up to 25 % in wall time, the same run's meter
     and engine do not), where the resumed process alone metered about half."""
-    from bpfree.data import prepare
+    from bpfree.datasets import prepare
 
     cfg = copy.deepcopy(TINY)
     cfg["architectures"] = {"wide": {"type": "mlp", "widths": [512, 512]}}

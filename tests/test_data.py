@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from bpfree import data as D
-from bpfree.data import DataError, augment_batch, load, prepare
+from bpfree import datasets as D
+from bpfree.data import DataError, augment_batch, load
+from bpfree.datasets import prepare
 
 from conftest import SHARED_DATA
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import yaml
 
 from bpfree import algorithms, hparams
-from bpfree.algorithms.base import LOCALITIES
+from bpfree.localities import LOCALITIES
 from bpfree.config import SCHEMA
 
 TESTS = Path(__file__).parent

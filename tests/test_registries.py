@@ -11,17 +11,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bpfree import data
+from bpfree import datasets
 from bpfree.cli import main as cli_main
 
-from cluster_helpers import REPO, TINY, make_repo, snakemake
+from cluster_helpers import REPO, TINY, make_repo, planned_jobs, snakemake, write_config
 
 
 def test_every_registered_dataset_is_accepted_and_listed(capsys):
     from bpfree import config
 
     cfg = copy.deepcopy(TINY)
-    for name, ds in data.REGISTRY.items():
+    for name, ds in datasets.REGISTRY.items():
         cfg["datasets"] = [name]
         cfg["data_root"] = None if ds.folder is None else str(REPO.parent / "shared" / "datasets")
         if ds.folder is None or (REPO.parent / "shared" / "datasets" / ds.folder).is_dir():
@@ -29,7 +29,7 @@ def test_every_registered_dataset_is_accepted_and_listed(capsys):
     with pytest.raises(SystemExit):
         cli_main(["prepare", "--help"])
     help_text = capsys.readouterr().out
-    assert all(name in help_text for name in data.REGISTRY)
+    assert all(name in help_text for name in datasets.REGISTRY)
 
 
 def _idx(arr: np.ndarray) -> bytes:
@@ -45,8 +45,10 @@ def _guide_entry() -> str:
 
 @pytest.mark.slow
 def test_a_dataset_added_by_one_registry_entry_runs_through_the_workflow(tmp_path):
-    """docs/adding-a-dataset.md's entry, pasted into the registry of a copy of the package, with a
-    tiny KMNIST-format dataset: prepare, search, final runs and report, and nothing else edited."""
+    """docs/adding-a-dataset.md's entry, pasted into the registry of a copy of the package with an
+    existing results tree (digits), with a tiny KMNIST-format dataset: `snakemake -n` plans the new
+    dataset's jobs and the report, nothing else (nor does a new locality label); then prepare,
+    search, final runs and report run on it, and nothing else was edited."""
     rng = np.random.default_rng(0)
     n_train, n_test = 10_000 + 1000, 200  # the entry's validation split is the last 10,000 images
     y_train, y_test = np.arange(n_train) % 10, np.arange(n_test) % 10
@@ -66,14 +68,25 @@ def test_a_dataset_added_by_one_registry_entry_runs_through_the_workflow(tmp_pat
         (raw / f"{name}.gz").write_bytes(gzip.compress(content))
         entry = entry.replace(f"<md5 of the decoded {what}>", hashlib.md5(content).hexdigest())
     cfg = copy.deepcopy(TINY)
-    cfg.update(datasets=["kmnist"], data_root=str(tmp_path / "data"), limit_train=1000)
+    cfg.update(datasets=["digits"], data_root=str(tmp_path / "data"), limit_train=1000)
     cfg["protocol"]["stopping"] = {"max_epochs": 10, "patience": 10}
     root = make_repo(tmp_path / "repo", cfg)
-    registry = root / "src" / "bpfree" / "data.py"
+    env = {"PYTHONPATH": str(root / "src")}
+    snakemake(root, "--cores", "2", extra_env=env, timeout=900)  # an existing results tree, on digits
+    registry = root / "src" / "bpfree" / "datasets.py"
     anchor = "REGISTRY: dict[str, Dataset] = {d.name: d for d in (\n"
     registry.write_text(registry.read_text().replace(anchor, anchor + "    " + entry.strip() + "\n"))
-    snakemake(root, "--cores", "2", extra_env={"PYTHONPATH": str(root / "src")})
+    localities = root / "src" / "bpfree" / "localities.py"  # a new locality label, too
+    localities.write_text(localities.read_text().replace("LOCALITIES = {\n", 'LOCALITIES = {\n    "new": "a label",\n'))
+    assert planned_jobs(snakemake(root, "-n", extra_env=env).stdout) == set()  # neither reruns a job
+    cfg["datasets"] = ["digits", "kmnist"]
+    write_config(root, cfg)
+    planned = planned_jobs(snakemake(root, "-n", extra_env=env).stdout)
+    assert planned and all("kmnist" in out for rule, out in planned if rule not in ("report", "all")), planned
+    assert {rule for rule, _ in planned} >= {"prepare", "search", "train", "report"}
+    snakemake(root, "--cores", "2", extra_env=env, timeout=900)
     df = pd.read_csv(root / "results" / "summary.csv")
-    assert set(df.dataset) == {"kmnist"} and set(df.algorithm) == {"bp", "mf"}
+    df = df[df.dataset == "kmnist"]
+    assert set(df.algorithm) == {"bp", "mf"}
     assert (df.test_accuracy > 40).all()  # chance is 10 %: two bright rows say the class
-    assert "kmnist" not in (REPO / "src" / "bpfree" / "data.py").read_text()  # the copy only
+    assert "kmnist" not in (REPO / "src" / "bpfree" / "datasets.py").read_text()  # the copy only

@@ -56,7 +56,7 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_prepare(a: argparse.Namespace) -> None:
-    from bpfree.data import prepare
+    from bpfree.datasets import prepare
 
     _outputs("prepare", [a.out])
     meta = prepare(a.dataset, a.data_root or None, a.out)
@@ -197,10 +197,10 @@ def cmd_settings(a: argparse.Namespace) -> None:
 
 def _stage_parsers(sub) -> None:
     """prepare, search and train: the workflow's jobs."""
-    from bpfree.data import REGISTRY
+    from bpfree.datasets import REGISTRY
 
     p = sub.add_parser("prepare", help="read, verify, split and save a dataset as tensors")
-    p.add_argument("--dataset", required=True, help=f"one of {', '.join(REGISTRY)} (bpfree.data.REGISTRY)")
+    p.add_argument("--dataset", required=True, help=f"one of {', '.join(REGISTRY)} (bpfree.datasets.REGISTRY)")
     p.add_argument("--data-root", default=None, help="folder in torchvision's layout (not needed for digits)")
     p.add_argument("--out", required=True, help="output file, e.g. resources/data/digits.pt")
     p.set_defaults(fn=cmd_prepare)

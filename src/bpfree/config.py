@@ -146,9 +146,9 @@ def _check_search_fidelity(cfg: dict) -> None:
 
 
 def _check_datasets(cfg: dict, base: Path) -> None:
-    """Every dataset is in the registry (bpfree.data.REGISTRY); data_root holds the folders of
+    """Every dataset is in the registry (bpfree.datasets.REGISTRY); data_root holds the folders of
     those that are read from files."""
-    from bpfree.data import REGISTRY
+    from bpfree.datasets import REGISTRY
 
     for i, d in enumerate(cfg["datasets"]):
         if d not in REGISTRY:

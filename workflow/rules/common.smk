@@ -1,6 +1,7 @@
 import sys
 import bpfree.config as bpcfg
 from bpfree import algorithms as bpalg
+from bpfree import datasets as bpdatasets
 from bpfree import sources as bpsources
 from pathlib import Path
 from types import SimpleNamespace

@@ -20,18 +20,6 @@ from bpfree import hparams, models
 from bpfree.data import Data, augment_batch
 from bpfree.errors import ConfigError
 
-# Which learning signal reaches each layer (docs/field-algorithms.md, "Locality"); shown beside every
-# algorithm's name in the report, and checked per algorithm by its tests.
-LOCALITIES = {
-    "end-to-end": "the exact gradient through every layer",
-    "feedback-alignment": "the output error, carried back through fixed random matrices",
-    "layer-local": "a loss computed at the layer from its own output (and a small head); no signal from above",
-    "modulated-forward": "a second forward pass with an error-modulated input; no backward pass",
-    "perturbation": "a directional derivative from forward-mode differentiation; no backward pass",
-    "closed-form": "no gradient: random features, a readout solved in closed form",
-}
-
-
 # The validation quantities a stage may stop on or restore by, and their direction (+1: higher is better).
 MONITORS = {"acc": +1, "loss": -1}
 
@@ -80,7 +68,7 @@ class Cost:
 
 class Algorithm:
     """Base class. Subclasses declare `Settings` (their hyperparameters, see bpfree.hparams),
-    `LOCALITY` (a key of LOCALITIES) and `ARCHITECTURES` (the architecture types they run on), set
+    `LOCALITY` (a key of bpfree.localities.LOCALITIES) and `ARCHITECTURES` (the architecture types they run on), set
     `self.net` (an nn.Module holding every trainable tensor) and implement `stages`,
     `train_epoch`, `validate`, `predict` and `cost`.
 
@@ -106,7 +94,7 @@ class Algorithm:
 
     @property
     def locality(self) -> str:
-        """Which learning signal reaches each layer (a LOCALITIES key, or two joined by "+" for
+        """Which learning signal reaches each layer (a bpfree.localities.LOCALITIES key, or two joined by "+" for
         an algorithm with phases of different kinds)."""
         return self.LOCALITY
 
