@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from bpfree import device, doctor, metering
