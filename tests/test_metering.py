@@ -223,7 +223,7 @@ def test_meter_reports_board_energy_beside_ours_and_flags_a_short_window():
 
 
 def test_long_enough_window_has_no_warning(monkeypatch):
-    monkeypatch.setattr(metering, "MIN_POWER_SAMPLES", 4)  # 60 polls at 5 Hz would take 12 s
+    monkeypatch.setattr(metering.summary, "MIN_POWER_SAMPLES", 4)  # 60 polls at 5 Hz would take 12 s
     m = Meter("cpu", powercap_root=None, nvml=FakeNVML(watts=300.0), gpu=0, codecarbon=False, sample_hz=20)
     m.start()
     spin(1.3)

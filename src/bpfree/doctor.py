@@ -1,5 +1,5 @@
 """`bpfree doctor`: which energy-measurement methods this machine offers, the device, and the
-versions that matter. It probes the same readers the meter uses (metering.py) and picks the method
+versions that matter. It probes the same readers the meter uses (bpfree.metering) and picks the method
 of each component with the meter's own `metering.choose_methods`, so what it says is what a final
 run will record."""
 from __future__ import annotations

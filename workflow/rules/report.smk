@@ -14,7 +14,7 @@ rule report:
     input:
         metrics=final_runs(),
         # the report package's modules (editing one reruns the report), then what it reads
-        src=[str(f) for f in sorted((SRC / "report").glob("*.py"))]
+        src=[str(f) for f in bpsources.package_modules("report", SRC)]
         + [str(SRC / f) for f in ("stats.py", "schema.py", "tiers.py")],
         published=[
             str(SRC / "published" / f"published_{t}.csv") for t in bpreport.published.TABLES
