@@ -340,3 +340,33 @@ def test_a_plot_added_by_one_registry_entry_appears_in_the_html_report(tmp_path)
     assert base64.b64decode(results[new]["data_uri"].split("base64,", 1)[1]) == (work / new).read_bytes()
     # the copy only
     assert not any("seed_accuracy" in f.read_text() for f in (ROOT / "src" / "bpfree" / "report").glob("*.py"))
+
+
+# ---- the compared metrics: one list ------------------------------------------------------------
+
+def test_every_compared_metric_has_a_margin_a_unit_and_its_published_column():
+    """bpfree.compared.COMPARED is the one list: the schema's margins are its metrics', the deltas
+    and verdicts iterate it (stats), and a published delta it names is a column of the study's table."""
+    from bpfree import stats
+    from bpfree.compared import BY_NAME, COMPARED
+
+    assert {m.margin_key for m in COMPARED} == set(stats.MARGINS)
+    assert list(stats.DELTA_METRICS) == [m.name for m in COMPARED]
+    assert stats.HIGHER_IS_BETTER == {"test_accuracy"}
+    pub = published.load("deltas")
+    for m in COMPARED:
+        assert m.published is None or m.published in pub.columns, m.name
+        assert m.claimed_by is None or m.claimed_by in BY_NAME, m.name
+        assert m.estimated_by is None or m.estimated_by in report.COLUMNS, m.name
+    labels = [m.label for m in COMPARED]
+    assert len(set(labels)) == len(labels)
+
+
+def test_a_compared_metric_spells_its_unit_once():
+    from bpfree.compared import Metric, delta_format, symbol
+
+    assert (symbol("pp"), symbol("pct"), delta_format("pp"), delta_format("pct")) == ("pp", "%", "+.2f", "+.1f")
+    assert report.fmt_delta({"unit": "pct", "estimate": -12.34, "ci_low": -20.0, "ci_high": -5.0,
+                             "status": "resolved"}) == "-12.3 % [-20.0, -5.0]"
+    with pytest.raises(ValueError, match="unit 'J'"):
+        Metric("energy_kj", "J", "delta_energy_kj")

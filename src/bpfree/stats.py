@@ -27,16 +27,16 @@ import numpy as np
 import pandas as pd
 
 from bpfree import schema
+from bpfree.compared import COMPARED, symbol
 
 CELL = ["dataset", "architecture", "algorithm"]
 REFERENCE = "bp"
-# metric -> unit of its delta against bp: "pp" = difference of means in percentage points,
-# "pct" = ratio of means minus 1, in percent (the published table's convention).
-DELTA_METRICS = {"test_accuracy": "pp", "train_time_s": "pct", "cpu_time_s": "pct", "energy_j": "pct",
-                 "energy_dynamic_j": "pct", "energy_board_j": "pct", "peak_memory_mib": "pct"}
+# metric -> unit of its delta against bp (bpfree.compared: "pp" = difference of means in percentage
+# points, "pct" = ratio of means minus 1, in percent), in the order of COMPARED.
+DELTA_METRICS = {m.name: m.unit for m in COMPARED}
 # Energy read from these methods is a model of time (CodeCarbon's estimate: a constant power times the
 # run's time): its delta repeats the time delta and is no second finding, so it gets no verdict.
-ESTIMATED = {"energy_j": "energy_method", "energy_dynamic_j": "energy_method"}
+ESTIMATED = {m.name: m.estimated_by for m in COMPARED if m.estimated_by}
 MULTIPLICITY = tuple(schema.section("protocol", "statistics")["multiplicity"]["enum"])
 NOT_METRICS = {"seed", "threads", "limit_train", "epoch_cap", "patience", "cpu_count"}  # numeric settings, not outcomes
 NOT_METRIC_PREFIXES = ("hp_", "search_")  # a run's hyperparameters and its search's fidelity and budget
@@ -53,7 +53,7 @@ VERDICT_METHODS = tuple(schema.section("protocol", "statistics")["verdict_method
 # memory 10 %: below the smallest energy saving the camera-ready version claims (12.5 %).
 DEFAULTS = schema.defaults("protocol", "statistics")
 MARGINS = DEFAULTS["margins"]
-HIGHER_IS_BETTER = {"test_accuracy"}
+HIGHER_IS_BETTER = {m.name for m in COMPARED if m.higher_is_better}
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,7 @@ def classify_interval(low: float, high: float, margin: float, higher_is_better: 
 
 def verdict_text(kind: str, margin: float, unit: str) -> str:
     """'equivalent within ±0.5 pp', 'better by more than 10 %', 'not resolved'."""
-    m = f"{margin:g} {'pp' if unit == 'pp' else '%'}"
+    m = f"{margin:g} {symbol(unit)}"
     return {EQUIVALENT: f"equivalent within ±{m}", BETTER: f"better by more than {m}",
             WORSE: f"worse by more than {m}"}.get(kind, UNRESOLVED)
 

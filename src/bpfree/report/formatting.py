@@ -6,6 +6,8 @@ import math
 
 import pandas as pd
 
+from bpfree.compared import delta_format, symbol
+
 DASH = "–"
 
 
@@ -25,8 +27,7 @@ def fmt_delta(row: pd.Series | dict | None) -> str:
     """'+0.12 [-0.05, +0.30] pp, not resolved at n = 5' and the like."""
     if row is None:
         return DASH
-    unit = " pp" if row["unit"] == "pp" else " %"
-    fmt = "+.2f" if row["unit"] == "pp" else "+.1f"
+    unit, fmt = " " + symbol(row["unit"]), delta_format(row["unit"])
     if not math.isfinite(row["estimate"]):
         return row["status"]
     text = f"{row['estimate']:{fmt}}{unit}"

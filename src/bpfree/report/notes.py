@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bpfree import stats
+from bpfree.compared import symbol
 from bpfree.report.load import _methods
 from bpfree.report.tables import BOARD, PUBLISHED_ENERGY, _board_why, _measured, _n_resumed
 from bpfree.stats import CELL, StatsConfig
@@ -14,7 +15,7 @@ def _margins(cfg: StatsConfig) -> str:
     """The declared margins, as configured (whatever the runs let the verdicts use); a per-dataset
     margin as "test_accuracy ±0.25 pp on mnist, ±1.5 pp on fashion_mnist"."""
     def one(metric: str, m) -> str:
-        unit = "pp" if stats.DELTA_METRICS.get(metric) == "pp" else "%"
+        unit = symbol(stats.DELTA_METRICS.get(metric))
         if isinstance(m, dict):
             return f"{metric} " + ", ".join(f"±{v:g} {unit} on {d}" for d, v in m.items())
         return f"{metric} ±{m:g} {unit}"

@@ -8,6 +8,7 @@ import math
 import pandas as pd
 
 from bpfree import published, stats
+from bpfree.compared import BY_NAME, COMPARED, delta_format, symbol
 from bpfree.report.formatting import DASH, _num, fmt_delta, fmt_mean_sd, verdict
 from bpfree.report.load import _methods
 from bpfree.stats import CELL
@@ -111,12 +112,10 @@ def delta_table(dl: pd.DataFrame, runs: pd.DataFrame, pub: pd.DataFrame,
         impl = runs.loc[(runs.algorithm == alg), "impl"].iloc[0] if "impl" in runs else alg
         row = {"family": p.family if p is not None else impl, "dataset": d, "architecture": a, "variant": alg,
                "locality": _locality(runs[runs.algorithm == alg]), "n pairs": max((r["n_pairs"] for r in by_metric.values()), default=0)}
-        for m, col in (("test_accuracy", "delta_acc_pp"), ("train_time_s", "delta_time_pct"),
-                       ("energy_j", "delta_energy_pct"), ("energy_dynamic_j", None),
-                       ("energy_board_j", None), ("peak_memory_mib", "delta_mem_pct")):
+        for metric in (c for c in COMPARED if c.in_table):
+            m, col, label = metric.name, metric.published, metric.label
             if col is None and not _has_estimate(by_metric.get(m)):
                 continue
-            label = col or {"energy_dynamic_j": "delta_dynamic_energy_pct", "energy_board_j": "delta_board_energy_pct"}[m]
             row[f"{label} ours [{ci}]"] = fmt_delta(by_metric.get(m))
             if col:
                 pv = float(p[col]) if p is not None else float("nan")
@@ -150,15 +149,18 @@ def _like_with_like(by_metric: dict, metric: str) -> dict | None:
     """Our delta to hold a published energy claim against: the GPU board energy (the study's
     quantity) where these runs measured it, else our energy (a different quantity: the table says
     which in its `metric` column)."""
-    if metric == "energy_j" and _has_estimate(by_metric.get("energy_board_j")):
-        return by_metric["energy_board_j"]
+    other = BY_NAME[metric].claimed_by if metric in BY_NAME else None
+    if other is not None and _has_estimate(by_metric.get(other)):
+        return by_metric[other]
     return by_metric.get(metric)
 
 
 def _metric_label(ours: dict | None, metric: str) -> str:
     if ours is None:
         return metric
-    return ours["metric"] + (" (not the study's quantity: see the notes)" if ours["metric"] == "energy_j" else "")
+    compared = BY_NAME.get(ours["metric"])
+    unlike = compared is not None and compared.claimed_by is not None  # held against itself: its like was missing
+    return ours["metric"] + (" (not the study's quantity: see the notes)" if unlike else "")
 
 
 def _later_claims(claims_pub: pd.DataFrame | None, d: str, a: str, alg: str) -> list:
@@ -201,8 +203,7 @@ def verdict_table(dl: pd.DataFrame) -> pd.DataFrame:
     and for an unresolved one the seeds-needed estimate."""
     rows = []
     for r in dl[dl.verdict.fillna("") != ""].itertuples(index=False):
-        unit = "pp" if r.unit == "pp" else "%"
-        fmt = "+.2f" if r.unit == "pp" else "+.1f"
+        unit, fmt = symbol(r.unit), delta_format(r.unit)
         rows.append({"dataset": r.dataset, "architecture": r.architecture, "variant": r.algorithm, "metric": r.metric,
                      "n pairs": r.n_pairs, "margin": f"±{r.margin:g} {unit}" if math.isfinite(r.margin) else DASH,
                      "p (adjusted)": DASH if not math.isfinite(r.p_value) else
