@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+REFERENCE = "bp"  # the algorithm every other is compared against, on the same dataset and architecture
+
 
 @dataclass(frozen=True)
 class Metric:

@@ -15,7 +15,10 @@ rule report:
         metrics=final_runs(),
         # the report package's modules (editing one reruns the report), then what it reads
         src=[str(f) for f in bpsources.package_modules("report", SRC)]
-        + [str(SRC / f) for f in ("stats.py", "compared.py", "schema.py", "tiers.py")],
+        + [
+            str(SRC / f)
+            for f in ("stats.py", "compared.py", "verdicts.py", "target.py", "schema.py", "tiers.py")
+        ],
         published=[
             str(SRC / "published" / f"published_{t}.csv") for t in bpreport.published.TABLES
         ],
