@@ -176,7 +176,8 @@ def test_mf_predicts_from_last_layer_or_sum():
 
 def test_cost_counts_no_input_gradient_for_first_layer():
     meta = {"n_classes": 10, "shape": [1, 28, 28]}
-    bp = algorithms.get("bp")({"type": "mlp", "widths": [1000, 1000]}, meta, {"lr": 1e-3, "weight_decay": 0, "batch_size": 1}, CPU)
+    bp = algorithms.get("bp")({"type": "mlp", "widths": [1000, 1000]}, meta,
+                              {"lr": 1e-3, "weight_decay": 0, "batch_size": 1}, CPU)
     fwd = 784 * 1000 + 1000 * 1000 + 1000 * 10
     assert bp.cost(bp.stages()[0]) == Cost(train=3 * fwd - 784 * 1000, eval=fwd)
     m = algorithms.get("mf")({"type": "mlp", "widths": [1000, 1000]}, meta, {"lr": 1e-3, "batch_size": 1}, CPU)

@@ -158,7 +158,8 @@ def test_verdicts_claims_board_energy_and_resumed_runs_in_the_report(tmp_path):
         if m["algorithm"] in ("bp", "mf"):
             m["energy_board_j"] = m["energy_j"] * (0.5 if m["algorithm"] == "mf" else 1.0)
             m["energy_board_method"] = "nvml-power at 5 Hz, trapezoid, GPU board only, no idle subtraction"
-            m["resumed"], m["segments"] = (m["algorithm"], m["seed"]) == ("mf", 2), 1 + ((m["algorithm"], m["seed"]) == ("mf", 2))
+            resumed = (m["algorithm"], m["seed"]) == ("mf", 2)
+            m["resumed"], m["segments"] = resumed, 1 + resumed
         f.write_text(json.dumps(m))
     out = tmp_path / "out"
     report.run_report(files, out, {"resamples": 500, "margins": {"test_accuracy": 0.1}})

@@ -257,7 +257,8 @@ def _resume(study: optuna.Study, journal: str | Path, budget: int, exclusive: bo
         dead = None if exclusive else (lambda w: False)
     else:
         owner = str(worker)
-        dead = None if exclusive else (lambda w: w is not None and w.isdigit() and (int(w) == worker or int(w) >= workers))
+        dead = None if exclusive else (
+            lambda w: w is not None and w.isdigit() and (int(w) == worker or int(w) >= workers))
     if stale := fail_stale(study, owners=dead):
         log(f"marked {stale} trial(s) left running by a killed search as failed")
     if done := len(study.get_trials(deepcopy=False, states=FINISHED)):

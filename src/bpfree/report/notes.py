@@ -35,7 +35,8 @@ def _multiplicity(dl: pd.DataFrame, cfg: StatsConfig) -> str:
              "are one family")
     return (f"Multiplicity: {names[cfg.multiplicity]} at alpha {cfg.alpha:g}; {scope}: {families} "
             f"({fam[CELL].drop_duplicates().shape[0]} cells against bp; energy estimates aside). Each verdict's "
-            "p value is that of its claim (equivalent: the TOST p; better or worse: the one-sided test beyond the margin; for an unresolved one, the smallest of the three); "
+            "p value is that of its claim (equivalent: the TOST p; better or worse: the one-sided test beyond the "
+            "margin; for an unresolved one, the smallest of the three); "
             "deltas.csv gives it as p_value and the adjusted one as p_adjusted. A verdict whose adjusted p value is "
             "not below alpha is 'not resolved after ...', its seeds-needed estimate at the level alpha / m.")
 

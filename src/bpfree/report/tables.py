@@ -111,7 +111,8 @@ def delta_table(dl: pd.DataFrame, runs: pd.DataFrame, pub: pd.DataFrame,
         p = _pub_lookup(pub, {"dataset": d, "architecture": a, "variant": alg})
         impl = runs.loc[(runs.algorithm == alg), "impl"].iloc[0] if "impl" in runs else alg
         row = {"family": p.family if p is not None else impl, "dataset": d, "architecture": a, "variant": alg,
-               "locality": _locality(runs[runs.algorithm == alg]), "n pairs": max((r["n_pairs"] for r in by_metric.values()), default=0)}
+               "locality": _locality(runs[runs.algorithm == alg]),
+               "n pairs": max((r["n_pairs"] for r in by_metric.values()), default=0)}
         for metric in (c for c in COMPARED if c.in_table):
             m, col, label = metric.name, metric.published, metric.label
             if col is None and not _has_estimate(by_metric.get(m)):
