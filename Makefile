@@ -22,7 +22,8 @@ run: setup  ## the default workflow (digits; bp, mf, ff, fa, dfa and local losse
 test: setup  ## the test suite
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
 
-lint: setup
+lint: setup  ## ruff (its rules: pyproject.toml's [tool.ruff.lint]) on the code, and snakemake --lint on the workflow
+	$(BIN)/ruff check .
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --lint
 
 clean:

@@ -184,7 +184,8 @@ def runs(data, device, repeats: int, epochs: int, sample_hz: float) -> list[floa
     print(f"runs: {repeats} pairs of {epochs}-epoch runs; median training phase unmetered "
           f"{statistics.median(plain):.3f} s, metered {statistics.median(metered):.3f} s: "
           f"{100 * (statistics.median(metered) / statistics.median(plain) - 1):+.2f} % (median paired ratio "
-          f"{100 * (statistics.median(ratios) - 1):+.2f} %, bootstrap 95 % [{100 * (lo - 1):+.2f} %, {100 * (hi - 1):+.2f} %])")
+          f"{100 * (statistics.median(ratios) - 1):+.2f} %, bootstrap 95 % "
+          f"[{100 * (lo - 1):+.2f} %, {100 * (hi - 1):+.2f} %])")
     return fixed
 
 
@@ -223,7 +224,8 @@ def main() -> None:
           f"(CPU per epoch of the training thread, unmetered)")
     fixed = runs(data, device, a.repeats, a.run_epochs, a.sample_hz) if a.repeats else []
     print(f"fixed cost outside the window: first Meter.start() in a process {first_start:.2f} s (CodeCarbon import "
-          f"and set-up; paid once per training job)" + (f", later start+close {statistics.median(fixed):.2f} s" if fixed else ""))
+          f"and set-up; paid once per training job)"
+          + (f", later start+close {statistics.median(fixed):.2f} s" if fixed else ""))
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

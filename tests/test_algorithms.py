@@ -39,8 +39,10 @@ def test_bp_one_step_matches_hand_computed_backprop():
     W3, b3 = algo.net.head.weight.detach().clone(), algo.net.head.bias.detach().clone()
     x, y = data.x_train.flatten(1), data.y_train
     # forward
-    z1 = x @ W1.T + b1; a1 = z1.clamp(min=0)
-    z2 = a1 @ W2.T + b2; a2 = z2.clamp(min=0)
+    z1 = x @ W1.T + b1
+    a1 = z1.clamp(min=0)
+    z2 = a1 @ W2.T + b2
+    a2 = z2.clamp(min=0)
     logits = a2 @ W3.T + b3
     # backward by hand: d(mean CE)/dlogits = (softmax - onehot) / B
     d3 = (logits.softmax(1) - F.one_hot(y, 3).float()) / len(y)
@@ -100,7 +102,9 @@ def test_mf_local_loss_and_gradients_match_hand_computation():
     a1 = (x @ W1.T + algo.net.hidden[0].bias.detach()).clamp(min=0)
     algo.begin_stage(stages[1], data, 1)
     torch.testing.assert_close(algo.frozen.feats["train"], a1)  # cached, not recomputed per batch
-    z2 = a1 @ W2.T + b2; a2 = z2.clamp(min=0); G = a2 @ M2.T
+    z2 = a1 @ W2.T + b2
+    a2 = z2.clamp(min=0)
+    G = a2 @ M2.T
     dG = (G.softmax(1) - F.one_hot(y, 3).float()) / len(y)
     gM2 = dG.T @ a2
     dz2 = (dG @ M2) * (z2 > 0)
@@ -172,7 +176,8 @@ def test_mf_predicts_from_last_layer_or_sum():
 
 def test_cost_counts_no_input_gradient_for_first_layer():
     meta = {"n_classes": 10, "shape": [1, 28, 28]}
-    bp = algorithms.get("bp")({"type": "mlp", "widths": [1000, 1000]}, meta, {"lr": 1e-3, "weight_decay": 0, "batch_size": 1}, CPU)
+    bp = algorithms.get("bp")({"type": "mlp", "widths": [1000, 1000]}, meta,
+                              {"lr": 1e-3, "weight_decay": 0, "batch_size": 1}, CPU)
     fwd = 784 * 1000 + 1000 * 1000 + 1000 * 10
     assert bp.cost(bp.stages()[0]) == Cost(train=3 * fwd - 784 * 1000, eval=fwd)
     m = algorithms.get("mf")({"type": "mlp", "widths": [1000, 1000]}, meta, {"lr": 1e-3, "batch_size": 1}, CPU)

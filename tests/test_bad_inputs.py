@@ -84,7 +84,8 @@ def no_search(c: dict, tmp: Path) -> None:
 
 config_case("fixed-misspelt-key", "`fixed: {batch_sise: 64}`", lambda c, t: c["algorithms"]["bp"].update(
     fixed={"batch_sise": 64}), "algorithms.bp.fixed.batch_sise", "did you mean 'batch_size'")
-config_case("batch-size-zero", "`batch_size: 0`", algo("bp", "fixed", batch_size=0), "algorithms.bp.fixed.batch_size = 0")
+config_case("batch-size-zero", "`batch_size: 0`", algo("bp", "fixed", batch_size=0),
+            "algorithms.bp.fixed.batch_size = 0")
 config_case("batch-size-string", '`batch_size: "128"`', algo("bp", "fixed", batch_size="128"),
             "algorithms.bp.fixed.batch_size = '128'", "expected an integer")
 config_case("lr-bound-nan", "an `lr` bound `.nan`", lambda c, t: c["algorithms"]["bp"]["space"]["lr"].update(
@@ -360,7 +361,8 @@ cli_case("best-without-params", "result", "a best.json without `params`",
          lambda t, d: train_argv(t, d, best=written(t / "best.json", '{"value": 97.0}')),
          "best.json {tmp}/best.json has no `params`")
 cli_case("best-unknown-setting", "result", "a best.json whose params hold a misspelt setting",
-         lambda t, d: train_argv(t, d, best=written(t / "best.json", json.dumps({"params": {**PARAMS, "batch_sise": 6}}))),
+         lambda t, d: train_argv(t, d, best=written(t / "best.json",
+                                                    json.dumps({"params": {**PARAMS, "batch_sise": 6}}))),
          "{tmp}/best.json: params.batch_sise")
 cli_case("best-wrong-type", "result", "a best.json whose `lr` is a string",
          lambda t, d: train_argv(t, d, best=written(t / "best.json", json.dumps({"params": {**PARAMS, "lr": "fast"}}))),
@@ -383,7 +385,8 @@ def exploding(tmp: Path, digits: Path) -> list[str]:
 cli_case("run-explodes-finite", "result", "hyperparameters whose training explodes but stays finite (lr 1e8)",
          exploding, "digits/tiny/bp seed 0 diverged", "{tmp}/best.json", "no result is written")
 cli_case("output-folder-unwritable", "result", "an output folder that cannot be created or written",
-         lambda t, d: train_argv(t, d, out=written(t / "file", "") / "run"), "cannot write to the output folder {tmp}/file/run")
+         lambda t, d: train_argv(t, d, out=written(t / "file", "") / "run"),
+         "cannot write to the output folder {tmp}/file/run")
 
 
 def metrics(tmp: Path, **changes) -> Path:
@@ -535,12 +538,14 @@ cli_case("spec-file-missing", "cli", "`--spec @FILE` naming no file",
          lambda t, d: ["search", "--spec", f"@{t}/spec.json", "--journal", str(t / "j")],
          "--spec file {tmp}/spec.json does not exist")
 cli_case("spec-incomplete", "cli", "a `--spec` without the search's keys", lambda t, d: [
-         "search", "--spec", json.dumps(TRAIN), "--data", str(d), "--journal", str(t / "j")], "--spec lacks space, search")
+         "search", "--spec", json.dumps(TRAIN), "--data", str(d), "--journal", str(t / "j")],
+         "--spec lacks space, search")
 cli_case("spec-unknown-setting", "cli", "a `--spec` whose fixed settings hold a misspelt key", lambda t, d: [
          "search", "--spec", json.dumps({**SEARCH, "fixed": {"batch_sise": 6}}), "--data", str(d), "--journal",
          str(t / "j"), "--threads", "1"], "--spec algorithms.bp.fixed.batch_sise")
 cli_case("spec-algorithm-on-wrong-architecture", "cli", "a `--spec` running mf on a CNN", lambda t, d: [
-         "search", "--spec", json.dumps({**config.search_spec(CFG, "tiny", "mf"), "arch": {"type": "cnn", "channels": [4]}}),
+         "search", "--spec",
+         json.dumps({**config.search_spec(CFG, "tiny", "mf"), "arch": {"type": "cnn", "channels": [4]}}),
          "--data", str(d), "--journal", str(t / "j")], "--spec: algorithm mf on architecture tiny", "'cnn'")
 cli_case("worker-out-of-range", "cli", "`--worker 5 --workers 2`", lambda t, d: [
          "search", "--spec", json.dumps(SEARCH), "--data", str(d), "--journal", str(t / "j"), "--worker", "5",

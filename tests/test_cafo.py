@@ -206,7 +206,8 @@ def test_dfa_gradients_of_blocks_1_2_come_only_from_feedback_matrices():
         out, h = [], x
         for k in range(2):
             h = algo.net.blocks[k](h.detach())
-            out.append(list(torch.autograd.grad(h, algo.net.blocks[k].parameters(), (e @ algo.net.feedback(k)).view_as(h))))
+            grad_h = (e @ algo.net.feedback(k)).view_as(h)
+            out.append(list(torch.autograd.grad(h, algo.net.blocks[k].parameters(), grad_h)))
         return out, e
 
     state = {k: v.clone() for k, v in algo.net.state_dict().items()}

@@ -1,6 +1,7 @@
 """The SLURM profile (dry run; the sbatch call a training job gets, through fake SLURM commands),
-GPU pinning on a workstation, and rerun selectivity: adding a seed, adding an algorithm or touching
-one algorithm's source selects exactly the jobs it affects."""
+GPU pinning on a workstation, and rerun selectivity: adding a seed, adding an algorithm, touching
+one algorithm's source or a module of the metering or report package selects exactly the jobs it
+affects."""
 from __future__ import annotations
 
 import base64
@@ -187,6 +188,25 @@ def test_editing_one_algorithm_reruns_only_its_jobs(finished_repo):
         ("search_worker", f"{CELL}/mf/workers/0.json"), ("search", f"{CELL}/mf/best.json"),
         ("train", f"{RUNS}/mf/seed0/metrics.json"), ("report", "results/summary.csv"), ("all", "")}
 
+
+
+@pytest.mark.parametrize("module, jobs", [
+    ("metering/segments.py", {("train", f"{RUNS}/bp/seed0/metrics.json"), ("train", f"{RUNS}/mf/seed0/metrics.json"),
+                              ("report", "results/summary.csv"), ("all", "")}),
+    ("report/tables.py", {("report", "results/summary.csv"), ("all", "")}),
+])
+def test_editing_a_module_of_a_package_reruns_the_jobs_that_run_it(finished_repo, module, jobs):
+    """The metering and report packages (once metering.py and report.py): an edit of any of their
+    modules reruns the final runs and the report, or the report alone, as an edit of the file did."""
+    src = finished_repo / "src/bpfree" / module
+    text, st = src.read_text(), src.stat()
+    try:
+        src.write_text(text + "\n# an edit\n")
+        planned = planned_jobs(snakemake(finished_repo, "-n").stdout)
+    finally:
+        src.write_text(text)
+        os.utime(src, (st.st_atime, st.st_mtime))
+    assert planned == jobs
 
 def test_every_result_writer_is_atomic():
     """Result files go through bpfree.io, or are written to a temporary name and renamed within

@@ -35,7 +35,8 @@ def _kill_when(root: Path, target: str, log: Path, ready, extra_env: dict | None
     t0 = time.monotonic()
     try:
         while not (log.exists() and ready(log.read_text())):
-            assert p.poll() is None, f"the workflow ended before the kill point; log:\n{log.read_text() if log.exists() else ''}"
+            text = log.read_text() if log.exists() else ""
+            assert p.poll() is None, f"the workflow ended before the kill point; log:\n{text}"
             assert time.monotonic() - t0 < limit, "kill point not reached"
             time.sleep(0.05)
     finally:
@@ -56,7 +57,8 @@ def test_killed_search_resumes_and_keeps_finished_trials(tmp_path):
     cfg["algorithms"]["bp"]["fixed"]["batch_size"] = 32
     root = make_repo(tmp_path / "repo", cfg)
     log = root / "logs/search/digits/tiny/bp/worker0.log"
-    _kill_when(root, f"{CELL}/best.json", log, lambda text: len(re.findall(r"\] trial \d+ (complete|pruned)", text)) >= 2)
+    _kill_when(root, f"{CELL}/best.json", log,
+               lambda text: len(re.findall(r"\] trial \d+ (complete|pruned)", text)) >= 2)
 
     study = optuna.load_study(study_name="search", storage=search.storage(_journal(root)))
     before = {t.number: (t.state, t.params, t.value) for t in study.get_trials() if t.state in search.FINISHED}

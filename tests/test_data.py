@@ -117,7 +117,8 @@ def test_missing_data_root_and_unknown_dataset(tmp_path):
 def write_fake_cifar(root: Path, which: str, per_batch=4) -> dict:
     rng = np.random.default_rng(1)
     if which == "cifar10":
-        d, names, key = root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], b"labels"
+        d, key = root / "cifar-10-batches-py", b"labels"
+        names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     else:
         d, names, key = root / "cifar-100-python", ["train", "test"], b"fine_labels"
     d.mkdir(parents=True)
@@ -143,7 +144,8 @@ def test_cifar_pickle_fixture(tmp_path, monkeypatch, which):
     assert d.x_train.shape == (16, 3, 32, 32)
     # normalisation uses the protocol's per-channel statistics
     raw = torch.load(tmp_path / "c.pt", weights_only=True)["x_train"].float() / 255
-    mean, std = torch.tensor(D.REGISTRY[which].mean).view(1, 3, 1, 1), torch.tensor(D.REGISTRY[which].std).view(1, 3, 1, 1)
+    mean = torch.tensor(D.REGISTRY[which].mean).view(1, 3, 1, 1)
+    std = torch.tensor(D.REGISTRY[which].std).view(1, 3, 1, 1)
     torch.testing.assert_close(d.x_train, (raw - mean) / std)
 
 

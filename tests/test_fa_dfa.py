@@ -227,7 +227,7 @@ def test_dfa_cnn_gradients_equal_the_formula_with_fixed_B_and_differ_from_backpr
     state = {k: v.clone() for k, v in algo.net.state_dict().items()}
     got = dfa_grads(algo, x, y)
     algo.net.load_state_dict(state)
-    blocks, head = algo.net.blocks, algo.net.head
+    blocks = algo.net.blocks
     a, zs, ins, e = cnn_pieces(algo, x, y)
     want = {"head.weight": e.T @ a.flatten(1), "head.bias": e.sum(0)}
     for l in range(3):  # block l's output gets e B_l, straight from the error

@@ -177,7 +177,8 @@ def test_cost_counts_perturbations():
     weight = ForwardGradient(arch, meta, {**hp, "variant": "weight", "n_perturbations": 2}, CPU)
     assert weight.chunk() == 9  # 2^24 // 1,796,010 parameters
     # per chunk of at most 9 perturbations: one primal pass and layer 1's zero-tangent product
-    assert weight.cost(weight.stages()[0]).train == (fwd + 784_000) + 2 * (2 * fwd - 784_000) + 2 * weight.n_params() // 100
+    assert weight.cost(weight.stages()[0]).train == \
+        (fwd + 784_000) + 2 * (2 * fwd - 784_000) + 2 * weight.n_params() // 100
     weight = ForwardGradient(arch, meta, {**hp, "variant": "weight", "n_perturbations": 10}, CPU)
     assert (weight.cost(weight.stages()[0]).train
             == 2 * (fwd + 784_000) + 10 * (2 * fwd - 784_000) + 10 * weight.n_params() // 100)

@@ -57,6 +57,53 @@ def test_size_check_catches_a_long_function(tmp_path, monkeypatch):
     assert oversized() == {"long.py:too_long"}
 
 
+# ---- modules: bounded, and packages layered ---------------------------------------------------
+
+MAX_MODULE = 400  # lines: a module beyond it is cut along its seams into a package (issue 26)
+# Modules over the bound, waiting to be cut (none now; a new one is listed with its size and seams);
+# checked so that an entry goes once it is mended.
+LONG_MODULES: set[str] = set()
+# The packages cut from a long module: their modules in order; each may import only those before it
+# (the package's __init__, which re-exports the public API, comes last), so no import runs back up.
+LAYERS = {
+    "metering": ["curves", "readers", "methods", "memory", "summary", "segments", "meter", "__init__"],
+    "report": ["load", "formatting", "tables", "notes", "plots", "outputs", "__init__"],
+}
+
+
+def long_modules() -> set[str]:
+    return {f.relative_to(SRC).as_posix() for f in SRC.rglob("*.py")
+            if len(f.read_text().splitlines()) > MAX_MODULE}
+
+
+def test_no_module_over_400_lines():
+    found = long_modules()
+    assert found - LONG_MODULES == set(), f"cut these along their seams (each module under {MAX_MODULE} lines)"
+    assert LONG_MODULES - found == set(), "mended: remove them from LONG_MODULES"
+
+
+def _siblings(path: Path, package: str) -> set[str]:
+    """The modules of bpfree.`package` that the module at `path` imports."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        out |= {n.split(".")[2] for n in names if n.startswith(f"bpfree.{package}.") and n.count(".") == 2}
+    return out
+
+
+@pytest.mark.parametrize("package", sorted(LAYERS))
+def test_a_package_imports_only_down_its_layers(package):
+    order = LAYERS[package]
+    assert {f.stem for f in (SRC / package).glob("*.py")} == set(order), "a new module gets its place in LAYERS"
+    for i, name in enumerate(order):
+        up = _siblings(SRC / package / f"{name}.py", package) - set(order[:i])
+        assert not up, f"bpfree/{package}/{name}.py imports {sorted(up)}, which come after it in LAYERS"
+
+
 # ---- architectures -----------------------------------------------------------------------------
 
 def test_schema_architecture_types_and_keys_come_from_the_registry():

@@ -16,7 +16,8 @@ from cluster_helpers import REPO, env
 def _run(*cmd, cwd: Path, extra_env: dict | None = None) -> str:
     out = subprocess.run([str(c) for c in cmd], cwd=cwd, env={**env(), **(extra_env or {})}, capture_output=True,
                          text=True, timeout=120)
-    assert out.returncode == 0, f"{' '.join(map(str, cmd))} exited {out.returncode}:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+    assert out.returncode == 0, \
+        f"{' '.join(map(str, cmd))} exited {out.returncode}:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
     return out.stdout
 
 

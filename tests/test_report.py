@@ -158,7 +158,8 @@ def test_verdicts_claims_board_energy_and_resumed_runs_in_the_report(tmp_path):
         if m["algorithm"] in ("bp", "mf"):
             m["energy_board_j"] = m["energy_j"] * (0.5 if m["algorithm"] == "mf" else 1.0)
             m["energy_board_method"] = "nvml-power at 5 Hz, trapezoid, GPU board only, no idle subtraction"
-            m["resumed"], m["segments"] = (m["algorithm"], m["seed"]) == ("mf", 2), 1 + ((m["algorithm"], m["seed"]) == ("mf", 2))
+            resumed = (m["algorithm"], m["seed"]) == ("mf", 2)
+            m["resumed"], m["segments"] = resumed, 1 + resumed
         f.write_text(json.dumps(m))
     out = tmp_path / "out"
     report.run_report(files, out, {"resamples": 500, "margins": {"test_accuracy": 0.1}})
@@ -327,14 +328,46 @@ def test_a_plot_added_by_one_registry_entry_appears_in_the_html_report(tmp_path)
     PLOTS) with its caption: the workflow writes it and `snakemake --report` embeds it."""
     work = _finished_workflow(tmp_path)
     guide = _guide_blocks()
-    module = work / "src" / "bpfree" / "report.py"
+    package = work / "src" / "bpfree" / "report"
     anchor = "PLOTS = (\n"
-    module.write_text(module.read_text().replace(anchor, anchor + "    " + guide["entry"].strip() + "\n")
-                      + "\n\n" + guide["function"])
+    registry, plots = package / "outputs.py", package / "plots.py"
+    registry.write_text(registry.read_text().replace(anchor, anchor + "    " + guide["entry"].strip() + "\n"))
+    plots.write_text(plots.read_text() + "\n\n" + guide["function"])
     (work / "workflow" / "report" / "seed_accuracy.rst").write_text(guide["caption"])
     results = _html_report(work)
     new = "results/plots/seed_accuracy.png"
     assert set(results) == {*_report_outputs(), new}
     assert results[new]["mime_type"] == "image/png" and "one line per seed" in results[new]["caption"]
     assert base64.b64decode(results[new]["data_uri"].split("base64,", 1)[1]) == (work / new).read_bytes()
-    assert "seed_accuracy" not in (ROOT / "src" / "bpfree" / "report.py").read_text()  # the copy only
+    # the copy only
+    assert not any("seed_accuracy" in f.read_text() for f in (ROOT / "src" / "bpfree" / "report").glob("*.py"))
+
+
+# ---- the compared metrics: one list ------------------------------------------------------------
+
+def test_every_compared_metric_has_a_margin_a_unit_and_its_published_column():
+    """bpfree.compared.COMPARED is the one list: the schema's margins are its metrics', the deltas
+    and verdicts iterate it (stats), and a published delta it names is a column of the study's table."""
+    from bpfree import stats
+    from bpfree.compared import BY_NAME, COMPARED
+
+    assert {m.margin_key for m in COMPARED} == set(stats.MARGINS)
+    assert list(stats.DELTA_METRICS) == [m.name for m in COMPARED]
+    assert stats.HIGHER_IS_BETTER == {"test_accuracy"}
+    pub = published.load("deltas")
+    for m in COMPARED:
+        assert m.published is None or m.published in pub.columns, m.name
+        assert m.claimed_by is None or m.claimed_by in BY_NAME, m.name
+        assert m.estimated_by is None or m.estimated_by in report.COLUMNS, m.name
+    labels = [m.label for m in COMPARED]
+    assert len(set(labels)) == len(labels)
+
+
+def test_a_compared_metric_spells_its_unit_once():
+    from bpfree.compared import Metric, delta_format, symbol
+
+    assert (symbol("pp"), symbol("pct"), delta_format("pp"), delta_format("pct")) == ("pp", "%", "+.2f", "+.1f")
+    assert report.fmt_delta({"unit": "pct", "estimate": -12.34, "ci_low": -20.0, "ci_high": -5.0,
+                             "status": "resolved"}) == "-12.3 % [-20.0, -5.0]"
+    with pytest.raises(ValueError, match="unit 'J'"):
+        Metric("energy_kj", "J", "delta_energy_kj")

@@ -74,7 +74,8 @@ def test_provenance_hashes_every_source_the_result_depends_on(tmp_path, digits_p
     prov = json.loads((out / "metrics.json").read_text())["provenance"]
     names = set(prov["sources"])
     assert {"bpfree/algorithms/bp.py", "bpfree/hparams.py", "bpfree/errors.py", "bpfree/checkpoint.py",
-            "bpfree/engine.py", "bpfree/algorithms/base.py", "bpfree/train.py", "bpfree/metering.py"} <= names
+            "bpfree/engine.py", "bpfree/algorithms/base.py", "bpfree/train.py", "bpfree/metering/meter.py",
+            "bpfree/metering/segments.py"} <= names
     assert prov["sources"]["bpfree/engine.py"] == sources.hashes("bp")["bpfree/engine.py"]
     assert len(prov["sources"]["bpfree/algorithms/bp.py"]) == 64
     assert "changed_during_run" not in prov

@@ -41,7 +41,8 @@ ACCOUNT = "bpfree-ci"  # a cluster without accounting takes any account; the job
 # the documented switches (docs/cluster.md); checkpoints every epoch so that a cancel lands after one
 SWITCHES = {"BPFREE_SLURM_ACCOUNT": ACCOUNT, "BPFREE_SLURM_CPUS": "1", "BPFREE_SLURM_MEM_MB": "1000",
             "BPFREE_CHECKPOINT_EVERY": "0"}
-ARGS = ("--workflow-profile", "profiles/slurm", "--config", "device=cpu", "--slurm-init-seconds-before-status-checks", "2")
+ARGS = ("--workflow-profile", "profiles/slurm", "--config", "device=cpu",
+        "--slurm-init-seconds-before-status-checks", "2")
 RUN_LIMIT_S = 1200  # a run that has not finished by then hangs (e.g. on a status command that never answers)
 
 
@@ -62,7 +63,8 @@ def _no_cluster() -> str | None:
         return "sinfo did not answer within 30 s"
     if out.returncode != 0:
         return f"sinfo exited {out.returncode}: {out.stderr.strip()}"
-    if not any(line.split()[0] == "up" and line.split()[1] in ("idle", "mix", "alloc") for line in out.stdout.splitlines()):
+    usable = ("idle", "mix", "alloc")
+    if not any(line.split()[0] == "up" and line.split()[1] in usable for line in out.stdout.splitlines()):
         return f"no partition is up with a usable node (sinfo: {out.stdout.strip()!r})"
     return None
 
@@ -216,7 +218,8 @@ def test_every_search_and_training_job_ran_on_slurm(runs):
         assert log is not None, f"{output}: no SLURM log of job {job} lists it"
         assert not prov["slurm_array_job_id"]  # one job per final run (docs/cluster.md: why no job arrays)
     # the cheap steps ran where Snakemake runs, not as SLURM jobs
-    assert not list((remote / "logs/slurm").glob("rule_prepare*")) and not list((remote / "logs/slurm").glob("rule_report*"))
+    slurm_logs = remote / "logs/slurm"
+    assert not list(slurm_logs.glob("rule_prepare*")) and not list(slurm_logs.glob("rule_report*"))
 
 
 def test_results_equal_the_local_run(runs):
@@ -280,7 +283,8 @@ def test_more_ready_final_runs_than_jobs_do_not_deadlock(cluster, tmp_path):
     root = make_repo(tmp_path / "repo", MANY)
     runs = [f"results/runs/digits/tiny/bp/seed{s}/metrics.json" for s in MANY["protocol"]["seeds"]]
     out = _run(root, *ARGS, "--jobs", "2", *runs, extra_env={**SWITCHES, "BPFREE_SLURM_CPUS": "2"},
-               limit_s=MANY_LIMIT_S, hang="the slurm plugin dropping a batch of ready jobs (its array mode, issue #473)")
+               limit_s=MANY_LIMIT_S,
+               hang="the slurm plugin dropping a batch of ready jobs (its array mode, issue #473)")
     assert out.returncode == 0, out.stderr[-3000:]
     for run in runs:  # the report is not asked for: it adds nothing here
         m = json.loads((root / run).read_text())

@@ -57,7 +57,8 @@ def test_holm_adjustment_matches_statsmodels_and_a_hand_computed_example():
     # Holm by hand: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1, running maximum
     hand = {0.005: 0.02, 0.01: 0.03, 0.03: 0.06, 0.04: 0.06}
     dl = pd.DataFrame({"dataset": "d", "architecture": "a", "algorithm": list("wxyz"), "metric": "test_accuracy",
-                       "unit": "pp", "n_pairs": 5, "verdict_kind": stats.EQUIVALENT, "verdict": "equivalent within ±0.5 pp",
+                       "unit": "pp", "n_pairs": 5, "verdict_kind": stats.EQUIVALENT,
+                       "verdict": "equivalent within ±0.5 pp",
                        "p_value": p, "p_adjusted": np.nan, "multiplicity": "", "margin": 0.5, "d_mean": 0.0,
                        "d_sd": 0.1, "seeds_needed": np.nan, "seeds_needed_note": "",
                        **{k: np.nan for k in ("estimate", "ci_low", "ci_high", "verdict_low", "verdict_high")},
@@ -121,7 +122,8 @@ def test_the_search_table_gives_complete_pruned_and_failed_trials(tmp_path):
                                                                                            "patience": 5}}}))
     report.run_report(files, tmp_path / "out", {"resamples": 200})
     s = pd.read_csv(tmp_path / "out" / "search.csv").set_index("algorithm")
-    assert s.loc["bp", ["trials asked", "complete", "pruned", "failed", "epochs trained"]].tolist() == [20, 5, 14, 1, 99]
+    budget = ["trials asked", "complete", "pruned", "failed", "epochs trained"]
+    assert s.loc["bp", budget].tolist() == [20, 5, 14, 1, 99]
     assert s.loc["fa", "complete"] == 20 and s.loc["fa", "training images"] == 10000
     table = (tmp_path / "out" / "table.md").read_text()
     assert "## Searches: the budget as spent" in table

@@ -71,7 +71,8 @@ def read_idx(ds: Dataset, root: Path, checksums: dict | None) -> dict[str, np.nd
             "x_test": arr["t10k-images-idx3-ubyte"][:, None], "y_test": arr["t10k-labels-idx1-ubyte"]}
 
 
-def read_cifar(ds: Dataset, root: Path, checksums: dict | None, *, test: str, label_key: bytes) -> dict[str, np.ndarray]:
+def read_cifar(ds: Dataset, root: Path, checksums: dict | None, *, test: str,
+               label_key: bytes) -> dict[str, np.ndarray]:
     """CIFAR python pickles: every file but `test` is a training batch."""
     sums = ds.files if checksums is None else checksums
     d = root / ds.folder

@@ -1,5 +1,5 @@
 """`bpfree doctor`: which energy-measurement methods this machine offers, the device, and the
-versions that matter. It probes the same readers the meter uses (metering.py) and picks the method
+versions that matter. It probes the same readers the meter uses (bpfree.metering) and picks the method
 of each component with the meter's own `metering.choose_methods`, so what it says is what a final
 run will record."""
 from __future__ import annotations
@@ -96,7 +96,8 @@ def format_report(info: dict) -> str:
             lines.append(f"  RAPL {d['zone']} {d['name']}: {state} {use}")
         if not readable:
             lines.append("  RAPL counters: present but none readable")
-    lines.append(f"  CodeCarbon estimate: {'yes (codecarbon ' + info['codecarbon'] + ')' if info['codecarbon'] else 'no (codecarbon not installed)'}")
+    estimate = f"yes (codecarbon {info['codecarbon']})" if info["codecarbon"] else "no (codecarbon not installed)"
+    lines.append(f"  CodeCarbon estimate: {estimate}")
     lines.append("  per component: " + ", ".join(f"{c} = {m}" for c, m in info["methods"].items()))
     lines.append(f"  => {info['verdict']}")
     lines.append(f"  peak memory on CPU: {info['peak_rss']}")

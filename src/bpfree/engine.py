@@ -169,7 +169,8 @@ def _epoch(algo: Algorithm, stage: Stage, stage_epoch: int, data: Data, gen: tor
               "since_best": None}  # epochs since the monitor improved (fit sets it; None: a fixed-epoch stage)
     extra = algo.epoch_metrics(stage, data)
     if clash := sorted(set(extra) & set(record)):
-        raise ValueError(f"{type(algo).__name__}.epoch_metrics: {', '.join(clash)} would overwrite the engine's columns")
+        raise ValueError(f"{type(algo).__name__}.epoch_metrics: {', '.join(clash)} would overwrite the engine's "
+                         "columns")
     record.update(extra)
     res.history.append(record)
     return record, val

@@ -263,7 +263,8 @@ def check_entry(cls: type[Settings], entry: Mapping[str, Any], where: str, searc
         except ConfigError as e:
             if not drawn:
                 raise
-            raise ConfigError(f"{e} (when the search draws {', '.join(f'{k} = {v!r}' for k, v in drawn.items())})") from None
+            draws = ", ".join(f"{k} = {v!r}" for k, v in drawn.items())
+            raise ConfigError(f"{e} (when the search draws {draws})") from None
 
 
 def _check_space(key: str, f: Field, p: Mapping[str, Any]) -> None:

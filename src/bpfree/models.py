@@ -246,7 +246,8 @@ REGISTRY: dict[str, Architecture] = {a.name: a for a in (
                  first=lambda arch, shape: cnn_block_macs(arch["channels"], shape)[0]),
     Architecture("cwc-cnn", "channels",
                  build=lambda arch, shape, n: CwCCNN(arch, shape, n),
-                 macs=lambda arch, shape, n: sum(cwc_layer_macs(arch, shape)) + math.prod(cwc_shapes(arch, shape)[-1]) * n,
+                 macs=lambda arch, shape, n: (sum(cwc_layer_macs(arch, shape))
+                                              + math.prod(cwc_shapes(arch, shape)[-1]) * n),
                  first=lambda arch, shape: cwc_layer_macs(arch, shape)[0],
                  options=("pool", "groups"), validate=cwc_layout),
 )}

@@ -69,15 +69,19 @@ def collect(spec: dict, device: torch.device | str = "cpu", **extra: object) -> 
     """Everything above plus the hash of the resolved spec (and of `extra`, e.g. hyperparameters
     and seed): two results with the same `run_sha256` came from the same inputs; and `sources`, the
     sha256 of every file the result depends on (bpfree.sources: the algorithm's module, tracked by
-    git or not, the core, and the stage's modules: search.py for a search spec, else train.py,
-    metering.py and device.py, through which the meter reads NVML)."""
+    git or not, the core, and the stage's modules: search.py and journal.py for a search spec, else
+    train.py, the modules of the metering package and device.py, through which the meter reads
+    NVML)."""
     return {**git(), "packages": versions(), **hardware(device), "spec_sha256": sources.digest(spec),
             "run_sha256": sources.digest({"spec": spec, **extra}),
             "sources": sources.hashes(spec.get("impl"), extra=_stage(spec))}
 
 
 def _stage(spec: dict) -> tuple[str, ...]:
-    return ("search.py",) if "search" in spec else ("train.py", "metering.py", "device.py")
+    if "search" in spec:
+        return ("search.py", "journal.py")
+    meter = tuple(f"metering/{f.name}" for f in sources.package_modules("metering"))
+    return ("train.py", *meter, "device.py")
 
 
 def finished(start: dict, spec: dict) -> tuple[dict, str | None]:

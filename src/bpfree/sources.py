@@ -61,6 +61,12 @@ def core(package: str | Path = PACKAGE) -> list[Path]:
     return [Path(package) / f for f in CORE]
 
 
+def package_modules(sub: str, package: str | Path = PACKAGE) -> list[Path]:
+    """The modules of the subpackage `sub` (e.g. "metering") of the package at `package`, sorted: a
+    job that runs it depends on every one (the workflow passes its own checkout's)."""
+    return sorted((Path(package) / sub).glob("*.py"))
+
+
 def files(impl: str) -> list[Path]:
     """The algorithm `impl`'s module (shipped or not, tracked by git or not), the package's
     algorithm modules it imports (`algorithms.with_imports`: cafo runs dfa's code) and the core

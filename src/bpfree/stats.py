@@ -1,6 +1,6 @@
 """Statistics of final runs: n, mean and sd per cell; deltas against bp paired by seed, with a
-paired bootstrap confidence interval and a verdict at a declared margin; time and energy to a
-target accuracy.
+paired bootstrap confidence interval and a verdict at a declared margin (its tests: bpfree.verdicts);
+time and energy to a target accuracy (bpfree.target). The metrics compared: bpfree.compared.
 
 A delta is computed only over the seeds both cells share. Its `status` says what can be claimed
 against 0: "resolved" (the interval excludes 0), "not resolved at n = k" (it contains 0: never read
@@ -27,16 +27,25 @@ import numpy as np
 import pandas as pd
 
 from bpfree import schema
+from bpfree.compared import COMPARED, REFERENCE
+from bpfree.verdicts import (BETTER, EQUIVALENT, UNRESOLVED, WORSE, classify_interval, seeds_needed, verdict_arrays,
+                             verdict_text)
+
+# Kept under their names here too (callers and tests reach them as stats.NAME): the time to a target
+# and the margin's bounds, whose modules these are now.
+from bpfree.target import NOT_REACHED as NOT_REACHED
+from bpfree.target import time_to_target as time_to_target
+from bpfree.target import to_target as to_target
+from bpfree.target import to_target_table as to_target_table
+from bpfree.verdicts import margin_bounds as margin_bounds
 
 CELL = ["dataset", "architecture", "algorithm"]
-REFERENCE = "bp"
-# metric -> unit of its delta against bp: "pp" = difference of means in percentage points,
-# "pct" = ratio of means minus 1, in percent (the published table's convention).
-DELTA_METRICS = {"test_accuracy": "pp", "train_time_s": "pct", "cpu_time_s": "pct", "energy_j": "pct",
-                 "energy_dynamic_j": "pct", "energy_board_j": "pct", "peak_memory_mib": "pct"}
+# metric -> unit of its delta against bp (bpfree.compared: "pp" = difference of means in percentage
+# points, "pct" = ratio of means minus 1, in percent), in the order of COMPARED.
+DELTA_METRICS = {m.name: m.unit for m in COMPARED}
 # Energy read from these methods is a model of time (CodeCarbon's estimate: a constant power times the
 # run's time): its delta repeats the time delta and is no second finding, so it gets no verdict.
-ESTIMATED = {"energy_j": "energy_method", "energy_dynamic_j": "energy_method"}
+ESTIMATED = {m.name: m.estimated_by for m in COMPARED if m.estimated_by}
 MULTIPLICITY = tuple(schema.section("protocol", "statistics")["multiplicity"]["enum"])
 NOT_METRICS = {"seed", "threads", "limit_train", "epoch_cap", "patience", "cpu_count"}  # numeric settings, not outcomes
 NOT_METRIC_PREFIXES = ("hp_", "search_")  # a run's hyperparameters and its search's fidelity and budget
@@ -53,7 +62,7 @@ VERDICT_METHODS = tuple(schema.section("protocol", "statistics")["verdict_method
 # memory 10 %: below the smallest energy saving the camera-ready version claims (12.5 %).
 DEFAULTS = schema.defaults("protocol", "statistics")
 MARGINS = DEFAULTS["margins"]
-HIGHER_IS_BETTER = {"test_accuracy"}
+HIGHER_IS_BETTER = {m.name for m in COMPARED if m.higher_is_better}
 
 
 @dataclass(frozen=True)
@@ -151,97 +160,6 @@ def bootstrap_ci(a, b, unit: str, resamples: int = 10000, seed: int = 0, confide
     p = tail_probability(len(a), confidence, interval)
     lo, hi = np.quantile(stats, [p, 1.0 - p])
     return float(lo), float(hi)
-
-
-# ---- verdicts at a margin ------------------------------------------------------------------------
-
-EQUIVALENT, BETTER, WORSE, UNRESOLVED = "equivalent", "better", "worse", "not resolved"
-
-
-def margin_bounds(unit: str, margin: float) -> tuple[float, float]:
-    """The equivalence range of the tested quantity: (-m, m) pp for a difference, the ratio
-    (1 - m/100, 1 + m/100) for a percent delta (the form `ttost_paired(..., transform=np.log)` takes)."""
-    return (-margin, margin) if unit == "pp" else (1.0 - margin / 100.0, 1.0 + margin / 100.0)
-
-
-def verdict_arrays(ours, ref, unit: str, margin: float, higher_is_better: bool, alpha: float = 0.05) -> dict:
-    """TOST verdicts of paired samples (rows: seeds; a second axis: independent data sets, as in the
-    simulations of the tests). Returns arrays: `kind` (EQUIVALENT, BETTER, WORSE or UNRESOLVED), the
-    1 - 2 alpha t interval `low`, `high` in the delta's unit (pp, or % of the geometric mean ratio),
-    and the p values `p_equivalent` (TOST), `p_above`, `p_below` (one-sided, beyond each bound)."""
-    from statsmodels.stats.weightstats import DescrStatsW, ttost_paired
-
-    a, b = np.asarray(ours, dtype=float), np.asarray(ref, dtype=float)
-    low, upp = margin_bounds(unit, margin)
-    with np.errstate(divide="ignore", invalid="ignore"):  # zero spread: t = +-inf, a decided test
-        p_eq, (_, p_low, _), (_, p_upp, _) = ttost_paired(a, b, low, upp, transform=None if unit == "pp" else np.log)
-        d = a - b if unit == "pp" else np.log(a) - np.log(b)
-        lo, hi = DescrStatsW(d).tconfint_mean(alpha=2 * alpha)
-    lo, hi = np.where(np.isnan(lo), d.mean(axis=0), lo), np.where(np.isnan(hi), d.mean(axis=0), hi)
-    if unit != "pp":
-        lo, hi = 100.0 * np.expm1(lo), 100.0 * np.expm1(hi)
-    p_eq, p_above, p_below = np.asarray(p_eq), 1.0 - np.asarray(p_upp), 1.0 - np.asarray(p_low)
-    kind = np.full(p_eq.shape, UNRESOLVED, dtype=object)
-    kind[p_eq < alpha] = EQUIVALENT
-    kind[p_above < alpha] = BETTER if higher_is_better else WORSE
-    kind[p_below < alpha] = WORSE if higher_is_better else BETTER
-    return {"kind": kind, "low": lo, "high": hi, "p_equivalent": p_eq, "p_above": p_above, "p_below": p_below}
-
-
-def classify_interval(low: float, high: float, margin: float, higher_is_better: bool) -> str:
-    """The interval inclusion rule on an interval of the delta (pp or %): inside (-m, m), wholly
-    beyond +m, wholly beyond -m, or neither."""
-    if -margin < low and high < margin:
-        return EQUIVALENT
-    if low > margin:
-        return BETTER if higher_is_better else WORSE
-    if high < -margin:
-        return WORSE if higher_is_better else BETTER
-    return UNRESOLVED
-
-
-def verdict_text(kind: str, margin: float, unit: str) -> str:
-    """'equivalent within ±0.5 pp', 'better by more than 10 %', 'not resolved'."""
-    m = f"{margin:g} {'pp' if unit == 'pp' else '%'}"
-    return {EQUIVALENT: f"equivalent within ±{m}", BETTER: f"better by more than {m}",
-            WORSE: f"worse by more than {m}"}.get(kind, UNRESOLVED)
-
-
-def seeds_needed(d_mean: float, d_sd: float, unit: str, margin: float, alpha: float = 0.05,
-                 power: float = 0.8, max_seeds: int = 1000) -> tuple[int | None, str]:
-    """Paired seeds at which the TOST verdict is reached with probability `power`, if the true mean
-    and sd of the per-seed differences (pp; for percent metrics the log ratios) are the observed
-    `d_mean` and `d_sd`: an estimate (the sd of a few seeds is itself uncertain), normal differences.
-
-    Inside the margin the target is "equivalent": power >= P(lower test rejects) + P(upper test
-    rejects) - 1 (a lower bound, so the count errs high); outside it, the one-sided test beyond the
-    nearer bound. Each one-sided power is statsmodels' `TTestPower` (noncentral t, df = n - 1).
-    Returns (n, text); n is None where no n <= max_seeds reaches the power."""
-    from statsmodels.stats.power import TTestPower
-
-    low, upp = margin_bounds(unit, margin)
-    if unit != "pp":
-        low, upp = math.log(low), math.log(upp)
-    assume = (f"estimate for {power:.0%} power at alpha {alpha:g}, assuming the observed mean and sd of the "
-              "per-seed differences are the true ones" + (" (log ratios)" if unit != "pp" else ""))
-    if not (math.isfinite(d_mean) and math.isfinite(d_sd)) or d_sd <= 0:
-        return None, "no estimate: the observed differences have no spread"
-    if d_mean in (low, upp):
-        return None, "no estimate: the observed delta lies on the margin, where no n resolves it"
-    n = np.arange(2, max_seeds + 1)
-    one_sided = TTestPower().power
-
-    def side(distance: float) -> np.ndarray:  # P(one-sided test rejects) at a true distance beyond its bound
-        return one_sided(effect_size=distance / d_sd, nobs=n, alpha=alpha, alternative="larger")
-
-    if low < d_mean < upp:
-        reach, target = side(upp - d_mean) + side(d_mean - low) - 1.0, "equivalent within the margin"
-    else:
-        reach, target = side(d_mean - upp if d_mean > upp else low - d_mean), "beyond the margin"
-    hit = np.flatnonzero(reach >= power)
-    if len(hit) == 0:
-        return None, f"more than {max_seeds} paired seeds to show {target} ({assume})"
-    return int(n[hit[0]]), f"{int(n[hit[0]])} paired seeds to show {target} ({assume})"
 
 
 @dataclass
@@ -436,55 +354,3 @@ def raw_deltas(runs: pd.DataFrame, cfg: StatsConfig = StatsConfig()) -> pd.DataF
                              "n_ref": len(ref), **asdict(res)})
     cols = ["dataset", "architecture", "algorithm", "n_ours", "n_ref", *Delta.__dataclass_fields__]
     return pd.DataFrame(rows, columns=cols)
-
-
-# ---- time and energy to a target accuracy -------------------------------------------------------
-
-NOT_REACHED = {"reached": False, "epoch": float("nan"), "seconds": float("nan"), "energy_j": float("nan")}
-
-
-def time_to_target(epochs: pd.DataFrame, target_acc: float) -> tuple[float, float | None, int] | None:
-    """First epoch whose validation accuracy reaches `target_acc`: (seconds, joules, epoch) from the
-    cumulative per-epoch records of epochs.csv (`elapsed_s`, `cum_energy_j`; older files: the sums
-    of `seconds`, `energy_j`); joules None where the run recorded none. None if never reached."""
-    cols = set(epochs.columns)
-    secs = epochs["elapsed_s"] if "elapsed_s" in cols else epochs["seconds"].cumsum()
-    joules = (epochs["cum_energy_j"] if "cum_energy_j" in cols
-              else epochs["energy_j"].cumsum() if "energy_j" in cols else None)
-    hit = (epochs["val_acc"] >= target_acc).to_numpy().nonzero()[0]
-    if len(hit) == 0:
-        return None
-    i = int(hit[0])
-    j = None if joules is None or joules.iloc[i] != joules.iloc[i] else float(joules.iloc[i])
-    epoch = int(epochs["epoch"].iloc[i]) if "epoch" in cols else i + 1
-    return float(secs.iloc[i]), j, epoch
-
-
-def to_target(epochs: pd.DataFrame, target_acc: float) -> dict:
-    """`time_to_target` as a row of to_target.csv: reached, epoch, seconds, energy_j (NaN where
-    the run never reaches the target or recorded no energy)."""
-    hit = time_to_target(epochs, target_acc)
-    if hit is None:
-        return dict(NOT_REACHED)
-    seconds, joules, epoch = hit
-    return {"reached": True, "epoch": epoch, "seconds": seconds,
-            "energy_j": float("nan") if joules is None else joules}
-
-
-def to_target_table(runs: pd.DataFrame, curves: dict[tuple, pd.DataFrame],
-                    fraction: float) -> pd.DataFrame:
-    """Per run: target = `fraction` x the mean bp test accuracy on its dataset and architecture
-    (NaN target where there is no bp cell), and when it was reached."""
-    bp = runs[runs.algorithm == REFERENCE].groupby(["dataset", "architecture"]).test_accuracy.mean()
-    rows = []
-    for r in runs.itertuples(index=False):
-        target = fraction * bp.get((r.dataset, r.architecture), float("nan"))
-        curve = curves.get((r.dataset, r.architecture, r.algorithm, r.seed))
-        row = {"dataset": r.dataset, "architecture": r.architecture, "algorithm": r.algorithm, "seed": r.seed,
-               "target_acc": target}
-        if curve is None or not np.isfinite(target):
-            row.update(NOT_REACHED)
-        else:
-            row.update(to_target(curve, target))
-        rows.append(row)
-    return pd.DataFrame(rows)

@@ -16,7 +16,7 @@ from bpfree.data import Data, load, warnings
 from bpfree.device import resolve_device, set_flush_denormal
 from bpfree.engine import Diverged, FitResult, Stopping, fit
 from bpfree.errors import FileError
-from bpfree.metering import KWH, Meter, check_country
+from bpfree.metering import Meter, Segments, check_country
 from bpfree.progress import Progress
 
 # What a run writes into its folder (their temporary files, left by a kill, are removed at start).
@@ -26,13 +26,13 @@ OUTPUTS = ("metrics.json", "epochs.csv", "checkpoint.pt", "power_trace.csv")
 @dataclass
 class Trained:
     """What the metered training phase leaves: the engine's result, the meter's totals (over every
-    process of a resumed run), the power trace rows, and the segment (process) number."""
+    process of a resumed run), the power trace rows, and the run's processes (`Segments`: this
+    one's number, what the killed ones metered)."""
 
     fit: FitResult
     measured: dict
     trace: list[dict]
-    earlier: dict
-    segment: int
+    segments: Segments
 
 
 def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: int, out_dir: str | Path,
@@ -142,23 +142,18 @@ def train_metered(algo: Algorithm, data: Data, stopping: Stopping, seed: int, me
     """`engine.fit` inside the meter's window, with the killed processes' time and energy (saved
     with the checkpoint) added after a resume, and every epoch's record given its final marks."""
     # what the processes killed before this one metered, up to their last checkpoint
-    earlier = {"train_time_s": 0.0, "window_j": {}, "segments": 0}
-    if ckpt is not None and (state := ckpt.load()) is not None:
-        earlier.update(state["extra"])
-    segment = earlier["segments"] + 1
+    state = ckpt.load() if ckpt is not None else None
+    segments = Segments(state["extra"] if state is not None else None)
     caps = {s.name: s.epochs or stopping.max_epochs for s in algo.stages()}  # for the progress lines
 
     def on_epoch(rec: dict) -> None:
         # cheap: final per-epoch joules come from meter.epochs after stop(); a checkpoint due after
         # this epoch keeps this process's provisional marks, in its history and its totals
         mark = meter.mark(refresh=ckpt is not None and ckpt.due())
-        rec["segment"] = segment
+        rec["segment"] = segments.segment
         if ckpt is not None:
-            total = _add(earlier["window_j"], mark["window_j"])
-            rec.update({k: v for k, v in mark.items() if k.startswith("energy_")}, window_s=mark["seconds"],
-                       elapsed_s=earlier["train_time_s"] + mark["elapsed_s"], cum_energy_j=_energy(total),
-                       metered=f"provisional mark of process {segment}")
-            ckpt.extra = {"train_time_s": rec["elapsed_s"], "window_j": total, "segments": segment}
+            provisional, ckpt.extra = segments.provisional(mark)
+            rec.update(provisional)
         log.epoch(rec, caps[rec["stage"]], stopping.patience)
 
     # No warm-up of torch._dynamo: the optimisers of bpfree.algorithms.base do not import it (a
@@ -170,15 +165,11 @@ def train_metered(algo: Algorithm, data: Data, stopping: Stopping, seed: int, me
         measured = meter.stop()
     finally:
         meter.close()
-    measured = {**measured, **load_record(load_start, res.history)}
-    if earlier["segments"]:
-        measured = _with_earlier(measured, earlier)
+    measured = segments.totals({**measured, **load_record(load_start, res.history)})
     # after a resume the first epochs were metered by the killed processes: this window covers the rest
-    e0 = _energy(earlier["window_j"]) or 0.0
-    for rec, per_epoch in zip(res.history[len(res.history) - len(meter.epochs):], meter.epochs):
-        rec.update(per_epoch, metered="final", elapsed_s=earlier["train_time_s"] + per_epoch["elapsed_s"],
-                   cum_energy_j=None if per_epoch["cum_energy_j"] is None else e0 + per_epoch["cum_energy_j"])
-    return Trained(res, measured, meter.trace_rows() if measured["power_trace"] else [], earlier, segment)
+    for rec, final in zip(res.history[len(res.history) - len(meter.epochs):], segments.final_epochs(meter.epochs)):
+        rec.update(final)
+    return Trained(res, measured, meter.trace_rows() if measured["power_trace"] else [], segments)
 
 
 def assemble_metrics(spec: dict, seed: int, algo: Algorithm, settings: hparams.Settings, data: Data, run: Trained,
@@ -210,8 +201,8 @@ def assemble_metrics(spec: dict, seed: int, algo: Algorithm, settings: hparams.S
     metrics["achieved_gflops"] = metrics["train_flops"] / measured["train_time_s"] / 1e9
     metrics["stage_cpu_s"] = dict(res.stage_cpu_s)
     metrics["cpu_time_s"] = sum(res.stage_cpu_s.values())  # process user + system, every thread
-    metrics["resumed"], metrics["segments"] = bool(run.earlier["segments"]), run.segment
-    metrics["resume"] = _resume_note(ckpt, run.earlier)
+    metrics["resumed"], metrics["segments"] = run.segments.resumed, run.segments.segment
+    metrics["resume"] = _resume_note(ckpt, run.segments)
     metrics["checkpoint"] = None if ckpt is None else {"saves": ckpt.saves, "seconds": ckpt.seconds,
                                                         "every_s": ckpt.every_s}
     if clash := sorted(set(extra) & {*metrics, "provenance"}):
@@ -241,7 +232,7 @@ def search_record(best: dict) -> dict:
             "search_complete": budget.get("complete")}
 
 
-def _resume_note(ckpt: checkpoint.Checkpoint | None, earlier: dict) -> dict | None:
+def _resume_note(ckpt: checkpoint.Checkpoint | None, segments: Segments) -> dict | None:
     if ckpt is None or ckpt.resumed_from is None:
         return None
     return {"from_epoch": ckpt.resumed_from["epoch"],
@@ -249,36 +240,6 @@ def _resume_note(ckpt: checkpoint.Checkpoint | None, earlier: dict) -> dict | No
                     "ones up to their last checkpoint (provisional per-epoch marks, `metered` in epochs.csv), "
                     "this one in full; epochs redone after a kill are not counted; dynamic energy uses this "
                     "process's idle power; peak memory is this process's",
-            "earlier_train_time_s": earlier["train_time_s"], "earlier_energy_j": _energy(earlier["window_j"]),
-            "earlier_window_j": earlier["window_j"]}
+            "earlier_train_time_s": segments.earlier["train_time_s"], "earlier_energy_j": segments.earlier_energy_j,
+            "earlier_window_j": segments.earlier["window_j"]}
 
-
-def _add(a: dict, b: dict) -> dict:
-    """Sum per component of two segments' joules; None where either is unknown."""
-    return {c: None if a.get(c, 0.0) is None or b.get(c) is None else a.get(c, 0.0) + b[c] for c in b}
-
-
-def _energy(window_j: dict) -> float | None:
-    """Total joules of the measured components (as the meter sums them); the board column is apart."""
-    known = [v for c, v in window_j.items() if c != "board" and v is not None]
-    return sum(known) if known else None
-
-
-def _with_earlier(measured: dict, earlier: dict) -> dict:
-    """The meter's result with the killed processes' time and energy added: totals of the run."""
-    out = dict(measured)
-    t = out["train_time_s"] = earlier["train_time_s"] + measured["train_time_s"]
-    comps = {}
-    for c, v in measured["energy_components"].items():
-        j = _add(earlier["window_j"], {c: v["j"]})[c]
-        comps[c] = {**v, "j": j, "dynamic_j": None if j is None or v["idle_w"] is None else j - v["idle_w"] * t}
-        out[f"energy_{c}_j"] = j
-    out["energy_components"] = comps
-    out["energy_j"] = energy = _energy({c: v["j"] for c, v in comps.items()})
-    idle_w = measured["idle_power_w"]
-    out["energy_dynamic_j"] = energy - idle_w * t if idle_w is not None and energy is not None else None
-    if measured["emissions_kg"] is not None and energy is not None:
-        out["emissions_kg"] = energy / KWH * measured["carbon_intensity_g_per_kwh"] / 1e3
-    if measured["energy_board_j"] is not None:
-        out["energy_board_j"] = _add(earlier["window_j"], {"board": measured["energy_board_j"]})["board"]
-    return out

@@ -13,7 +13,12 @@ rule report:
     published values beside ours, and the plots; all of them go into `snakemake --report`."""
     input:
         metrics=final_runs(),
-        src=[str(SRC / f) for f in ("report.py", "stats.py", "schema.py", "tiers.py")],
+        # the report package's modules (editing one reruns the report), then what it reads
+        src=[str(f) for f in bpsources.package_modules("report", SRC)]
+        + [
+            str(SRC / f)
+            for f in ("stats.py", "compared.py", "verdicts.py", "target.py", "schema.py", "tiers.py")
+        ],
         published=[
             str(SRC / "published" / f"published_{t}.csv") for t in bpreport.published.TABLES
         ],

@@ -5,7 +5,7 @@ rule train:
         best="results/search/{dataset}/{architecture}/{algorithm}/best.json",
         src=algo_src,
         core=CORE_SRC,
-        meter=str(SRC / "metering.py"),
+        meter=[str(f) for f in bpsources.package_modules("metering", SRC)],
     output:
         metrics="results/runs/{dataset}/{architecture}/{algorithm}/seed{seed}/metrics.json",
         epochs="results/runs/{dataset}/{architecture}/{algorithm}/seed{seed}/epochs.csv",

@@ -192,7 +192,8 @@ def status(shard: Shard, cfg: dict) -> str:
 # ---- docs/field.md, rebuilt from the committed files ----------------------------------------------
 
 FIELD_PAGE = ROOT / "docs" / "field.md"
-BEGIN, END = "<!-- field-tables: begin (python workflow/scripts/field_shards.py report) -->", "<!-- field-tables: end -->"
+BEGIN = "<!-- field-tables: begin (python workflow/scripts/field_shards.py report) -->"
+END = "<!-- field-tables: end -->"
 DASH = bpreport.DASH
 
 
@@ -257,7 +258,8 @@ def tier_tables(tier: str) -> tuple[list[dict], list[dict], list[str]] | None:
         pub = field[(field.dataset == d) & (field.variant == alg)]
         theirs = "; ".join(f"{p.test_acc:.2f} ({p.network}"
                            + (f", bp {p.bp_same_network:g} on it" if p.bp_same_network == p.bp_same_network else "")
-                           + f"; {p.source.split(' (')[0] if 'BioTorch' in p.source else p.tag})" for p in pub.itertuples()) or DASH
+                           + f"; {p.source.split(' (')[0] if 'BioTorch' in p.source else p.tag})"
+                           for p in pub.itertuples()) or DASH
         acc_rows.append({"tier": tier, "dataset": d, "network": a, "algorithm": alg, "locality": g.locality.iloc[0],
                          "test accuracy (%)": acc, "delta vs bp (pp) [95 % CI]": dtext, "verdict": vtext,
                          "published figure (its network; tag or re-run)": theirs})
@@ -344,7 +346,8 @@ def write_field_page() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", choices=("list", "command", "run", "collect", "restore", "report"))
     p.add_argument("shard", nargs="?", help="a shard's name (see list); restore: a tier")
     p.add_argument("--cores", type=int, default=2, help="cores for Snakemake (1-thread jobs: this many at once)")

@@ -183,7 +183,8 @@ class CaFo(Algorithm):
 
     def _dfa_epoch(self, data: Data, gen: torch.Generator) -> torch.Tensor:
         self.net.blocks.train()
-        return minibatch_epoch(self.dfa_opt, lambda idx: self.dfa_backward(train_batch(data, idx, gen), data.y_train[idx]),
+        return minibatch_epoch(self.dfa_opt,
+                               lambda idx: self.dfa_backward(train_batch(data, idx, gen), data.y_train[idx]),
                                len(data.y_train), self.hp.batch_size, gen, self.device)
 
     # ---- predictors -----------------------------------------------------------------------------

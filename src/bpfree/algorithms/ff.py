@@ -10,8 +10,8 @@ or SGD with momentum 0.9 and an L2 penalty); `predict` = "goodness" (paper: argm
 the summed goodness of layers 2..L) or "downstream" (a linear classifier, no bias, zero init, on the
 detached normalised activations of layers 2..L of the neutral-label input). When `downstream_lr`
 is given (or predict = "downstream") that classifier is trained alongside in its own parameter
-group, as the paper did. The learning rates of both groups decay linearly over the second half of the epoch budget (`cooldown`:
-the last epoch runs at 2/E of the rate).
+group, as the paper did. The learning rates of both groups decay linearly over the second half of
+the epoch budget (`cooldown`: the last epoch runs at 2/E of the rate).
 Validation: "acc" of the prediction mode; "loss" is the expected layer loss (sum over layers of the
 BCE, or of the SymBa term, negatives averaged over every wrong label, no peer term) in goodness
 mode, the classifier's cross-entropy in downstream mode.
@@ -39,8 +39,8 @@ from torch import nn
 
 from bpfree import hparams, models
 from bpfree.hparams import SettingError, hp
-from bpfree.algorithms.base import (SGD, Algorithm, Cost, Stage, accuracy, adam, chunked, minibatch_epoch, scores_metrics,
-                                    train_batch)
+from bpfree.algorithms.base import (SGD, Algorithm, Cost, Stage, accuracy, adam, chunked, minibatch_epoch,
+                                    scores_metrics, train_batch)
 from bpfree.data import Data
 
 EPS = 1e-8  # as the reference implementation: z / (rms(z) + eps)
@@ -98,7 +98,8 @@ class Settings(hparams.Settings):
     l2: float = hparams.l2("L2 penalty of the layers (optimizer sgd)")
     predict: str = hp("goodness", choices=("goodness", "downstream"),
                       doc="argmax of the summed goodness of layers 2..L (paper), or a linear classifier on them")
-    downstream_lr: float | None = hparams.lr("learning rate of the downstream classifier (null: none trained)", default=None)
+    downstream_lr: float | None = hparams.lr("learning rate of the downstream classifier (null: none trained)",
+                                             default=None)
     downstream_weight_decay: float = hparams.weight_decay("decoupled decay of the classifier (optimizer adamw)")
     downstream_l2: float = hparams.l2("L2 penalty of the classifier (optimizer sgd)")
     peer_weight: float = hp(0.03, low=0.0, doc="weight of the peer-normalisation penalty")
@@ -129,7 +130,8 @@ class Settings(hparams.Settings):
                 else "SGD, momentum 0.9 (L2 penalty)")
 
 
-def expected_loss(g: torch.Tensor, widths: torch.Tensor, y: torch.Tensor, loss: str, alpha: float | None) -> torch.Tensor:
+def expected_loss(g: torch.Tensor, widths: torch.Tensor, y: torch.Tensor, loss: str,
+                  alpha: float | None) -> torch.Tensor:
     """The validation loss: the training loss's expectation over the uniform draw of the wrong
     label, summed over layers. g: goodness (N, C, L) of every candidate label; widths: (L,).
     ff: BCE on goodness - width, positives and negatives weighted equally as in a 2B training
