@@ -134,7 +134,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     spec = _spec(a, "train")
     _pin_gpu(spec)
     every = None if every < 0 else every
-    m = run_final(spec, a.data, a.best, a.seed, a.out_dir, threads=a.threads, checkpoint_every=every)
+    m = run_final(spec, a.data, a.best, a.seed, a.out_dir, threads=a.threads, checkpoint_every=every,
+                  overlap_dir=a.overlap_dir)
     print(json.dumps({k: m[k] for k in ("test_accuracy", "epochs", "train_time_s", "energy_j", "energy_method")}))
 
 
@@ -231,6 +232,9 @@ def _stage_parsers(sub) -> None:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out-dir", required=True,
                    help="writes metrics.json, epochs.csv and, where a power reading exists, power_trace.csv here")
+    p.add_argument("--overlap-dir", metavar="DIR",
+                   help="folder where the final runs of one study record their windows: metrics.json then "
+                        "names the runs that shared this host (bpfree.overlap; the workflow gives logs/metered)")
     p.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
                    help="save OUT_DIR/checkpoint.pt after an epoch when this many seconds passed since the "
                         "last save (0: every epoch; negative: never); a rerun resumes from it "

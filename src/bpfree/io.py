@@ -148,7 +148,8 @@ def check_outputs(files: Iterable[str | Path | None]) -> None:
         check_writable(folder)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` of this host runs."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -169,7 +170,7 @@ def remove_stale_tmp(targets: Iterable[str | Path]) -> list[Path]:
         pattern = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.(tmp|{re.escape(target.suffix.lstrip('.'))})")
         for f in target.parent.iterdir():
             m = pattern.fullmatch(f.name)
-            if m and int(m[1]) != os.getpid() and not _alive(int(m[1])):
+            if m and int(m[1]) != os.getpid() and not alive(int(m[1])):
                 f.unlink(missing_ok=True)
                 removed.append(f)
     return removed

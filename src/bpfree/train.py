@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bpfree import algorithms, checkpoint, hparams, io, provenance, sources
+from bpfree import algorithms, checkpoint, hparams, io, overlap, provenance, sources
 from bpfree.algorithms.base import Algorithm, accuracy
 from bpfree.data import Data, load, warnings
 from bpfree.device import resolve_device, set_flush_denormal
@@ -36,11 +36,14 @@ class Trained:
 
 
 def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: int, out_dir: str | Path,
-              threads: int | None = None, checkpoint_every: float | None = None) -> dict:
+              threads: int | None = None, checkpoint_every: float | None = None,
+              overlap_dir: str | Path | None = None) -> dict:
     """Train once and write `metrics.json`, `epochs.csv` (and `power_trace.csv` where power is read)
     into `out_dir`. Returns the metrics.
     `checkpoint_every` (seconds, 0 = every epoch; None = off): save `checkpoint.pt` in `out_dir`
-    after epochs and resume from it when rerun after a kill; deleted once the results are written."""
+    after epochs and resume from it when rerun after a kill; deleted once the results are written.
+    `overlap_dir`: the folder where the final runs of one workflow record their windows
+    (bpfree.overlap); the metrics then say which other runs shared this run's host (None: not tracked)."""
     if threads:
         torch.set_num_threads(threads)
     out_dir = Path(out_dir)
@@ -71,16 +74,25 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
         run_key = sources.digest([spec, hp, seed, data.meta, torch.__version__, str(device)],
                                  files=sources.files(spec["impl"]))  # another code version: not resumed
         ckpt = checkpoint.Checkpoint(out_dir / "checkpoint.pt", run_key, every_s=checkpoint_every, log=log)
+    window = overlap.Window(overlap_dir, f"{cell} seed {seed}") if overlap_dir is not None else None
+    if window is not None:
+        window.open()
     try:
         run = train_metered(algo, data, Stopping(**spec["stopping"]), seed, build_meter(device, spec, log), ckpt, log)
     except Diverged as e:
         raise Diverged(f"{cell} seed {seed} diverged with the hyperparameters of {best_path}: {e}") from None
+    finally:
+        overlapped = window.close() if window is not None else None
+    if overlapped:
+        log(f"warning: other metered runs shared this host during the window: {', '.join(overlapped)}")
     if why := exploded(run.fit.history, data.n_classes):
         raise Diverged(f"{cell} seed {seed} diverged with the hyperparameters of {best_path}: {why} "
                        "(docs/protocol.md, 'Final runs'); no result is written") from None
     metrics = assemble_metrics(spec, seed, algo, settings, data, run, ckpt, log)
     metrics.update(search_record(best))
     metrics["flush_denormal"] = flushed
+    metrics["overlapped_with"] = overlapped  # None: not tracked (a run by hand)
+    metrics["overlaps"] = None if overlapped is None else len(overlapped)
     metrics["provenance"], warning = provenance.finished(prov, spec)
     if warning:
         log(warning)

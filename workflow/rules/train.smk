@@ -23,4 +23,5 @@ rule train:
         "../envs/bpfree.yaml"
     shell:
         "bpfree train --spec {params.spec:q} --data {input.data:q} --best {input.best:q} "
-        "--seed {wildcards.seed} --out-dir {params.out_dir:q} --threads {threads} > {log:q} 2>&1"
+        "--seed {wildcards.seed} --out-dir {params.out_dir:q} --threads {threads} --overlap-dir logs/metered "
+        "> {log:q} 2>&1"

@@ -91,6 +91,13 @@ def notes(runs: pd.DataFrame, cells: pd.DataFrame, dl: pd.DataFrame, cfg: StatsC
         if r.n_pairs < 2 or r.note:
             out.append(f"{r.dataset}/{r.architecture}/{r.algorithm} vs bp: {r.status}"
                        + (f"; {r.note}" if r.note else ""))
+    if "overlaps" in runs:  # bpfree.overlap: another metered run shared the host during the window
+        for key, g in runs.groupby(CELL, sort=True):
+            k = int((g.overlaps.fillna(0) > 0).sum())
+            if k:
+                out.append(f"{'/'.join(key)}: {k} of {len(g)} runs shared their host with other metered runs "
+                           "(metrics.json: overlapped_with): their wall time and any socket- or device-wide energy "
+                           "counter include the neighbours' load; CPU time counts this process only.")
     if "capped_stages" in runs:  # the rule measured, not the algorithm: say where the cap cut the curves
         for key, g in runs.groupby(CELL, sort=True):
             k = int((g.capped_stages.fillna(0) > 0).sum())
