@@ -214,5 +214,7 @@ def fingerprint(name: str) -> str:
     that dataset only)."""
     ds = get(name)
     read = ds.read.func if isinstance(ds.read, partial) else ds.read
-    return sources.digest({"entry": repr(ds), "read": inspect.getsource(read), "prepare": inspect.getsource(prepare)},
-                          length=16)
+    entry = {k: v for k, v in vars(ds).items() if k != "read"}  # repr(ds.read) holds a memory address
+    bound = ds.read.keywords if isinstance(ds.read, partial) else {}
+    return sources.digest({"entry": entry, "read": inspect.getsource(read), "read_keywords": bound,
+                           "prepare": inspect.getsource(prepare)}, length=16)

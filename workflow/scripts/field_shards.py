@@ -318,18 +318,21 @@ def pending() -> list[dict]:
 def write_field_page() -> str:
     """Rebuild the generated part of docs/field.md from docs/results/field/; returns a summary line."""
     acc, cost, words = [], [], []
-    for tier in CONFIGS:
+    for tier in TIERS:  # an archived tier keeps its own report (docs/results/field/<tier>/report), not rows here
         if (ROOT / CONFIGS[tier]).exists() and (got := tier_tables(tier)) is not None:
             acc += got[0]
             cost += got[1]
             words += [f"{tier}:", *got[2]] if got[2] else []
     figures = [f"![accuracy against CPU time, {t}](results/field/{t}/report/plots/accuracy_vs_cost.png)"
-               for t in CONFIGS if (committed(t) / "report" / "plots" / "accuracy_vs_cost.png").exists()]
+               for t in TIERS if (committed(t) / "report" / "plots" / "accuracy_vs_cost.png").exists()]
+    archived = [f"[{t}](results/field/{t}/)" for t in ARCHIVED if committed(t).exists()]
     parts = [BEGIN, "", "### Accuracy and verdicts", "",
              bpreport.markdown(pd.DataFrame(acc)) if acc else "No committed run yet.\n",
              "### Cost", "", bpreport.markdown(pd.DataFrame(cost)) if cost else "No committed run yet.\n",
              "fwdgrad-local's floor figure predates the change that carries its tangent by hand; remeasured "
              "after it: 61 % (floor.md).", "",
+             *([f"Archived, not in these tables (their own report beside their files): {', '.join(archived)}.", ""]
+               if archived else []),
              "### Accuracy against cost", "", *(figures or ["No figure yet."]), "",
              "### Each verdict, as the report gives it", "", *(words or ["No verdict yet."]), "",
              "### Pending at the full protocol (config/field.yaml's cells beyond tier 1: for a GPU or a cluster)", "",
