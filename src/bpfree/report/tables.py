@@ -123,19 +123,22 @@ def delta_table(dl: pd.DataFrame, runs: pd.DataFrame, pub: pd.DataFrame,
                 row[f"{label} published"] = _num(pv, "+.2f")
                 if p is not None:
                     ours = _like_with_like(by_metric, m)
+                    why = _incomparable(m, ours, runs[runs.algorithm == alg])
                     claims.append({"source": "original (published table)", "dataset": d, "architecture": a,
                                    "variant": alg, "metric": _metric_label(ours, m), "condition": "",
                                    "published": f"{pv:+.2f}", f"ours [{ci}]": fmt_delta(ours),
-                                   "against 0 (sign)": verdict(ours, pv), **margin_verdict(ours, pv, pv)})
+                                   "against 0 (sign)": DASH if why else verdict(ours, pv),
+                                   **margin_verdict(ours, pv, pv, not_comparable=why)})
         for c in _later_claims(claims_pub, d, a, alg):
             ours = _like_with_like(by_metric, c.metric)
             stated = c.text if c.stated != "difference" else (
                 f"{c.low:+g}" if c.low == c.high else f"{c.low:+g} to {c.high:+g}")
+            why = _incomparable(c.metric, ours, runs[runs.algorithm == alg])
             claims.append({"source": LATER.get(c.source, c.source), "dataset": d, "architecture": a, "variant": alg,
                            "metric": _metric_label(ours, c.metric),
                            "condition": c.condition if isinstance(c.condition, str) else "", "published": stated,
                            f"ours [{ci}]": fmt_delta(ours), "against 0 (sign)": DASH,
-                           **margin_verdict(ours, c.low, c.high, c.stated)})
+                           **margin_verdict(ours, c.low, c.high, c.stated, not_comparable=why)})
         rows.append(row)
     cols = ["source", "dataset", "architecture", "variant", "metric", "condition", "published", f"ours [{ci}]",
             "against 0 (sign)", "published at the margin", "ours at the margin", "agreement"]
@@ -164,17 +167,43 @@ def _metric_label(ours: dict | None, metric: str) -> str:
     return ours["metric"] + (" (not the study's quantity: see the notes)" if unlike else "")
 
 
+def _matches(value: str, pattern: str) -> bool:
+    """A published pattern names its cells: shell-style (`*`), and `X-*` (a family's variants)
+    names the family's own `X` too: the camera-ready's `ff-*` holds for the default `ff`."""
+    return fnmatch.fnmatchcase(value, pattern) or (pattern.endswith("-*") and value == pattern[:-2])
+
+
 def _later_claims(claims_pub: pd.DataFrame | None, d: str, a: str, alg: str) -> list:
     if claims_pub is None:
         return []
     return [c for c in claims_pub.itertuples(index=False)
-            if all(fnmatch.fnmatchcase(v, pat) for v, pat in ((d, c.dataset), (a, c.architecture), (alg, c.variant)))]
+            if all(_matches(v, pat) for v, pat in ((d, c.dataset), (a, c.architecture), (alg, c.variant)))]
 
 
-def margin_verdict(ours: dict | None, low: float, high: float, stated: str = "difference") -> dict:
+def _incomparable(metric: str, ours: dict | None, cell: pd.DataFrame) -> str | None:
+    """Why a published energy figure (a measurement on an A100 GPU) cannot be held against this
+    cell's runs, or None when it can: our figure is the GPU board energy (the study's quantity), or a
+    counter's energy of runs on a GPU. Other metrics are compared wherever the cell matches."""
+    if not metric.startswith("energy") or ours is None or ours["metric"] == "energy_board_j":
+        return None
+    methods = sorted(set(cell.energy_method.dropna().astype(str))) if "energy_method" in cell else []
+    devices = sorted(set(cell.device.dropna().astype(str))) if "device" in cell else []
+    if not methods or any("estimate" in m for m in methods):
+        return f"ours is {', '.join(methods) or 'unrecorded'} energy, the claim a measurement on an A100 GPU"
+    if not any("cuda" in d or "gpu" in d.lower() for d in devices):
+        return f"ours was measured on {', '.join(devices) or 'an unrecorded device'}, the claim on an A100 GPU"
+    return None
+
+
+def margin_verdict(ours: dict | None, low: float, high: float, stated: str = "difference",
+                   not_comparable: str | None = None) -> dict:
     """A published claim and our delta, each classified at our margin for that metric; whether they
-    agree. `low`-`high`: the claimed delta (one value: low = high) in pp or %."""
+    agree. `low`-`high`: the claimed delta (one value: low = high) in pp or %. `not_comparable`: why
+    the claim's conditions differ from ours (then no agreement is stated)."""
     out = {"published at the margin": DASH, "ours at the margin": DASH, "agreement": DASH}
+    if not_comparable:
+        out["agreement"] = f"not comparable here: {not_comparable}"
+        return out
     if stated == "withdrawn":
         out["agreement"] = "withdrawn by its authors: nothing to test"
         if ours is not None and ours.get("verdict"):
