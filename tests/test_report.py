@@ -382,3 +382,15 @@ def test_a_family_pattern_names_the_family_itself():
     assert {c.variant for c in _later_claims(claims, "mnist", "mlp-3x1000", "ff")} == {"ff-*"}
     assert {c.variant for c in _later_claims(claims, "mnist", "mlp-3x1000", "ff-adamw")} == {"ff-*"}
     assert not _later_claims(claims, "mnist", "mlp-3x1000", "ffx")
+
+
+def test_columns_empty_in_a_whole_report_are_left_out_and_named(tmp_path):
+    """On digits no paper reports a time, energy or memory: those published columns are dashes in
+    every row, so table.md and table.html leave them out and the notes name them."""
+    files = [fake_run(tmp_path, "digits", "tiny", a, s, 90.0 + s) for a in ("bp", "mf") for s in range(2)]
+    report.run_report(files, tmp_path / "out", {"resamples": 200})
+    md, page = (tmp_path / "out" / "table.md").read_text(), (tmp_path / "out" / "table.html").read_text()
+    header = md.splitlines()[2]
+    assert "published time (s)" not in header and "test accuracy (%)" in header and "| dataset |" in header
+    assert "left out: " in md and "published time (s)" in md.split("left out: ")[1]
+    assert "<th>published time (s)</th>" not in page and "left out: " in page

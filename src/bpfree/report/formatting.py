@@ -54,6 +54,19 @@ def verdict(row: pd.Series | dict | None, published_value: float) -> str:
     return f"{'supports the sign' if same else 'contradicts the sign'} ({where})"
 
 
+KEYS = ("dataset", "architecture", "algorithm", "variant")  # a table's key columns: never dropped
+
+
+def drop_empty(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """`df` without the columns that hold no value in any row (a dash, blank or NaN everywhere:
+    e.g. the published columns of a data set no paper reports), and their names."""
+    def blank(v) -> bool:
+        return v is None or (isinstance(v, float) and v != v) or str(v).strip() in ("", DASH)
+
+    empty = [c for c in df.columns if c not in KEYS and len(df) and df[c].map(blank).all()]
+    return df.drop(columns=empty), empty
+
+
 def markdown(df: pd.DataFrame) -> str:
     def cell(v) -> str:
         return str(v).replace("|", "\\|").replace("\n", " ")
@@ -72,8 +85,9 @@ def html_page(title: str, parts: list[tuple[str, pd.DataFrame | str]]) -> str:
             body.append(f"<h3>{html.escape(head)}</h3>")
         body.append(part.to_html(index=False, escape=True, border=0) if isinstance(part, pd.DataFrame)
                     else "".join(f"<p>{html.escape(p)}</p>" for p in part.split("\n\n") if p.strip()))
-    style = ("body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#eee}")
+    style = ("body{font-family:sans-serif;font-size:13px;margin:1em}table{border-collapse:collapse;"
+             "table-layout:auto;width:100%;font-size:12px}td,th{border:1px solid #ccc;padding:3px 5px;"
+             "text-align:left;vertical-align:top;overflow-wrap:anywhere}th{background:#eee;position:sticky;top:0}")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body><h2>{html.escape(title)}</h2>{''.join(body)}</body></html>\n")
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from bpfree import io, published, stats, tiers
 from bpfree.report import plots
-from bpfree.report.formatting import html_page, markdown, markdown_parts
+from bpfree.report.formatting import drop_empty, html_page, markdown, markdown_parts
 from bpfree.report.load import components, layer_accuracies, read_curves
 from bpfree.report.notes import notes
 from bpfree.report.tables import absolute_table, delta_table, verdict_table
@@ -74,14 +74,24 @@ ABSOLUTE_TITLE = "Results per cell, published values beside ours"
 SEARCH_TITLE = "Searches: the budget as spent"
 
 
+def _shown(r: Results) -> tuple[pd.DataFrame, str]:
+    """The absolute table without its columns that are empty in this report, and the notes with a
+    line naming those columns."""
+    table, empty = drop_empty(r.absolute)
+    left_out = f"\n\nColumns with no value in this report, left out: {', '.join(empty)}." if empty else ""
+    return table, r.notes + left_out
+
+
 def absolute_md(r: Results) -> str:
-    return (f"# {ABSOLUTE_TITLE}\n\n" + markdown(r.absolute) + f"\n## {SEARCH_TITLE}\n\n"
+    table, notes_text = _shown(r)
+    return (f"# {ABSOLUTE_TITLE}\n\n" + markdown(table) + f"\n## {SEARCH_TITLE}\n\n"
             + (markdown(r.search_budget) if not r.search_budget.empty else "No search recorded.\n")
-            + "\n" + r.notes + "\n")
+            + "\n" + notes_text + "\n")
 
 
 def absolute_html(r: Results) -> str:
-    return html_page(ABSOLUTE_TITLE, [("", r.absolute), (SEARCH_TITLE, r.search_budget), ("Notes", r.notes)])
+    table, notes_text = _shown(r)
+    return html_page(ABSOLUTE_TITLE, [("", table), (SEARCH_TITLE, r.search_budget), ("Notes", notes_text)])
 
 
 
