@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, jvp
 
 from bpfree import hparams, models
-from bpfree.hparams import SettingError, hp
+from bpfree.hparams import hp
 from bpfree.algorithms.base import (SGD, Algorithm, Cost, Stage, accuracy, adam, chunked, minibatch_epoch,
                                     scores_metrics, train_batch)
 from bpfree.algorithms.mf import MonoForwardNet
@@ -66,10 +66,7 @@ class Settings(hparams.Settings):
                        doc="learning rate constant, or cosine-decayed to 0 over the stage's epoch budget")
 
     def check(self) -> None:
-        if self.optimizer == "sgd" and self.weight_decay:
-            raise SettingError("weight_decay", "optimizer sgd takes an L2 penalty (l2), not weight_decay")
-        if self.optimizer == "adamw" and self.l2:
-            raise SettingError("l2", "optimizer adamw takes decoupled weight_decay, not l2")
+        hparams.check_decay(self, self.optimizer, self.optimizer == "adamw")
 
     def optimizer_label(self) -> str:
         opt = (f"SGD, momentum {self.momentum:g} (L2 penalty)" if self.optimizer == "sgd"

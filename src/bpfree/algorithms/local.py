@@ -172,10 +172,7 @@ class Settings(hparams.Settings):
     def check(self) -> None:
         if self.loss != "predsim" and self.beta != BETA:
             raise SettingError("beta", f"loss {self.loss} has no beta (only predsim weighs two losses)")
-        unused = "weight_decay" if self.optimizer == "adam" else "l2"
-        if getattr(self, unused):
-            raise SettingError(unused, f"optimizer {self.optimizer} does not apply {unused} "
-                                       "(adam takes l2, adamw takes weight_decay)")
+        hparams.check_decay(self, self.optimizer, self.optimizer == "adamw")
 
     def optimizer_label(self) -> str:
         return "Adam (L2 penalty)" if self.optimizer == "adam" else "AdamW (decoupled weight decay)"
