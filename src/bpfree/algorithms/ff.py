@@ -175,9 +175,6 @@ class ForwardForward(Algorithm):
         self.peer_weight = hp.peer_weight
         self.peer_momentum = hp.peer_momentum
 
-    def stages(self) -> list[Stage]:
-        return [Stage("all", monitor="acc")]
-
     def begin_stage(self, stage: Stage, data: Data, max_epochs: int) -> None:
         # a scheduler, not a counter: its state is saved with the run's checkpoint, so a resumed
         # run goes on with the learning rate it was killed at
