@@ -151,3 +151,30 @@ def test_configfiles_of_a_snakemake_command_line_are_read_in_every_spelling(tmp_
             config.check_files()
         assert e.value.code == 2
         assert f"cannot read config file {tmp_path / 'typo.yaml'}" in capsys.readouterr().err
+
+
+# ---- protocol.search and protocol.metering: one home per default (issue 26) -------------------
+
+def test_protocol_dataclasses_declare_every_schema_key_with_its_default():
+    from dataclasses import fields
+
+    from bpfree import protocol, schema
+
+    for cls, section in ((protocol.SearchConfig, "search"), (protocol.MeteringConfig, "metering")):
+        assert {f.name for f in fields(cls)} == set(schema.section("protocol", section))
+    m = protocol.MeteringConfig.from_dict({})
+    assert m == protocol.MeteringConfig()
+    assert m.country_iso_code == schema.defaults("protocol", "metering")["country_iso_code"]
+    s = protocol.SearchConfig.from_dict({"n_trials": 3})
+    assert (s.sampler_seed, s.limit_train, s.stopping, s.pruner) == (0, None, None, protocol.PrunerConfig())
+    assert protocol.SearchConfig.from_dict({"n_trials": 3, "pruner": {"type": "none"}}).pruner.n_warmup_steps == 2
+
+
+@pytest.mark.parametrize("section,d", [("search", {"n_trials": 1, "sampler_sed": 1}),
+                                       ("metering", {"idle_second": 5})])
+def test_protocol_dataclasses_refuse_an_unknown_key_by_name(section, d):
+    from bpfree import protocol
+
+    cls = protocol.SearchConfig if section == "search" else protocol.MeteringConfig
+    with pytest.raises(config.ConfigError, match=f"protocol.{section}.*{next(k for k in d if k != 'n_trials')}"):
+        cls.from_dict(d)

@@ -16,6 +16,7 @@ from bpfree.errors import ConfigError  # noqa: F401 - raised by every check here
 from bpfree.errors import FileError
 from bpfree.hparams import PROTOCOL_KEYS  # noqa: F401 - settings only `protocol` may hold
 from bpfree import schema
+from bpfree.protocol import SearchConfig
 from bpfree.schema import SCHEMA  # the schema's path, defaults and errors live there (no torch)
 
 # Keys that moved: (old path, new path). A config that still has one is refused with the new place.
@@ -139,7 +140,7 @@ def check(cfg: dict, device: bool = True, base: Path | None = None) -> None:
 
 def _check_search_fidelity(cfg: dict) -> None:
     """A search subset cannot be larger than the split the final runs train on."""
-    n, full = cfg["protocol"]["search"].get("limit_train"), cfg.get("limit_train")
+    n, full = SearchConfig.from_dict(cfg["protocol"]["search"]).limit_train, cfg.get("limit_train")
     if n is not None and full is not None and n > full:
         raise ConfigError(f"protocol.search.limit_train = {n} is larger than limit_train = {full}: search trials "
                           "train on a subset of the final runs' split")
@@ -212,7 +213,7 @@ def search_spec(cfg: dict, architecture: str, algorithm: str) -> dict:
     return {**spec, "space": entry.get("space", {}), "search": search}
 
 
-SPEC_KEYS = {"train": ("algorithm", "impl", "architecture", "arch", "fixed", "stopping", "device"),
+SPEC_KEYS = {"train": ("algorithm", "impl", "architecture", "arch", "fixed", "stopping", "device", "metering"),
              "search": ("algorithm", "impl", "architecture", "arch", "fixed", "stopping", "device", "space",
                         "search")}
 

@@ -90,6 +90,17 @@ class SettingError(ValueError):
         self.key = key
 
 
+def check_decay(s: Settings, optimizer: str, decoupled: bool, weight_decay: tuple[str, ...] = ("weight_decay",),
+                l2: tuple[str, ...] = ("l2",)) -> None:
+    """The rule of every algorithm with a choice of optimiser: one with decoupled decay (AdamW) applies
+    the `weight_decay` settings, one with an L2 penalty (Adam, SGD) the `l2` settings; a nonzero
+    setting of the other kind is refused (SettingError naming it): it would be silently ignored."""
+    takes = "decoupled decay: weight_decay" if decoupled else "an L2 penalty: l2"
+    for name in l2 if decoupled else weight_decay:
+        if getattr(s, name):
+            raise SettingError(name, f"optimizer {optimizer} does not apply {name} (it takes {takes})")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Base of every algorithm's declared settings."""

@@ -71,7 +71,7 @@ def collect(spec: dict, device: torch.device | str = "cpu", **extra: object) -> 
     sha256 of every file the result depends on (bpfree.sources: the algorithm's module, tracked by
     git or not, the core, and the stage's modules: search.py and journal.py for a search spec, else
     train.py, the modules of the metering package and device.py, through which the meter reads
-    NVML)."""
+    NVML; and protocol.py, the defaults of the stage's protocol section)."""
     return {**git(), "packages": versions(), **hardware(device), "spec_sha256": sources.digest(spec),
             "run_sha256": sources.digest({"spec": spec, **extra}),
             "sources": sources.hashes(spec.get("impl"), extra=_stage(spec))}
@@ -79,9 +79,9 @@ def collect(spec: dict, device: torch.device | str = "cpu", **extra: object) -> 
 
 def _stage(spec: dict) -> tuple[str, ...]:
     if "search" in spec:
-        return ("search.py", "journal.py")
+        return ("search.py", "journal.py", "protocol.py")
     meter = tuple(f"metering/{f.name}" for f in sources.package_modules("metering"))
-    return ("train.py", *meter, "device.py")
+    return ("train.py", *meter, "device.py", "protocol.py")
 
 
 def finished(start: dict, spec: dict) -> tuple[dict, str | None]:

@@ -19,6 +19,7 @@ from bpfree.engine import Diverged, Stopping, fit
 from bpfree.errors import BpfreeError, FileError
 from bpfree.journal import storage
 from bpfree.progress import Progress, duration
+from bpfree.protocol import SearchConfig
 
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -83,14 +84,13 @@ def make_study(spec: dict, journal: str | Path, worker: int | None = None,
                log: Callable[[str], None] | None = None) -> optuna.Study:
     """Create or load the study. Worker k > 0 of a parallel search seeds its sampler with
     sampler_seed + k: equal seeds would make the workers draw the same points."""
-    s = spec["search"]
-    pruner_cfg = s.get("pruner", {})
-    if pruner_cfg.get("type", "median") == "median":
+    s = SearchConfig.from_dict(spec["search"])
+    if s.pruner.type == "median":
         pruner: optuna.pruners.BasePruner = optuna.pruners.MedianPruner(
-            n_startup_trials=pruner_cfg.get("n_startup_trials", 3), n_warmup_steps=pruner_cfg.get("n_warmup_steps", 2))
+            n_startup_trials=s.pruner.n_startup_trials, n_warmup_steps=s.pruner.n_warmup_steps)
     else:
         pruner = optuna.pruners.NopPruner()
-    sampler = optuna.samplers.TPESampler(seed=s.get("sampler_seed", 0) + (worker or 0))
+    sampler = optuna.samplers.TPESampler(seed=s.sampler_seed + (worker or 0))
     return optuna.create_study(study_name="search", storage=storage(journal, log), direction="maximize",
                                sampler=sampler, pruner=pruner, load_if_exists=True)
 
@@ -132,21 +132,22 @@ def _claim(study: optuna.Study, journal: str | Path, budget: int, owner: str) ->
 def fidelity(spec: dict) -> dict:
     """The search fidelity of a search spec: the training images of a trial (`limit_train`, None:
     the whole split) and its stopping rule; `reduced` says whether either differs from the final runs'."""
-    s = spec["search"]
-    stopping = {"min_delta": 0.0, **(s.get("stopping") or spec["stopping"])}
+    s = SearchConfig.from_dict(spec["search"])
+    stopping = {"min_delta": 0.0, **(s.stopping or spec["stopping"])}
     final = {"min_delta": 0.0, **spec["stopping"]}
-    out = {"limit_train": s.get("limit_train"), "stopping": stopping,
-           "reduced": s.get("limit_train") is not None or s.get("limit_val") is not None or stopping != final}
-    if s.get("limit_val") is not None:  # absent from older records, which had no such setting
-        out["limit_val"] = s["limit_val"]
+    out = {"limit_train": s.limit_train, "stopping": stopping,
+           "reduced": s.limit_train is not None or s.limit_val is not None or stopping != final}
+    if s.limit_val is not None:  # absent from older records, which had no such setting
+        out["limit_val"] = s.limit_val
     return out
 
 
 def trial_data(spec: dict, data: Data) -> Data:
     """What a search trial trains and validates on: the class-balanced subsets of
     protocol.search.limit_train and limit_val (each absent: the whole split)."""
-    for split in ("train", "val"):
-        if (n := spec["search"].get(f"limit_{split}")) is not None:
+    s = SearchConfig.from_dict(spec["search"])
+    for split, n in (("train", s.limit_train), ("val", s.limit_val)):
+        if n is not None:
             try:
                 data = balanced_subset(data, n, split)
             except ValueError as e:
@@ -157,7 +158,7 @@ def trial_data(spec: dict, data: Data) -> Data:
 def objective(spec: dict, data: Data, device: torch.device, log: Progress):
     cls = algorithms.get(spec["impl"])
     stopping = Stopping(**fidelity(spec)["stopping"])
-    seed0 = spec["search"].get("sampler_seed", 0)
+    seed0 = SearchConfig.from_dict(spec["search"]).sampler_seed
 
     def run(trial: optuna.Trial) -> float:
         hp = settings(spec, {**spec["fixed"], **sample(trial, spec["space"])})
@@ -222,7 +223,7 @@ def run_search(spec: dict, data_path: str | Path, journal: str | Path, n_trials:
     if n_before := len(study.get_trials(deepcopy=False)):
         # resuming: a sampler seeded as at the start would draw the first trials' points again
         study.sampler = optuna.samplers.TPESampler(
-            seed=spec["search"].get("sampler_seed", 0) + (worker or 0) + 100_003 * n_before)
+            seed=SearchConfig.from_dict(spec["search"]).sampler_seed + (worker or 0) + 100_003 * n_before)
     budget = spec["search"]["n_trials"] if n_trials is None else n_trials
     owner = _resume(study, journal, budget, exclusive, worker, workers, log)
     fn = objective(spec, data, device, log)

@@ -18,6 +18,7 @@ from bpfree.engine import Diverged, FitResult, Stopping, fit
 from bpfree.errors import FileError
 from bpfree.metering import Meter, Segments, check_country
 from bpfree.progress import Progress
+from bpfree.protocol import MeteringConfig
 
 # What a run writes into its folder (their temporary files, left by a kill, are removed at start).
 OUTPUTS = ("metrics.json", "epochs.csv", "checkpoint.pt", "power_trace.csv")
@@ -140,13 +141,12 @@ def check_best(best: dict, spec: dict, dataset: str, path: str | Path) -> None:
 
 def build_meter(device: torch.device, spec: dict, log: Progress) -> Meter:
     """The energy meter of a final run, from the spec's `metering` settings."""
-    m = spec.get("metering", {})
-    check_country(m.get("country_iso_code", "FRA"), "spec metering.country_iso_code")
-    if m.get("idle_seconds", 0):
-        log(f"idle-power baseline: {m['idle_seconds']} s")
-    return Meter(device, country=m.get("country_iso_code", "FRA"), idle_seconds=m.get("idle_seconds", 0),
-                 sample_hz=m.get("sample_hz", 10), estimate_interval_s=m.get("estimate_interval_s", 5.0),
-                 cooldown_s=m.get("cooldown_s", 0))
+    m = MeteringConfig.from_dict(spec["metering"])
+    check_country(m.country_iso_code, "spec metering.country_iso_code")
+    if m.idle_seconds:
+        log(f"idle-power baseline: {m.idle_seconds} s")
+    return Meter(device, country=m.country_iso_code, idle_seconds=m.idle_seconds, sample_hz=m.sample_hz,
+                 estimate_interval_s=m.estimate_interval_s, cooldown_s=m.cooldown_s)
 
 
 def train_metered(algo: Algorithm, data: Data, stopping: Stopping, seed: int, meter: Meter,

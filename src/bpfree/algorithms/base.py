@@ -68,9 +68,12 @@ class Cost:
 
 class Algorithm:
     """Base class. Subclasses declare `Settings` (their hyperparameters, see bpfree.hparams),
-    `LOCALITY` (a key of bpfree.localities.LOCALITIES) and `ARCHITECTURES` (the architecture types they run on), set
-    `self.net` (an nn.Module holding every trainable tensor) and implement `stages`,
-    `train_epoch`, `validate`, `predict` and `cost`.
+    `LOCALITY` (a key of bpfree.localities.LOCALITIES) and `ARCHITECTURES` (the architecture types
+    they run on), set `self.net` (an nn.Module holding every trainable tensor) in `__init__`, and
+    implement `train_epoch` and `cost`. The rest has a default for the common case, overridden
+    only where a method differs: one stage ("all", stopping on validation accuracy), prediction by
+    `self.net` in eval mode in chunks, validation by `predict`, and the forward cost of a network
+    built by `bpfree.models.build`.
 
     `hp` is the typed, complete settings (a dict is parsed against `Settings` first: ConfigError
     names a bad key); `self.hp.lr` and so on, never a default looked up in a dict."""
@@ -99,7 +102,8 @@ class Algorithm:
         return self.LOCALITY
 
     def stages(self) -> list[Stage]:
-        raise NotImplementedError
+        """The phases of training; default: one end-to-end stage stopping on validation accuracy."""
+        return [Stage("all", monitor="acc")]
 
     def begin_stage(self, stage: Stage, data: Data, max_epochs: int) -> None:
         """Called once before a stage's first epoch (`max_epochs` is its epoch budget)."""
@@ -111,8 +115,9 @@ class Algorithm:
 
     def validate(self, stage: Stage, data: Data) -> dict[str, float]:
         """Validation metrics of the stage: {"acc": percent, "loss": float}, and any other quantity
-        of the validation split (each key k becomes the column `val_k` of epochs.csv)."""
-        raise NotImplementedError
+        of the validation split (each key k becomes the column `val_k` of epochs.csv). Default:
+        accuracy and cross-entropy of `predict`'s scores."""
+        return scores_metrics(self.predict(data.x_val), data.y_val)
 
     def epoch_metrics(self, stage: Stage, data: Data) -> dict[str, float]:
         """Optional per-epoch quantities besides validation ones (columns of epochs.csv, named as
@@ -131,15 +136,19 @@ class Algorithm:
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Class scores (N, C) of the finished model; argmax is the prediction."""
-        raise NotImplementedError
+        """Class scores (N, C) of the finished model; argmax is the prediction. Default: `self.net`
+        in eval mode, in chunks (bounded memory)."""
+        self.net.eval()
+        return chunked(self.net, x)
 
     def cost(self, stage: Stage) -> Cost:
+        """Analytic multiply-adds of the stage (the engine sums them into train_flops)."""
         raise NotImplementedError
 
     def predict_macs(self) -> int:
-        """Multiply-adds to predict one sample."""
-        raise NotImplementedError
+        """Multiply-adds to predict one sample. Default: a forward pass of the network that
+        `bpfree.models.build` makes of the architecture."""
+        return models.build_macs(self.arch, self.shape, self.n_classes)
 
     def state_dict(self) -> dict:
         return copy.deepcopy(self.net.state_dict())

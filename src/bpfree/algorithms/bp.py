@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from bpfree import hparams, models
-from bpfree.algorithms.base import (Algorithm, Cost, Stage, adam, chunked, minibatch_epoch, scores_metrics,
-                                    train_batch)
+from bpfree.algorithms.base import (Algorithm, Cost, Stage, adam, minibatch_epoch, train_batch)
 from bpfree.data import Data
 
 
@@ -33,31 +32,16 @@ class BP(Algorithm):
         self.net = models.build(arch, self.shape, self.n_classes).to(self.device)
         self.opt = adam(self.net.parameters(), self.hp.lr, weight_decay=self.hp.weight_decay)
 
-    def stages(self) -> list[Stage]:
-        return [Stage("all", monitor="acc")]
-
     def train_epoch(self, stage: Stage, data: Data, gen: torch.Generator) -> torch.Tensor:
         self.net.train()
         return minibatch_epoch(
             self.opt, lambda idx: F.cross_entropy(self.net(train_batch(data, idx, gen)), data.y_train[idx]),
             len(data.y_train), self.hp.batch_size, gen, self.device)
 
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        self.net.eval()
-        return chunked(self.net, x)
-
-    def validate(self, stage: Stage, data: Data) -> dict[str, float]:
-        return scores_metrics(self.predict(data.x_val), data.y_val)
-
     def cost(self, stage: Stage) -> Cost:
         fwd = self.predict_macs()
         first = models.first_layer_macs(self.arch, self.shape)
         # forward + weight gradients + input gradients of every layer but the first
         return Cost(train=3 * fwd - first, eval=fwd)
-
-    def predict_macs(self) -> int:
-        return models.build_macs(self.arch, self.shape, self.n_classes)
-
 
 ALGORITHM = BP

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from bpfree import hparams, models
 from bpfree.hparams import hp
-from bpfree.algorithms.base import Algorithm, Cost, Stage, chunked, scores_metrics
+from bpfree.algorithms.base import Algorithm, Cost, Stage, chunked
 from bpfree.data import Data
 
 
@@ -59,21 +59,10 @@ class ELM(Algorithm):
         self.net.head.bias.copy_(W[:, -1])
         return ((A1 @ W.T - Y) ** 2).mean()
 
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return chunked(self.net, x)
-
-    def validate(self, stage: Stage, data: Data) -> dict[str, float]:
-        return scores_metrics(self.predict(data.x_val), data.y_val)
-
     def cost(self, stage: Stage) -> Cost:
         d = self.widths[-1] + 1
         features = models.mlp_macs(self.widths, self.n_classes) - self.widths[-1] * self.n_classes
         # features, the Gram matrix and the right-hand side per sample (the d^3 solve is ignored)
         return Cost(train=features + d * d + d * self.n_classes, eval=self.predict_macs())
-
-    def predict_macs(self) -> int:
-        return models.mlp_macs(self.widths, self.n_classes)
-
 
 ALGORITHM = ELM

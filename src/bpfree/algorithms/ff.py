@@ -118,12 +118,8 @@ class Settings(hparams.Settings):
             raise SettingError("alpha", "loss ff has no alpha (its logit is goodness minus width)")
         if self.predict == "downstream" and self.downstream_lr is None:
             raise SettingError("downstream_lr", "predict = downstream trains a classifier: give its downstream_lr")
-        decoupled, penalty = ("weight_decay", "downstream_weight_decay"), ("l2", "downstream_l2")
-        unused = penalty if self.optimizer == "adamw" else decoupled
-        for name in unused:
-            if getattr(self, name):
-                raise SettingError(name, f"optimizer {self.optimizer} does not apply {name} "
-                                         f"(adamw takes weight_decay, sgd takes l2)")
+        hparams.check_decay(self, self.optimizer, self.optimizer == "adamw",
+                            ("weight_decay", "downstream_weight_decay"), ("l2", "downstream_l2"))
 
     def optimizer_label(self) -> str:
         return ("AdamW (decoupled weight decay)" if self.optimizer == "adamw"
@@ -178,9 +174,6 @@ class ForwardForward(Algorithm):
             self.opt = adam(groups, hp.lr, weight_decay=hp.weight_decay)
         self.peer_weight = hp.peer_weight
         self.peer_momentum = hp.peer_momentum
-
-    def stages(self) -> list[Stage]:
-        return [Stage("all", monitor="acc")]
 
     def begin_stage(self, stage: Stage, data: Data, max_epochs: int) -> None:
         # a scheduler, not a counter: its state is saved with the run's checkpoint, so a resumed

@@ -43,9 +43,9 @@ import torch.nn.functional as F
 from torch.func import functional_call, jvp
 
 from bpfree import hparams, models
-from bpfree.hparams import SettingError, hp
+from bpfree.hparams import hp
 from bpfree.algorithms.base import (SGD, Algorithm, Cost, Stage, accuracy, adam, chunked, minibatch_epoch,
-                                    scores_metrics, train_batch)
+                                    train_batch)
 from bpfree.algorithms.mf import MonoForwardNet
 from bpfree.data import Data
 
@@ -66,10 +66,7 @@ class Settings(hparams.Settings):
                        doc="learning rate constant, or cosine-decayed to 0 over the stage's epoch budget")
 
     def check(self) -> None:
-        if self.optimizer == "sgd" and self.weight_decay:
-            raise SettingError("weight_decay", "optimizer sgd takes an L2 penalty (l2), not weight_decay")
-        if self.optimizer == "adamw" and self.l2:
-            raise SettingError("l2", "optimizer adamw takes decoupled weight_decay, not l2")
+        hparams.check_decay(self, self.optimizer, self.optimizer == "adamw")
 
     def optimizer_label(self) -> str:
         opt = (f"SGD, momentum {self.momentum:g} (L2 penalty)" if self.optimizer == "sgd"
@@ -113,9 +110,6 @@ class ForwardGradient(Algorithm):
                             fused=True)
         else:
             self.opt = adam(self.net.parameters(), h.lr, weight_decay=h.weight_decay)
-
-    def stages(self) -> list[Stage]:
-        return [Stage("all", monitor="acc")]
 
     def begin_stage(self, stage: Stage, data: Data, max_epochs: int) -> None:
         # a scheduler, not a counter: saved with crash checkpoints
@@ -194,9 +188,6 @@ class ForwardGradient(Algorithm):
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return chunked(self.net if self.hp.variant == "weight" else self._last_scores, x)
-
-    def validate(self, stage: Stage, data: Data) -> dict[str, float]:
-        return scores_metrics(self.predict(data.x_val), data.y_val)
 
     def layer_accuracies(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         if self.hp.variant == "weight":

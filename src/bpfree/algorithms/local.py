@@ -172,10 +172,7 @@ class Settings(hparams.Settings):
     def check(self) -> None:
         if self.loss != "predsim" and self.beta != BETA:
             raise SettingError("beta", f"loss {self.loss} has no beta (only predsim weighs two losses)")
-        unused = "weight_decay" if self.optimizer == "adam" else "l2"
-        if getattr(self, unused):
-            raise SettingError(unused, f"optimizer {self.optimizer} does not apply {unused} "
-                                       "(adam takes l2, adamw takes weight_decay)")
+        hparams.check_decay(self, self.optimizer, self.optimizer == "adamw")
 
     def optimizer_label(self) -> str:
         return "Adam (L2 penalty)" if self.optimizer == "adam" else "AdamW (decoupled weight decay)"
@@ -194,9 +191,6 @@ class LocalLoss(Algorithm):
         self.L = len(self.net.layers)
         decay = {"l2": h.l2} if h.optimizer == "adam" else {"weight_decay": h.weight_decay}
         self.opt = adam(self.net.parameters(), h.lr, **decay)
-
-    def stages(self) -> list[Stage]:
-        return [Stage("all", monitor="acc")]
 
     def local_losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Each layer's local loss on its detached input, and the output layer's loss (scaled by
@@ -228,15 +222,6 @@ class LocalLoss(Algorithm):
             return sum(losses, out)
 
         return minibatch_epoch(self.opt, loss_fn, len(data.y_train), self.hp.batch_size, gen, self.device)
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        self.net.eval()
-        return chunked(self.net, x)
-
-    def validate(self, stage: Stage, data: Data) -> dict[str, float]:
-        scores = self.predict(data.x_val)
-        return {"acc": accuracy(scores, data.y_val), "loss": F.cross_entropy(scores, data.y_val).item()}
 
     @torch.no_grad()
     def _scores(self, x: torch.Tensor) -> torch.Tensor:
@@ -281,9 +266,5 @@ class LocalLoss(Algorithm):
         if self.loss != "pred":
             train += 3 * sum(sim_head) + sum(2 * B * d + B * C for d in sim_dim)
         return Cost(train=train, eval=self.predict_macs())
-
-    def predict_macs(self) -> int:
-        return models.build_macs(self.arch, self.shape, self.n_classes)
-
 
 ALGORITHM = LocalLoss

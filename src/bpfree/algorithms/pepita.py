@@ -41,8 +41,7 @@ from torch import nn
 
 from bpfree import hparams, models
 from bpfree.hparams import SettingError, hp
-from bpfree.algorithms.base import (SGD, Algorithm, Cost, Stage, chunked, minibatch_epoch, scores_metrics,
-                                    train_batch)
+from bpfree.algorithms.base import (SGD, Algorithm, Cost, Stage, chunked, minibatch_epoch, train_batch)
 from bpfree.data import Data
 
 
@@ -132,9 +131,6 @@ class Pepita(Algorithm):
         x = x.flatten(1)
         return torch.addcmul(self._mean, x, self._std) if self.hp.input == "unit" else x
 
-    def stages(self) -> list[Stage]:
-        return [Stage("all", monitor="acc")]
-
     def begin_stage(self, stage: Stage, data: Data, max_epochs: int) -> None:
         # a scheduler, not a counter: saved with crash checkpoints, so a resumed run keeps its rate
         at = [max(1, round(m * max_epochs)) for m in milestones(self.hp.lr_milestones)]
@@ -175,9 +171,6 @@ class Pepita(Algorithm):
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return chunked(lambda c: self.net(self._input(c))[-1], x)
-
-    def validate(self, stage: Stage, data: Data) -> dict[str, float]:
-        return scores_metrics(self.predict(data.x_val), data.y_val)
 
     def cost(self, stage: Stage) -> Cost:
         fwd = self.predict_macs()

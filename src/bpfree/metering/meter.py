@@ -20,6 +20,7 @@ from bpfree.metering.methods import Estimate, GpuCounter, GpuPower, RaplSource, 
 from bpfree.metering.readers import POWERCAP, Gpu, Rapl, codecarbon_tracker, open_gpu
 from bpfree.metering.summary import (board_summary, component_energy, emissions, epoch_records, gpu_summary,
                                      method_label, trace_rows, window_warning)
+from bpfree.protocol import METERING  # the defaults of protocol.metering (the schema's)
 
 
 class Sampler:
@@ -28,7 +29,7 @@ class Sampler:
     logged and shows as a missing sample; it never stops the run."""
 
     def __init__(self, read: Callable[[], Any], period: float, estimate: Estimate | None = None,
-                 estimate_interval_s: float = 5.0):
+                 estimate_interval_s: float = METERING["estimate_interval_s"]):
         self.read, self.period = read, period
         self.estimate, self.estimate_interval_s = estimate, estimate_interval_s
         self._stop = threading.Event()
@@ -66,10 +67,11 @@ class Meter:
     module) are injectable for tests; `gpu` is the NVML device to meter ("auto": the torch device's
     GPU when `device` is CUDA; an int: that NVML index; None: no GPU component)."""
 
-    def __init__(self, device: torch.device | str, country: str = "FRA", idle_seconds: float = 0.0,
-                 sample_hz: float = 10.0, output_dir: str | None = None, *,
-                 powercap_root: str | Path | None = POWERCAP, nvml: Any = "auto", gpu: Any = "auto",
-                 estimate_interval_s: float = 5.0, codecarbon: bool = True, cooldown_s: float = 0.0):
+    def __init__(self, device: torch.device | str, country: str = METERING["country_iso_code"],
+                 idle_seconds: float = METERING["idle_seconds"], sample_hz: float = METERING["sample_hz"],
+                 output_dir: str | None = None, *, powercap_root: str | Path | None = POWERCAP, nvml: Any = "auto",
+                 gpu: Any = "auto", estimate_interval_s: float = METERING["estimate_interval_s"],
+                 codecarbon: bool = True, cooldown_s: float = METERING["cooldown_s"]):
         self.device = torch.device(device)
         self.country, self.idle_seconds, self.sample_hz = country, float(idle_seconds), float(sample_hz)
         self.cooldown_s = float(cooldown_s)

@@ -1,0 +1,67 @@
+"""`protocol.search` and `protocol.metering` of the config as frozen dataclasses whose defaults are
+the schema's (src/bpfree/config.schema.yaml, their one home), as `bpfree.stats.StatsConfig` is for
+`protocol.statistics`. Specs stay JSON dicts (they travel through Snakemake's `params:` and
+`--spec`); the code that reads a section builds its dataclass there with `from_dict`, which refuses
+what the schema refuses (an unknown key, a bad value) with a ConfigError naming the key. No torch."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bpfree import schema
+from bpfree.errors import ConfigError
+
+SEARCH = schema.defaults("protocol", "search")
+METERING = schema.defaults("protocol", "metering")
+PRUNER = SEARCH["pruner"]
+
+
+def _checked(d: dict | None, section: str) -> dict:
+    d = dict(d or {})
+    why = schema.first_error(d, "protocol", section)
+    if why:
+        raise ConfigError(why)
+    return d
+
+
+@dataclass(frozen=True)
+class PrunerConfig:
+    """`protocol.search.pruner`: Optuna's median pruner, or none."""
+
+    type: str = PRUNER["type"]
+    n_startup_trials: int = PRUNER["n_startup_trials"]
+    n_warmup_steps: int = PRUNER["n_warmup_steps"]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """`protocol.search` (or a search spec's `search`). `stopping` None: trials stop as final runs
+    do (the schema declares no default for it, only for its `min_delta`)."""
+
+    n_trials: int
+    sampler_seed: int = SEARCH["sampler_seed"]
+    workers: int = SEARCH["workers"]
+    limit_train: int | None = SEARCH["limit_train"]
+    limit_val: int | None = SEARCH["limit_val"]
+    stopping: dict | None = None
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> SearchConfig:
+        d = _checked(d, "search")
+        d["pruner"] = PrunerConfig(**d.get("pruner", {}))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class MeteringConfig:
+    """`protocol.metering` (or a train spec's `metering`): how a final run is metered."""
+
+    country_iso_code: str = METERING["country_iso_code"]
+    idle_seconds: float = METERING["idle_seconds"]
+    cooldown_s: float = METERING["cooldown_s"]
+    sample_hz: float = METERING["sample_hz"]
+    estimate_interval_s: float = METERING["estimate_interval_s"]
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> MeteringConfig:
+        return cls(**_checked(d, "metering"))
