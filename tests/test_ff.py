@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from bpfree import data as D
+from bpfree.datasets import prepare
 from bpfree.algorithms.base import accuracy
 from bpfree.algorithms.ff import ForwardForward, StraightThroughReLU, cooldown, rms_norm
 from bpfree.engine import Stopping, fit
@@ -116,7 +117,7 @@ def test_downstream_needs_its_lr():
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     path = tmp_path_factory.mktemp("ff") / "d.pt"
-    D.prepare("digits", None, path)
+    prepare("digits", None, path)
     return D.load(path)
 
 

@@ -20,13 +20,29 @@ from bpfree import io
 
 class Window:
     """One run's record in `folder`: written when the window opens (`open`), completed when it
-    closes (`close`, which returns the labels of the other runs on this host that overlapped it)."""
+    closes (`close`, which returns the labels of the other runs on this host that overlapped it).
+    As a context manager (`folder` None: nothing is tracked), the labels end in `overlapped`."""
 
-    def __init__(self, folder: str | Path, label: str):
-        self.folder, self.label = Path(folder), label
+    def __init__(self, folder: str | Path | None, label: str):
+        self.folder, self.label = (None if folder is None else Path(folder)), label
         self.host, self.pid = socket.gethostname(), os.getpid()
-        self.path = self.folder / f"{self.host}-{self.pid}-{time.time_ns()}.json"
+        self.path = None if folder is None else self.folder / f"{self.host}-{self.pid}-{time.time_ns()}.json"
         self.start: float | None = None
+        self.overlapped: list[str] | None = None  # None: not tracked
+
+    def __enter__(self) -> Window:
+        if self.folder is not None:
+            self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.folder is not None:
+            self.overlapped = self.close()
+
+    def record(self) -> dict:
+        """What metrics.json keeps: the overlapping runs and their number (None: not tracked)."""
+        return {"overlapped_with": self.overlapped,
+                "overlaps": None if self.overlapped is None else len(self.overlapped)}
 
     def open(self) -> None:
         self.start = time.time()

@@ -75,35 +75,36 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
         run_key = sources.digest([spec, hp, seed, data.meta, torch.__version__, str(device)],
                                  files=sources.files(spec["impl"]))  # another code version: not resumed
         ckpt = checkpoint.Checkpoint(out_dir / "checkpoint.pt", run_key, every_s=checkpoint_every, log=log)
-    window = overlap.Window(overlap_dir, f"{cell} seed {seed}") if overlap_dir is not None else None
-    if window is not None:
-        window.open()
-    try:
-        run = train_metered(algo, data, Stopping(**spec["stopping"]), seed, build_meter(device, spec, log), ckpt, log)
-    except Diverged as e:
-        raise Diverged(f"{cell} seed {seed} diverged with the hyperparameters of {best_path}: {e}") from None
-    finally:
-        overlapped = window.close() if window is not None else None
-    if overlapped:
-        log(f"warning: other metered runs shared this host during the window: {', '.join(overlapped)}")
+    with overlap.Window(overlap_dir, f"{cell} seed {seed}") as window:
+        try:
+            run = train_metered(algo, data, Stopping(**spec["stopping"]), seed, build_meter(device, spec, log), ckpt,
+                                log)
+        except Diverged as e:
+            raise Diverged(f"{cell} seed {seed} diverged with the hyperparameters of {best_path}: {e}") from None
+    if window.overlapped:
+        log(f"warning: other metered runs shared this host during the window: {', '.join(window.overlapped)}")
     if why := exploded(run.fit.history, data.n_classes):
         raise Diverged(f"{cell} seed {seed} diverged with the hyperparameters of {best_path}: {why} "
                        "(docs/protocol.md, 'Final runs'); no result is written") from None
     metrics = assemble_metrics(spec, seed, algo, settings, data, run, ckpt, log)
     metrics.update(search_record(best))
-    metrics["flush_denormal"] = flushed
-    metrics["overlapped_with"] = overlapped  # None: not tracked (a run by hand)
-    metrics["overlaps"] = None if overlapped is None else len(overlapped)
+    metrics.update(window.record(), flush_denormal=flushed)
     metrics["provenance"], warning = provenance.finished(prov, spec)
     if warning:
         log(warning)
+    write_results(out_dir, run, metrics, ckpt)
+    return metrics
+
+
+def write_results(out_dir: Path, run: Trained, metrics: dict, ckpt: checkpoint.Checkpoint | None) -> None:
+    """epochs.csv, the power trace where power was read, then metrics.json (last: its presence means
+    the run finished); the checkpoint goes once they are written."""
     io.write_csv(out_dir / "epochs.csv", pd.DataFrame(run.fit.history))
     if run.measured["power_trace"]:
         io.write_csv(out_dir / run.measured["power_trace"], pd.DataFrame(run.trace))
-    io.write_json(out_dir / "metrics.json", metrics)  # last: its presence means the run finished
+    io.write_json(out_dir / "metrics.json", metrics)
     if ckpt is not None:
         ckpt.delete()
-    return metrics
 
 
 LOSS_BLOWUP = 100.0  # a final training loss this many times the first epoch's: exploded

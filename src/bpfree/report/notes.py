@@ -79,10 +79,6 @@ def notes(runs: pd.DataFrame, cells: pd.DataFrame, dl: pd.DataFrame, cfg: StatsC
     if "energy_window_warning" in runs:
         for r in runs[runs.energy_window_warning.notna()].itertuples(index=False):
             out.append(f"WARNING: {r.dataset}/{r.architecture}/{r.algorithm} seed {r.seed}: {r.energy_window_warning}.")
-    for key, g in runs.groupby(CELL, sort=True):
-        if (k := _n_resumed(g)):
-            out.append(f"{'/'.join(key)}: {k} of {len(g)} runs resumed after a kill; their time and energy are "
-                       "totals over all their processes.")
     dup = cells[cells.duplicate_seeds]
     for c in dup.itertuples(index=False):
         out.append(f"WARNING: a seed repeats in {c.dataset}/{c.architecture}/{c.algorithm} (seeds {c.seeds}): "
@@ -91,6 +87,18 @@ def notes(runs: pd.DataFrame, cells: pd.DataFrame, dl: pd.DataFrame, cfg: StatsC
         if r.n_pairs < 2 or r.note:
             out.append(f"{r.dataset}/{r.architecture}/{r.algorithm} vs bp: {r.status}"
                        + (f"; {r.note}" if r.note else ""))
+    out += _cell_caveats(runs)
+    return "\n\n".join(o for o in out if o)
+
+
+def _cell_caveats(runs: pd.DataFrame) -> list[str]:
+    """Per cell: runs resumed after a kill, runs that shared their host with other metered runs,
+    runs the epoch cap ended before their patience ran out."""
+    out = []
+    for key, g in runs.groupby(CELL, sort=True):
+        if (k := _n_resumed(g)):
+            out.append(f"{'/'.join(key)}: {k} of {len(g)} runs resumed after a kill; their time and energy are "
+                       "totals over all their processes.")
     if "overlaps" in runs:  # bpfree.overlap: another metered run shared the host during the window
         for key, g in runs.groupby(CELL, sort=True):
             k = int((g.overlaps.fillna(0) > 0).sum())
@@ -105,4 +113,4 @@ def notes(runs: pd.DataFrame, cells: pd.DataFrame, dl: pd.DataFrame, cfg: StatsC
                 out.append(f"{'/'.join(key)}: the epoch cap ({g.epoch_cap.iloc[0]:.0f}) ended {k} of {len(g)} runs "
                            f"before their patience ({g.patience.iloc[0]:.0f} epochs) ran out, their validation "
                            "quantity still improving: a larger protocol.stopping.max_epochs might change this cell.")
-    return "\n\n".join(o for o in out if o)
+    return out
