@@ -211,17 +211,22 @@ load_case("config-empty", "an empty config file", "", "config file {tmp}/config.
 
 # ---- through Snakemake: refused before any job ---------------------------------------------------
 
+def snakemake_refusal(id: str, root: Path, args: tuple[str, ...], line_with: str) -> str:
+    """The line holding `line_with` of `snakemake -n ARGS` in `root`, which must exit with status 2,
+    with no traceback and nothing made."""
+    out = snakemake(root, "-n", *args, check=False)
+    text = out.stdout + out.stderr
+    assert out.returncode == 2, f"{id}: snakemake -n exited {out.returncode}:\n{text[-2000:]}"
+    assert not (root / "resources").exists() and not (root / "results").exists()
+    assert "Traceback" not in text and 'File "' not in text, f"{id}: a traceback for a known failure:\n{text}"
+    return next((line.strip() for line in text.splitlines() if line_with in line), text[-2000:])
+
+
 def snakemake_case(id: str, what: str, edit: Callable[[dict], object], *needles: str) -> None:
     def run(tmp: Path, digits: Path) -> str:
         cfg = copy.deepcopy(TINY)
         edit(cfg)
-        root = make_repo(tmp / "repo", cfg)
-        out = snakemake(root, "-n", check=False)
-        text = out.stdout + out.stderr
-        assert out.returncode == 2, f"{id}: snakemake -n exited {out.returncode}:\n{text[-2000:]}"
-        assert not (root / "resources").exists() and not (root / "results").exists()
-        assert "Traceback" not in text and 'File "' not in text, f"{id}: a traceback for a known failure:\n{text}"
-        return next((line.strip() for line in text.splitlines() if needles[0] in line), text[-2000:])
+        return snakemake_refusal(id, make_repo(tmp / "repo", cfg), (), needles[0])
 
     CASES.append(Case(id, "snakemake", what, run, needles))
 
@@ -239,12 +244,7 @@ snakemake_case("snakemake-mf-on-cnn", "`mf` on a CNN, through `snakemake -n`", l
 def configfile_case(id: str, what: str, configfile: Callable[[Path], str], *needles: str) -> None:
     """`snakemake -n --configfile X` with a bad X: one line, exit status 2, no traceback."""
     def run(tmp: Path, digits: Path) -> str:
-        root = make_repo(tmp / "repo", TINY)
-        out = snakemake(root, "-n", "--configfile", configfile(tmp), check=False)
-        text = out.stdout + out.stderr
-        assert out.returncode == 2, f"{id}: snakemake -n exited {out.returncode}:\n{text[-2000:]}"
-        assert "Traceback" not in text and 'File "' not in text, f"{id}: a traceback for a known failure:\n{text}"
-        return next((line.strip() for line in text.splitlines() if "refused" in line), text[-2000:])
+        return snakemake_refusal(id, make_repo(tmp / "repo", TINY), ("--configfile", configfile(tmp)), "refused")
 
     CASES.append(Case(id, "snakemake", what, run, needles))
 

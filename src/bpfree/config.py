@@ -16,7 +16,7 @@ from bpfree.errors import ConfigError  # noqa: F401 - raised by every check here
 from bpfree.errors import FileError
 from bpfree.hparams import PROTOCOL_KEYS  # noqa: F401 - settings only `protocol` may hold
 from bpfree import schema
-from bpfree.protocol import SearchConfig
+from bpfree.protocol import MeteringConfig, SearchConfig
 from bpfree.schema import SCHEMA  # the schema's path, defaults and errors live there (no torch)
 
 # Keys that moved: (old path, new path). A config that still has one is refused with the new place.
@@ -129,9 +129,7 @@ def check(cfg: dict, device: bool = True, base: Path | None = None) -> None:
             if d not in cfg["datasets"]:
                 raise ConfigError(f"comparisons[{i}].datasets: {d!r} is not in datasets {cfg['datasets']}")
     _check_search_fidelity(cfg)
-    from bpfree.metering import check_country
-
-    check_country(cfg["protocol"]["metering"]["country_iso_code"])
+    MeteringConfig.from_dict(cfg["protocol"]["metering"])  # e.g. a country CodeCarbon does not know
     if device:
         from bpfree.device import check_device  # imports torch: only where the device is checked
 

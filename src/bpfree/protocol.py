@@ -5,6 +5,7 @@ the schema's (src/bpfree/config.schema.yaml, their one home), as `bpfree.stats.S
 what the schema refuses (an unknown key, a bad value) with a ConfigError naming the key. No torch."""
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 
 from bpfree import schema
@@ -64,4 +65,20 @@ class MeteringConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> MeteringConfig:
-        return cls(**_checked(d, "metering"))
+        """Also refuses a country code CodeCarbon has no carbon intensity for (`check_country`)."""
+        out = cls(**_checked(d, "metering"))
+        check_country(out.country_iso_code)
+        return out
+
+
+def check_country(code: str) -> None:
+    """ConfigError unless CodeCarbon has a carbon intensity for the ISO 3166-1 alpha-3 `code`: for
+    a code it does not know, CodeCarbon records the world average under that code's name."""
+    from codecarbon.input import DataSource
+
+    known = DataSource().get_global_energy_mix_data()
+    if code not in known:
+        close = difflib.get_close_matches(code, known, n=3, cutoff=0.6)
+        raise ConfigError(f"protocol.metering.country_iso_code = {code!r}: CodeCarbon has no carbon intensity for "
+                          "this country code (it would record the world average); give an ISO 3166-1 alpha-3 code "
+                          f"such as {', '.join(close or ['FRA', 'DEU', 'USA'])}")

@@ -16,7 +16,7 @@ from bpfree.data import Data, load, warnings
 from bpfree.device import resolve_device, set_flush_denormal
 from bpfree.engine import Diverged, FitResult, Stopping, fit
 from bpfree.errors import FileError
-from bpfree.metering import Meter, Segments, check_country
+from bpfree.metering import Meter, Segments
 from bpfree.progress import Progress
 from bpfree.protocol import MeteringConfig
 
@@ -143,7 +143,6 @@ def check_best(best: dict, spec: dict, dataset: str, path: str | Path) -> None:
 def build_meter(device: torch.device, spec: dict, log: Progress) -> Meter:
     """The energy meter of a final run, from the spec's `metering` settings."""
     m = MeteringConfig.from_dict(spec["metering"])
-    check_country(m.country_iso_code, "spec metering.country_iso_code")
     if m.idle_seconds:
         log(f"idle-power baseline: {m.idle_seconds} s")
     return Meter(device, country=m.country_iso_code, idle_seconds=m.idle_seconds, sample_hz=m.sample_hz,

@@ -53,7 +53,7 @@ from bpfree.metering.curves import (COMPONENTS, KWH, MIB, ORIGINAL_STUDY_HZ, UNA
 from bpfree.metering.memory import PeakMemory, reset_peak_rss, rss_mib
 from bpfree.metering.meter import Meter, Sampler
 from bpfree.metering.methods import Estimate, GpuCounter, GpuPower, RaplSource, choose_methods
-from bpfree.metering.readers import POWERCAP, Gpu, Rapl, check_country, codecarbon_tracker, open_gpu, rapl_domains
+from bpfree.metering.readers import POWERCAP, Gpu, Rapl, codecarbon_tracker, open_gpu, rapl_domains
 from bpfree.metering.segments import Segments
 from bpfree.metering.summary import (MIN_COUNTER_S, MIN_POWER_SAMPLES, board_summary, component_energy, emissions,
                                      epoch_records, gpu_summary, method_label, trace_rows, window_warning)
@@ -61,7 +61,7 @@ from bpfree.metering.summary import (MIN_COUNTER_S, MIN_POWER_SAMPLES, board_sum
 __all__ = [
     "COMPONENTS", "KWH", "MIB", "MIN_COUNTER_S", "MIN_POWER_SAMPLES", "ORIGINAL_STUDY_HZ", "POWERCAP", "UNAVAILABLE",
     "Curve", "Estimate", "Gpu", "GpuCounter", "GpuPower", "Meter", "PeakMemory", "PowerCurve", "Rapl", "RaplSource",
-    "Sampler", "Segments", "board_energy", "board_summary", "check_country", "choose_methods", "codecarbon_tracker",
+    "Sampler", "Segments", "board_energy", "board_summary", "choose_methods", "codecarbon_tracker",
     "component_energy", "emissions", "energy_between", "epoch_records", "gpu_summary", "method_label", "open_gpu",
     "rapl_domains", "reset_peak_rss", "rss_mib", "trace_rows", "window_warning",
 ]

@@ -3,7 +3,6 @@ counter, power, utilisation and memory) and CodeCarbon (its offline tracker, and
 country code)."""
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import threading
@@ -13,7 +12,6 @@ from typing import Any
 import torch
 
 from bpfree.device import load_nvml, nvml_handle, text
-from bpfree.errors import ConfigError
 from bpfree.metering.curves import COMPONENTS, MIB
 
 POWERCAP = Path("/sys/class/powercap")
@@ -122,19 +120,6 @@ def open_gpu(nvml: Any, device: torch.device | int) -> Gpu | None:
 
 
 # ---- CodeCarbon -----------------------------------------------------------------------------------
-
-def check_country(code: str, key: str = "protocol.metering.country_iso_code") -> None:
-    """ConfigError unless CodeCarbon has a carbon intensity for the ISO 3166-1 alpha-3 `code`: for
-    a code it does not know, CodeCarbon records the world average under that code's name."""
-    from codecarbon.input import DataSource
-
-    known = DataSource().get_global_energy_mix_data()
-    if code not in known:
-        close = difflib.get_close_matches(code, known, n=3, cutoff=0.6)
-        raise ConfigError(f"{key} = {code!r}: CodeCarbon has no carbon intensity for this country code (it would "
-                          f"record the world average); give an ISO 3166-1 alpha-3 code such as "
-                          f"{', '.join(close or ['FRA', 'DEU', 'USA'])}")
-
 
 def codecarbon_tracker(country: str, output_dir: str, interval_s: float = 1.0) -> Any:
     """CodeCarbon's offline tracker (no network), recording after each of its measurements the

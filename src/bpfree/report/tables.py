@@ -186,10 +186,11 @@ def _incomparable(metric: str, ours: dict | None, cell: pd.DataFrame) -> str | N
     counter's energy of runs on a GPU. Other metrics are compared wherever the cell matches."""
     if not metric.startswith("energy") or ours is None or ours["metric"] == "energy_board_j":
         return None
-    methods = sorted(set(cell.energy_method.dropna().astype(str))) if "energy_method" in cell else []
+    methods = _methods(cell)
     devices = sorted(set(cell.device.dropna().astype(str))) if "device" in cell else []
-    if not methods or any("estimate" in m for m in methods):
-        return f"ours is {', '.join(methods) or 'unrecorded'} energy, the claim a measurement on an A100 GPU"
+    if methods in ("", "?") or "estimate" in methods:
+        what = methods if methods not in ("", "?") else "unrecorded"
+        return f"ours is {what} energy, the claim a measurement on an A100 GPU"
     if not any("cuda" in d or "gpu" in d.lower() for d in devices):
         return f"ours was measured on {', '.join(devices) or 'an unrecorded device'}, the claim on an A100 GPU"
     return None
