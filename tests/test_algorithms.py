@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from bpfree import algorithms, hparams
 from bpfree.algorithms.base import Algorithm, Cost, Stage, accuracy, generator
 from bpfree.data import Data
-from bpfree.engine import Diverged, Stopping, fit
+from bpfree.engine import Diverged, FitResult, Stopping, fit
+from bpfree.train import learned_nothing
 
 CPU = torch.device("cpu")
 
@@ -268,3 +269,38 @@ def test_stage_can_stop_on_loss_and_restore_best_accuracy():
 def test_divergence_is_reported_not_hidden():
     with pytest.raises(Diverged, match="nan"):
         fit(Scripted([50, 60], losses=[0.5, float("nan")]), tiny_data(c=2), Stopping(5, 2), seed=0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 60.0])  # 60 > 100 x the first epoch's 0.5
+def test_a_final_run_that_diverges_keeps_its_best_epoch(bad):
+    """docs/protocol.md, 'Final runs': under "stop" divergence ends the stage as patience would."""
+    algo = Scripted([50, 70, 60, 65, 66], losses=[0.5, 0.4, 0.45, bad, 0.3])
+    res = fit(algo, tiny_data(c=2), Stopping(10, 5), seed=0, on_divergence="stop")
+    assert res.epochs == 4 and len(res.history) == 4 and res.best_epoch == 2
+    assert algo.net.weight.item() == 2  # the best-validation weights, not the diverged ones
+    assert len(res.diverged) == 1 and "stage all, epoch 4" in res.diverged[0]
+
+
+def test_searches_keep_the_strict_divergence_rule():
+    with pytest.raises(Diverged, match="inf"):
+        fit(Scripted([50, 60], losses=[0.5, float("inf")]), tiny_data(c=2), Stopping(5, 2), seed=0)
+    res = fit(Scripted([50, 60, 55], losses=[0.5, 60.0, 0.4]), tiny_data(c=2), Stopping(3, 5), seed=0)
+    assert res.epochs == 3 and res.diverged == []  # a finite blow-up ends no trial
+
+
+def test_a_final_run_that_learned_nothing_before_it_diverged_is_refused():
+    """train.learned_nothing: at chance after 3 epochs, or at chance before a divergence at any
+    epoch (a run that ends at epoch 2 is no smoke test)."""
+    def run(accs, diverged):
+        return FitResult(history=[{"train_loss": 0.5, "val_acc": a} for a in accs], diverged=diverged)
+
+    assert learned_nothing(run([10.0, 12.0, 11.0], []), 10)
+    assert not learned_nothing(run([10.0, 12.0], []), 10)  # too short to judge
+    assert learned_nothing(run([10.0, 12.0], ["training loss rose ..."]), 10)
+    assert not learned_nothing(run([10.0, 80.0], ["training loss rose ..."]), 10)
+
+
+def test_a_final_run_diverging_in_its_first_epoch_is_refused():
+    with pytest.raises(Diverged, match="kept no earlier epoch"):
+        fit(Scripted([50, 60], losses=[float("nan"), 0.5]), tiny_data(c=2), Stopping(5, 2), seed=0,
+            on_divergence="stop")

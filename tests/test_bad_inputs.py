@@ -182,6 +182,9 @@ config_case("step-not-dividing-range", "a search range whose `step` does not div
             "algorithms.bp.space.lr.step = 0.004 does not divide the range")
 config_case("impl-relative", "`impl: .bp` (a relative module name)", lambda c, t: c["algorithms"]["bp"].update(
     impl=".bp"), "algorithms.bp.impl = '.bp'", "is not a module name")
+config_case("margin-unknown-metric", "a verdict margin for a misspelt metric `test_acuracy`",
+            lambda c, t: c["protocol"].setdefault("statistics", {}).update(margins={"test_acuracy": 0.3}),
+            "protocol.statistics.margins.test_acuracy: not a compared metric", "test_accuracy")
 config_case("country-unknown", "`country_iso_code: XXX` (no carbon intensity in CodeCarbon)",
             lambda c, t: c["protocol"]["metering"].update(country_iso_code="XXX"),
             "protocol.metering.country_iso_code = 'XXX'", "world average")
@@ -611,7 +614,7 @@ def checkpoint_case(id: str, what: str, content: Callable[[Path, Path], bytes], 
     def run(tmp: Path, digits: Path) -> str:
         out = tmp / "run"
         written(out / "checkpoint.pt", content(tmp, digits))
-        # a rate at which one epoch learns: a run at chance is refused as diverged (train.exploded)
+        # a rate at which one epoch learns: a run at chance is refused as diverged (train.learned_nothing)
         best = written(tmp / "best.json", json.dumps({"params": {**PARAMS, "lr": 3e-2}}))
         argv = train_argv(tmp, digits, best=best, out=out)
         argv[-1] = "0"  # checkpointing on: the rerun looks for a checkpoint

@@ -117,6 +117,18 @@ def test_runs_that_the_epoch_cap_ended_are_named(tmp_path):
     assert "digits/tiny/bp: the epoch cap" not in deltas
 
 
+def test_runs_whose_loss_diverged_are_named(tmp_path):
+    """A final run kept after a divergence (engine.fit's "stop") is not silent: its cell says so."""
+    files = [fake_run(tmp_path, "digits", "tiny", a, s, 90.0 + s) for a in ("bp", "pepita") for s in range(3)]
+    for f in files[3:]:
+        m = json.loads(f.read_text())
+        f.write_text(json.dumps({**m, "diverged_stages": 1, "divergence": "training loss rose ... epoch 9"}))
+    report.run_report(files, tmp_path / "out", {"resamples": 200})
+    deltas = (tmp_path / "out" / "deltas.md").read_text()
+    assert "digits/tiny/pepita: the training loss diverged in 3 of 3 runs" in deltas
+    assert "digits/tiny/bp: the training loss diverged" not in deltas
+
+
 def test_the_declared_margins_are_named_even_when_one_seed_gives_no_verdict(tmp_path):
     """Regression: with one seed per cell every margin was NaN and the notes said "margins none"."""
     files = [fake_run(tmp_path, "digits", "tiny", a, 0, 90.0) for a in ("bp", "mf")]

@@ -130,6 +130,12 @@ def check(cfg: dict, device: bool = True, base: Path | None = None) -> None:
                 raise ConfigError(f"comparisons[{i}].datasets: {d!r} is not in datasets {cfg['datasets']}")
     _check_search_fidelity(cfg)
     MeteringConfig.from_dict(cfg["protocol"]["metering"])  # e.g. a country CodeCarbon does not know
+    from bpfree.stats import StatsConfig  # scipy and statsmodels: only where the config is checked
+
+    try:
+        StatsConfig.from_dict(cfg["protocol"].get("statistics"))  # e.g. a margin of no compared metric
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if device:
         from bpfree.device import check_device  # imports torch: only where the device is checked
 

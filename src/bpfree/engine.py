@@ -17,7 +17,10 @@ from bpfree.errors import BpfreeError
 
 
 class Diverged(BpfreeError, RuntimeError):
-    """The training loss became NaN or infinite (the message names the stage and the epoch)."""
+    """The training loss diverged (the message names the stage, the epoch and how)."""
+
+
+LOSS_BLOWUP = 100.0  # a final run's training loss this many times its stage's first epoch's: diverged
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class FitResult:
     macs: int = 0  # analytic multiply-adds of the whole training phase
     capped_stages: int = 0  # stages under the stopping rule that the epoch cap ended before patience ran out
     stage_cpu_s: dict = field(default_factory=dict)  # process CPU seconds (user + system) per stage
+    diverged: list = field(default_factory=list)  # final runs: where and how each stage that diverged did
 
 
 class EarlyStopping:
@@ -91,13 +95,18 @@ def _improved(value: float, best: float | None, monitor: str, min_delta: float) 
 
 
 def fit(algo: Algorithm, data: Data, stopping: Stopping, seed: int,
-        on_epoch: Callable[[dict], None] | None = None, checkpoint: Checkpoint | None = None) -> FitResult:
+        on_epoch: Callable[[dict], None] | None = None, checkpoint: Checkpoint | None = None,
+        on_divergence: str = "raise") -> FitResult:
     """Train `algo` on `data`. `on_epoch(record)` is called after every epoch (progress, metering,
     pruning: it may raise to stop). A stage stops when its `monitor` has not improved by
     `min_delta` for `patience` epochs, and ends with the checkpoint that was best by its `restore`
     quantity (default: the monitor) restored.
+    `on_divergence` (see `_diverged`): "raise" (searches) raises Diverged; "stop" (final runs)
+    ends a diverged stage as patience would, its best weights restored, and goes on.
     `checkpoint` (bpfree.checkpoint): resume from its saved state if it holds one, save after
     epochs (see Checkpoint.every_s); the caller deletes it once the results are written."""
+    if on_divergence not in ("raise", "stop"):
+        raise ValueError(f"on_divergence must be 'raise' or 'stop', not {on_divergence!r}")
     gen = generator(algo.device, seed)
     n_seen = len(data.y_train) + len(data.y_val)
     resume = checkpoint.load() if checkpoint is not None else None
@@ -108,7 +117,7 @@ def fit(algo: Algorithm, data: Data, stopping: Stopping, seed: int,
         cap = stage.epochs or stopping.max_epochs
         cpu0 = time.process_time()  # the stage's CPU time: set-up, epochs, bookkeeping and end_stage
         algo.begin_stage(stage, data, cap)
-        early, first = EarlyStopping(stage, stopping), 1
+        early, first, diverged = EarlyStopping(stage, stopping), 1, False
         if resume is not None and si < resume["stage"]:  # finished before the kill: replay its side effects
             algo.end_stage(stage, data)
             continue
@@ -125,21 +134,42 @@ def fit(algo: Algorithm, data: Data, stopping: Stopping, seed: int,
             record, val = _epoch(algo, stage, epoch, data, gen, res)
             _add_cpu(res, stage.name, time.process_time() - cpu0)
             cpu0 = time.process_time()
-            early.update(val, algo, res.epochs, last=epoch == cap)
-            if stage.epochs is None:
-                record["since_best"] = early.bad
+            if not (diverged := _diverged(record, res, early, on_divergence)):
+                early.update(val, algo, res.epochs, last=epoch == cap)
+                record["since_best"] = early.bad if stage.epochs is None else None
             if on_epoch is not None:
                 on_epoch(record)
+            if diverged:
+                break
             if checkpoint is not None and checkpoint.due():
                 checkpoint.save({"stage": si, "stage_epoch": epoch, "result": asdict(res), "algo": algo_state(algo),
                                  "rng": rng_state(gen), "early": early.state_dict()})
         early.restore(algo)
         res.best_epoch = early.best_epoch or res.epochs
-        res.capped_stages += stage.epochs is None and early.bad < stopping.patience
+        res.capped_stages += stage.epochs is None and early.bad < stopping.patience and not diverged
         algo.end_stage(stage, data)
         _add_cpu(res, stage.name, time.process_time() - cpu0)
     res.val_acc = accuracy(algo.predict(data.x_val), data.y_val)
     return res
+
+
+def _diverged(record: dict, res: FitResult, early: EarlyStopping, on_divergence: str) -> bool:
+    """Whether the epoch of `record` diverged (fit's `on_divergence`): a NaN or infinite training
+    loss, or under "stop" one above LOSS_BLOWUP times its stage's first epoch's. Under "stop" the
+    reason goes to `res.diverged` (docs/protocol.md, "Final runs"); Diverged is raised under "raise",
+    or where the stage kept no epoch to restore (its first epoch, or a fixed-epoch stage)."""
+    loss, where = record["train_loss"], f"in stage {record['stage']}, epoch {record['stage_epoch']}"
+    first = next(r["train_loss"] for r in res.history if r["stage"] == record["stage"])
+    if not math.isfinite(loss):
+        why = f"training loss is {loss} {where}"
+    elif on_divergence == "stop" and first > 0 and loss > LOSS_BLOWUP * first:
+        why = f"training loss rose from {first:.3g} (the stage's first epoch) to {loss:.3g} {where}"
+    else:
+        return False
+    if on_divergence == "raise" or early.best_state is None:
+        raise Diverged(why + ("" if on_divergence == "raise" else "; the stage kept no earlier epoch"))
+    res.diverged.append(why)
+    return True
 
 
 def _add_cpu(res: FitResult, stage: str, seconds: float) -> None:
@@ -160,14 +190,12 @@ def _epoch(algo: Algorithm, stage: Stage, stage_epoch: int, data: Data, gen: tor
     cost = algo.cost(stage)
     res.epochs += 1
     res.macs += cost.train * len(data.y_train) + cost.eval * len(data.y_val)
-    if not math.isfinite(loss):
-        raise Diverged(f"training loss is {loss} in stage {stage.name}, epoch {stage_epoch}")
     record = {"epoch": res.epochs, "stage": stage.name, "stage_epoch": stage_epoch, "train_loss": loss,
               "val_acc": val["acc"], "val_loss": val["loss"],
               **{f"val_{k}": v for k, v in val.items() if k not in MONITORS}, "seconds": seconds,
               "cpu_s": cpu, "load_1m": os.getloadavg()[0],
               "since_best": None}  # epochs since the monitor improved (fit sets it; None: a fixed-epoch stage)
-    extra = algo.epoch_metrics(stage, data)
+    extra = algo.epoch_metrics(stage, data) if math.isfinite(loss) else {}
     if clash := sorted(set(extra) & set(record)):
         raise ValueError(f"{type(algo).__name__}.epoch_metrics: {', '.join(clash)} would overwrite the engine's "
                          "columns")

@@ -56,12 +56,9 @@ NOT_METRIC_PREFIXES = ("hp_", "search_")  # a run's hyperparameters and its sear
 INTERVALS = tuple(schema.section("protocol", "statistics")["interval"]["enum"])
 VERDICT_METHODS = tuple(schema.section("protocol", "statistics")["verdict_method"]["enum"])
 # The defaults of `protocol.statistics` are the schema's (src/bpfree/config.schema.yaml), their
-# one home. Margins of the verdicts, in the unit of each metric's delta (pp or %). Accuracy 0.5 pp:
-# the size of the largest MLP accuracy edge the original study claimed on MNIST/Fashion-MNIST
-# (+0.51 pp) and within the seed-to-seed sd it published for bp (0.10-0.63 pp). Time, energy,
-# memory 10 %: below the smallest energy saving the camera-ready version claims (12.5 %).
+# one home, but for the margins: each compared metric's default margin is its row's (bpfree.compared).
 DEFAULTS = schema.defaults("protocol", "statistics")
-MARGINS = DEFAULTS["margins"]
+MARGINS = {m.margin_key: m.default_margin for m in COMPARED if m.default_margin is not None}
 HIGHER_IS_BETTER = {m.name for m in COMPARED if m.higher_is_better}
 
 
@@ -98,6 +95,9 @@ class StatsConfig:
         why = schema.first_error(d, "protocol", "statistics")
         if why:
             raise ValueError(why)
+        if unknown := sorted(set(d.get("margins") or {}) - {m.margin_key for m in COMPARED}):
+            raise ValueError(f"protocol.statistics.margins.{unknown[0]}: not a compared metric (bpfree.compared: "
+                             f"{', '.join(m.margin_key for m in COMPARED)})")
         d["margins"] = {**MARGINS, **(d.get("margins") or {})}
         return cls(**d)
 

@@ -2,6 +2,7 @@
 checkpoint restored, the test split evaluated once, energy metered over the training phase."""
 from __future__ import annotations
 
+import math
 import os
 import platform
 from dataclasses import dataclass
@@ -83,7 +84,9 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
             raise Diverged(f"{cell} seed {seed} diverged with the hyperparameters of {best_path}: {e}") from None
     if window.overlapped:
         log(f"warning: other metered runs shared this host during the window: {', '.join(window.overlapped)}")
-    if why := exploded(run.fit.history, data.n_classes):
+    for why in run.fit.diverged:
+        log(f"warning: diverged, {why}: the stage ended there with its best-validation weights (docs/protocol.md)")
+    if why := learned_nothing(run.fit, data.n_classes):
         raise Diverged(f"{cell} seed {seed} diverged with the hyperparameters of {best_path}: {why} "
                        "(docs/protocol.md, 'Final runs'); no result is written") from None
     metrics = assemble_metrics(spec, seed, algo, settings, data, run, ckpt, log)
@@ -107,25 +110,21 @@ def write_results(out_dir: Path, run: Trained, metrics: dict, ckpt: checkpoint.C
         ckpt.delete()
 
 
-LOSS_BLOWUP = 100.0  # a final training loss this many times the first epoch's: exploded
 CHANCE_FACTOR = 1.5  # a best validation accuracy at most this many times chance: learned nothing
 CHANCE_EPOCHS = 3  # ... after at least this many epochs (a 1-epoch smoke run may still be at chance)
 
 
-def exploded(history: list[dict], n_classes: int) -> str | None:
-    """Divergence that stays finite (the engine stops NaN and inf itself): the last epoch's training
-    loss above LOSS_BLOWUP times the first epoch's, or, after CHANCE_EPOCHS epochs or more, a best
-    validation accuracy no better than CHANCE_FACTOR times chance (100 / classes %). Returns the
-    reason, or None."""
-    if not history:
+def learned_nothing(res: FitResult, n_classes: int) -> str | None:
+    """Why a final run is refused although no epoch raised (docs/protocol.md, "Final runs"): a best
+    validation accuracy no better than CHANCE_FACTOR times chance (100 / classes %) after
+    CHANCE_EPOCHS epochs or more, or after a stage diverged (engine.fit's "stop": the run kept an
+    epoch from before the divergence, which must have learned something). Returns the reason, or None."""
+    if not res.history:
         return None
-    first, last = history[0]["train_loss"], history[-1]["train_loss"]
-    if first > 0 and last > LOSS_BLOWUP * first:
-        return f"its training loss rose from {first:.3g} (epoch 1) to {last:.3g} (epoch {len(history)})"
-    best = max(r["val_acc"] for r in history)
-    if len(history) >= CHANCE_EPOCHS and best <= CHANCE_FACTOR * 100.0 / n_classes:
+    best = max((r["val_acc"] for r in res.history if math.isfinite(r["train_loss"])), default=0.0)
+    if (len(res.history) >= CHANCE_EPOCHS or res.diverged) and best <= CHANCE_FACTOR * 100.0 / n_classes:
         return (f"its best validation accuracy {best:.1f} % is no better than {CHANCE_FACTOR:g} x chance "
-                f"({100.0 / n_classes:.1f} %)")
+                f"({100.0 / n_classes:.1f} %)" + (f" ({'; '.join(res.diverged)})" if res.diverged else ""))
     return None
 
 
@@ -173,7 +172,7 @@ def train_metered(algo: Algorithm, data: Data, stopping: Stopping, seed: int, me
     load_start = os.getloadavg()
     meter.start()
     try:
-        res = fit(algo, data, stopping, seed=seed, on_epoch=on_epoch, checkpoint=ckpt)
+        res = fit(algo, data, stopping, seed=seed, on_epoch=on_epoch, checkpoint=ckpt, on_divergence="stop")
         measured = meter.stop()
     finally:
         meter.close()
@@ -203,6 +202,7 @@ def assemble_metrics(spec: dict, seed: int, algo: Algorithm, settings: hparams.S
         "test_accuracy": test_acc, "val_accuracy": res.val_acc,
         "epochs": res.epochs, "best_epoch": res.best_epoch, "epoch_cap": stopping.max_epochs,
         "capped_stages": res.capped_stages,
+        "diverged_stages": len(res.diverged), "divergence": "; ".join(res.diverged) or None,
         "patience": stopping.patience, "n_params": algo.n_params(), "n_train": len(data.y_train),
         "train_flops": 2 * res.macs, "predict_flops": 2 * algo.predict_macs(),
         "layer_test_accuracy": algo.layer_accuracies(data.x_test, data.y_test),

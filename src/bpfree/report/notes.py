@@ -93,24 +93,27 @@ def notes(runs: pd.DataFrame, cells: pd.DataFrame, dl: pd.DataFrame, cfg: StatsC
 
 def _cell_caveats(runs: pd.DataFrame) -> list[str]:
     """Per cell: runs resumed after a kill, runs that shared their host with other metered runs,
-    runs the epoch cap ended before their patience ran out."""
+    runs whose training loss diverged (a stage ended at it), runs the epoch cap ended before their
+    patience ran out."""
+    def count(g: pd.DataFrame, col: str) -> int:
+        return int((g[col].fillna(0) > 0).sum()) if col in g else 0
+
     out = []
     for key, g in runs.groupby(CELL, sort=True):
+        cell, n = "/".join(key), len(g)
         if (k := _n_resumed(g)):
-            out.append(f"{'/'.join(key)}: {k} of {len(g)} runs resumed after a kill; their time and energy are "
-                       "totals over all their processes.")
-    if "overlaps" in runs:  # bpfree.overlap: another metered run shared the host during the window
-        for key, g in runs.groupby(CELL, sort=True):
-            k = int((g.overlaps.fillna(0) > 0).sum())
-            if k:
-                out.append(f"{'/'.join(key)}: {k} of {len(g)} runs shared their host with other metered runs "
-                           "(metrics.json: overlapped_with): their wall time and any socket- or device-wide energy "
-                           "counter include the neighbours' load; CPU time counts this process only.")
-    if "capped_stages" in runs:  # the rule measured, not the algorithm: say where the cap cut the curves
-        for key, g in runs.groupby(CELL, sort=True):
-            k = int((g.capped_stages.fillna(0) > 0).sum())
-            if k:
-                out.append(f"{'/'.join(key)}: the epoch cap ({g.epoch_cap.iloc[0]:.0f}) ended {k} of {len(g)} runs "
-                           f"before their patience ({g.patience.iloc[0]:.0f} epochs) ran out, their validation "
-                           "quantity still improving: a larger protocol.stopping.max_epochs might change this cell.")
+            out.append(f"{cell}: {k} of {n} runs resumed after a kill; their time and energy are totals over all "
+                       "their processes.")
+        if (k := count(g, "overlaps")):  # bpfree.overlap: another metered run shared the host during the window
+            out.append(f"{cell}: {k} of {n} runs shared their host with other metered runs (metrics.json: "
+                       "overlapped_with): their wall time and any socket- or device-wide energy counter include "
+                       "the neighbours' load; CPU time counts this process only.")
+        if (k := count(g, "diverged_stages")):
+            out.append(f"{cell}: the training loss diverged in {k} of {n} runs (metrics.json: divergence); each "
+                       "such stage ended there as patience would and kept its best-validation weights "
+                       "(docs/protocol.md, 'Final runs'): the hyperparameters are unstable over a full run.")
+        if (k := count(g, "capped_stages")):  # the rule measured, not the algorithm: say where the cap cut
+            out.append(f"{cell}: the epoch cap ({g.epoch_cap.iloc[0]:.0f}) ended {k} of {n} runs before their "
+                       f"patience ({g.patience.iloc[0]:.0f} epochs) ran out, their validation quantity still "
+                       "improving: a larger protocol.stopping.max_epochs might change this cell.")
     return out
