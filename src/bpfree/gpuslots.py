@@ -58,6 +58,21 @@ def slots() -> int:
     return int(text)
 
 
+def profile_counts() -> tuple[int, int]:
+    """(GPUs, slots per GPU) for profiles/workstation-gpu, so that Snakemake counts what `pin`
+    shares out: the devices of BPFREE_GPUS (else every GPU NVML lists) and BPFREE_GPU_SLOTS. With a
+    bad slot count or no GPU it prints one line naming the variable and exits with status 2."""
+    try:
+        n, devices = slots(), gpus()
+        if not devices:
+            raise ConfigError("profiles/workstation-gpu: NVML lists no GPU here; set BPFREE_GPUS to the devices "
+                              "to use (e.g. BPFREE_GPUS=0,1), or run with the default profile")
+    except ConfigError as e:
+        sys.stderr.write(f"bpfree: {e}\n")
+        raise SystemExit(2) from None
+    return len(devices), n
+
+
 def try_lock(gpu: str, slot: int = 0) -> int | None:
     """An open descriptor holding slot `slot` of `gpu`, or None if another process holds it."""
     d = lock_dir()
