@@ -76,7 +76,10 @@ class Hold:
         finally:
             os.close(gate)  # releases the gate: the next writer may queue
         self.waited_s = time.monotonic() - t0
-        io.write_json(self._note, {"label": self.label, "pid": os.getpid(), "exclusive": self.exclusive})
+        try:  # a note for the wait lines of others, nothing more: a full disk must not stop the run for it
+            self._note.write_text(json.dumps({"label": self.label, "pid": os.getpid(), "exclusive": self.exclusive}))
+        except OSError:
+            pass
         return self
 
     def __exit__(self, *exc) -> None:

@@ -127,12 +127,14 @@ def take(devices: list[str], n: int, whole: bool) -> tuple[str, list[int]] | Non
 def pin(device: str = "auto", poll_s: float = 2.0, whole: bool = False) -> str | None:
     """Take a slot of a GPU (or a `whole` GPU) for this process and set CUDA_VISIBLE_DEVICES; the
     GPU index, or None when pinning does not apply (see the module docstring). Blocks while none is
-    free. ConfigError for a bad BPFREE_GPU_SLOTS."""
+    free. ConfigError for a bad BPFREE_GPU_SLOTS, also where pinning does not apply (the profile
+    reads it too)."""
+    n = slots()
     if os.environ.get("BPFREE_GPU_PIN", "1") == "0" or "CUDA_VISIBLE_DEVICES" in os.environ:
         return None
     if device not in ("auto", "cuda"):
         return None
-    n, devices = slots(), gpus()
+    devices = gpus()
     if not devices or (len(devices) < 2 and n == 1 and not os.environ.get("BPFREE_GPUS")):
         return None
     waited = False
