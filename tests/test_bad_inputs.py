@@ -560,6 +560,9 @@ cli_case("checkpoint-interval-env", "cli", "`BPFREE_CHECKPOINT_EVERY=ten`", lamb
          "BPFREE_CHECKPOINT_EVERY = 'ten'", env={"BPFREE_CHECKPOINT_EVERY": "ten"})
 cli_case("gpu-slots-env", "cli", "`BPFREE_GPU_SLOTS=0`", lambda t, d: train_argv(t, d), "BPFREE_GPU_SLOTS = '0'",
          env={"BPFREE_GPU_SLOTS": "0"})
+cli_case("metered-lock-dir-unusable", "cli", "`BPFREE_METERED_LOCK_DIR=/dev/null/locks` (no folder can be made there)",
+         lambda t, d: train_argv(t, d), "cannot lock in /dev/null/locks (", "BPFREE_METERED_LOCK_DIR",
+         env={"BPFREE_METERED_LOCK_DIR": "/dev/null/locks"})
 cli_case("spec-without-config", "cli", "`bpfree train` with neither `--spec` nor `--config`", lambda t, d: [
          "train", "--data", str(d), "--best", "b.json", "--seed", "0", "--out-dir", str(t)], "give --spec, or --config")
 cli_case("spec-unknown-architecture", "cli", "`bpfree spec --architecture` naming none of the config's",

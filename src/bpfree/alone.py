@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bpfree import io
+from bpfree.errors import FileError
 
 
 def lock_dir() -> Path:
@@ -66,15 +67,22 @@ class Hold:
         self._note = self.folder / f"{self.name}.{os.getpid()}-{time.time_ns()}.holder"  # who holds it, for waiters
 
     def __enter__(self) -> Hold:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """Wait for the lock and take it. FileError naming the folder where it cannot be made or
+        locked (no permission; a file system without flock)."""
         t0, told = time.monotonic(), False
-        gate = self._open("gate")
         try:
-            told = self._take(gate, fcntl.LOCK_EX, told)
-            self._fd = self._open("lock")
-            told = self._take(self._fd, fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH, told)
-        finally:
-            os.close(gate)  # releases the gate: the next writer may queue
+            self.folder.mkdir(parents=True, exist_ok=True)
+            gate = self._open("gate")
+            try:
+                told = self._take(gate, fcntl.LOCK_EX, told)
+                self._fd = self._open("lock")
+                told = self._take(self._fd, fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH, told)
+            finally:
+                os.close(gate)  # releases the gate: the next writer may queue
+        except OSError as e:
+            raise FileError(f"cannot lock in {self.folder} (the metered runs' lock folder, "
+                            f"$BPFREE_METERED_LOCK_DIR): {e.strerror or e}; give a local folder that supports flock"
+                            ) from None
         self.waited_s = time.monotonic() - t0
         try:  # a note for the wait lines of others, nothing more: a full disk must not stop the run for it
             self._note.write_text(json.dumps({"label": self.label, "pid": os.getpid(), "exclusive": self.exclusive}))
