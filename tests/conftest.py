@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import tempfile
 from pathlib import Path
 
@@ -39,6 +40,11 @@ def _stand_in_data_root() -> str:
 
 
 _HELD: list[tempfile.TemporaryDirectory] = []  # kept alive until exit, when each removes its folder
+
+# The locks that keep metered runs alone (bpfree.alone) live in a folder of this test session, not in
+# the host's: the tests' jobs neither wait for a study running on this machine nor delay its runs.
+_HELD.append(tempfile.TemporaryDirectory(prefix="bpfree-metered-locks-"))
+os.environ["BPFREE_METERED_LOCK_DIR"] = _HELD[-1].name
 
 
 @pytest.fixture(scope="session")

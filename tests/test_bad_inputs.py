@@ -188,6 +188,10 @@ config_case("margin-unknown-metric", "a verdict margin for a misspelt metric `te
 config_case("country-unknown", "`country_iso_code: XXX` (no carbon intensity in CodeCarbon)",
             lambda c, t: c["protocol"]["metering"].update(country_iso_code="XXX"),
             "protocol.metering.country_iso_code = 'XXX'", "world average")
+config_case("alone-not-boolean", "`alone: yes please` (not true or false)",
+            lambda c, t: c["protocol"]["metering"].update(alone="yes please"), "protocol.metering.alone = 'yes please'")
+config_case("idle-reuse-negative", "`idle_reuse_s: -1`", lambda c, t: c["protocol"]["metering"].update(idle_reuse_s=-1),
+            "protocol.metering.idle_reuse_s = -1")
 
 
 def load_case(id: str, what: str, text: str | None, *needles: str) -> None:
@@ -557,6 +561,11 @@ cli_case("search-without-data", "cli", "`bpfree search` without `--data`", lambd
          "search", "--spec", json.dumps(SEARCH), "--journal", str(t / "j")], "--data is required")
 cli_case("checkpoint-interval-env", "cli", "`BPFREE_CHECKPOINT_EVERY=ten`", lambda t, d: train_argv(t, d)[:-2],
          "BPFREE_CHECKPOINT_EVERY = 'ten'", env={"BPFREE_CHECKPOINT_EVERY": "ten"})
+cli_case("gpu-slots-env", "cli", "`BPFREE_GPU_SLOTS=0`", lambda t, d: train_argv(t, d), "BPFREE_GPU_SLOTS = '0'",
+         env={"BPFREE_GPU_SLOTS": "0"})
+cli_case("metered-lock-dir-unusable", "cli", "`BPFREE_METERED_LOCK_DIR=/dev/null/locks` (no folder can be made there)",
+         lambda t, d: train_argv(t, d), "cannot lock in /dev/null/locks (", "BPFREE_METERED_LOCK_DIR",
+         env={"BPFREE_METERED_LOCK_DIR": "/dev/null/locks"})
 cli_case("spec-without-config", "cli", "`bpfree train` with neither `--spec` nor `--config`", lambda t, d: [
          "train", "--data", str(d), "--best", "b.json", "--seed", "0", "--out-dir", str(t)], "give --spec, or --config")
 cli_case("spec-unknown-architecture", "cli", "`bpfree spec --architecture` naming none of the config's",

@@ -102,6 +102,7 @@ def test_fake_sbatch_sees_the_training_resources(tmp_path):
         assert re.search(r"-t '?240'?( |$)", call)
         assert "-p gpu" in call and "-A testacct" in call
         assert "rule_train" in call
+        assert " --exclusive" in call  # a whole node: RAPL and the wall time count this run alone
         # 4 CPUs, and Snakemake inside the job gives the rule (torch) 4 threads
         assert "--cpus-per-task=4" in call and "--cores 4 " in call and base64.b64encode(b"train=4").decode() in call
 
@@ -130,6 +131,31 @@ def test_gpu_slots_pin_each_process_to_a_free_device(tmp_path):
     out = subprocess.run([sys.executable, "-c", "from bpfree import gpuslots; print(gpuslots.pin('auto'))"],
                          env={**e, "CUDA_VISIBLE_DEVICES": "3"}, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "None"
+
+
+def _profile(name: str, monkeypatch, **environ: str) -> dict:
+    """profiles/<name>/config.yaml as Snakemake reads it (a YTE template) under `environ`."""
+    import yte
+
+    for k, v in environ.items():
+        monkeypatch.setenv(k, v)
+    with open(REPO / "profiles" / name / "config.yaml") as f:
+        return yte.process_yaml(f)
+
+
+def test_profiles_keep_final_runs_alone_and_count_gpu_slots(monkeypatch, capsys):
+    """The workstation counts slots (a final run takes all of a GPU's), one alone final run per GPU
+    and per host locally; SLURM asks a final run for a node of its own, or what BPFREE_SLURM_EXCLUSIVE says."""
+    p = _profile("workstation-gpu", monkeypatch, BPFREE_GPUS="0,1", BPFREE_GPU_SLOTS="3")
+    assert p["resources"] == {"gpu": 6, "metered": 2} and p["set-resources"]["train"] == {"gpu": 3}
+    assert _profile("default", monkeypatch)["resources"] == {"metered": 1}
+    with pytest.raises(SystemExit) as e:
+        _profile("workstation-gpu", monkeypatch, BPFREE_GPU_SLOTS="none")
+    assert e.value.code == 2 and "BPFREE_GPU_SLOTS = 'none'" in capsys.readouterr().err
+    assert _profile("slurm", monkeypatch)["set-resources"]["train"]["slurm_extra"] == "'--exclusive'"
+    train = _profile("slurm", monkeypatch, BPFREE_SLURM_EXCLUSIVE="--exclusive=user")["set-resources"]["train"]
+    assert train["slurm_extra"] == "'--exclusive=user'"
+    assert "slurm_extra" not in _profile("slurm", monkeypatch, BPFREE_SLURM_EXCLUSIVE="")["set-resources"]["train"]
 
 
 @pytest.fixture(scope="module")

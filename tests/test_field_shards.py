@@ -48,3 +48,15 @@ def test_a_reduced_fidelity_study_restored_elsewhere_has_nothing_left_to_compute
     snakemake(fresh, "--cores", "1")
     again, before = (pd.read_csv(r / "results/summary.csv") for r in (fresh, first))
     assert again.test_accuracy.tolist() == before.test_accuracy.tolist()
+
+
+def test_a_tier_metered_alone_starts_one_final_run_at_a_time():
+    """Its final runs count metered=1 each (the train rule); the shard's command allows one at once."""
+    from conftest import load_shipped
+
+    cfg = load_shipped(REPO / shards.TIERS["tier1"])
+    assert cfg["protocol"]["metering"]["alone"] is True
+    cmd = shards.snakemake_cmd(shards.BY_NAME["t1-mnist-a"], cfg, 2)
+    assert cmd[cmd.index("--resources") + 1] == "metered=1"
+    cfg["protocol"]["metering"]["alone"] = False
+    assert "--resources" not in shards.snakemake_cmd(shards.BY_NAME["t1-mnist-a"], cfg, 2)

@@ -66,7 +66,7 @@ LONG_MODULES: set[str] = set()
 # The packages cut from a long module: their modules in order; each may import only those before it
 # (the package's __init__, which re-exports the public API, comes last), so no import runs back up.
 LAYERS = {
-    "metering": ["curves", "readers", "methods", "memory", "summary", "segments", "meter", "__init__"],
+    "metering": ["curves", "readers", "methods", "memory", "summary", "baseline", "segments", "meter", "__init__"],
     "report": ["load", "formatting", "tables", "notes", "plots", "outputs", "__init__"],
 }
 

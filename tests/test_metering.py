@@ -102,7 +102,7 @@ def test_power_curve_trapezoid():
     c.add_power(0.0, 100.0)
     c.add_power(1.0, 200.0)
     c.add_power(3.0, 200.0)
-    assert c.at(1.0) == pytest.approx(150.0)
+    assert c.at(1.0) == pytest.approx(150.0, rel=1e-3)
     assert c.at(3.0) == pytest.approx(550.0)
 
 
@@ -196,6 +196,49 @@ def test_meter_nvml_power_fallback_and_idle_baseline():
         assert r[f"energy_{c}_j"] is None and r[f"energy_{c}_method"] == "unavailable"
     assert r["energy_j"] == pytest.approx(g["j"])
     assert [row["phase"] for row in m.trace_rows()].count("idle") >= 2
+
+
+def _baseline_run(folder: Path, watts: float, max_age_s: float = 600, alone: bool = False) -> tuple[dict, float]:
+    """A metered window with a 0.4 s idle baseline stored under `folder` (GPU `gpu0`, fake NVML at
+    `watts`): the result and the seconds `start()` took."""
+    base = metering.IdleBaseline(folder, "gpu0", max_age_s, f"run at {watts:g} W", alone)
+    m = Meter("cpu", powercap_root=None, nvml=FakeNVML(watts=watts), gpu=0, codecarbon=False, idle_seconds=0.4,
+              idle_baseline=base)
+    t0 = time.perf_counter()
+    m.start()
+    took = time.perf_counter() - t0
+    spin(0.1)
+    return m.stop(), took
+
+
+def test_a_recent_idle_baseline_of_the_same_device_is_reused_without_idling(tmp_path):
+    first, took = _baseline_run(tmp_path, 100.0)
+    assert not first["idle_reused"] and first["idle_age_s"] is None and took >= 0.4
+    assert first["idle_power_w"] == pytest.approx(100.0, rel=1e-3)
+    stored = json.loads(next((tmp_path / "idle").glob("*-gpu0.json")).read_text())
+    assert stored["idle_w"]["gpu"] == pytest.approx(100.0, rel=1e-3) and stored["measured_by"] == "run at 100 W"
+    assert stored["signature"]["methods"]["gpu"] == "nvml-counter"
+    second, took = _baseline_run(tmp_path, 150.0)  # its own idle would read 150 W: it does not measure
+    assert second["idle_reused"] and 0 <= second["idle_age_s"] < 60 and took < 0.4
+    assert second["idle_power_w"] == pytest.approx(100.0, rel=1e-3) and second["idle_measured_by"] == "run at 100 W"
+    assert second["idle_seconds"] == pytest.approx(first["idle_seconds"])
+    g = second["energy_components"]["gpu"]
+    assert g["dynamic_j"] == pytest.approx(g["j"] - second["idle_power_w"] * second["train_time_s"])
+
+
+@pytest.mark.parametrize("why, edit, max_age_s, alone", [
+    ("stale", {"measured_at": time.time() - 1000}, 600, False),
+    ("never reused", {}, 0, False),
+    ("other methods", {"signature": {"methods": {"gpu": "nvml-power"}, "gpu": "Fake H100", "rapl": []}}, 600, False),
+    ("not measured alone, for an alone run", {}, 600, True),
+])
+def test_an_idle_baseline_is_measured_again_when_it_cannot_be_reused(tmp_path, why, edit, max_age_s, alone):
+    _baseline_run(tmp_path, 100.0)
+    path = next((tmp_path / "idle").glob("*-gpu0.json"))
+    path.write_text(json.dumps({**json.loads(path.read_text()), **edit}))
+    r, took = _baseline_run(tmp_path, 150.0, max_age_s, alone)
+    assert not r["idle_reused"] and took >= 0.4, why
+    assert r["idle_power_w"] == pytest.approx(150.0, rel=1e-3)
 
 
 def test_board_energy_is_the_original_studys_quantity():

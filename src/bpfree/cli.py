@@ -63,11 +63,12 @@ def cmd_prepare(a: argparse.Namespace) -> None:
     print(json.dumps(meta))
 
 
-def _pin_gpu(spec: dict) -> None:
-    """On a multi-GPU machine without CUDA_VISIBLE_DEVICES, take one free GPU (bpfree.gpuslots)."""
+def _pin_gpu(spec: dict, whole: bool = False) -> None:
+    """On a multi-GPU machine without CUDA_VISIBLE_DEVICES, take one slot of a GPU, or a `whole`
+    one (a final run), and pin this process to it (bpfree.gpuslots)."""
     from bpfree import gpuslots
 
-    gpu = gpuslots.pin(spec.get("device", "auto"))
+    gpu = gpuslots.pin(spec.get("device", "auto"), whole=whole)
     if gpu is not None:
         print(f"bpfree: pinned to GPU {gpu} (CUDA_VISIBLE_DEVICES={gpu})", file=sys.stderr, flush=True)
 
@@ -102,11 +103,15 @@ def cmd_search(a: argparse.Namespace) -> None:
         if a.worker is not None and not 0 <= a.worker < a.workers:
             raise BpfreeError(f"--worker {a.worker} is not in 0..{a.workers - 1} (--workers {a.workers})")
         _pin_gpu(spec)
+        from bpfree import alone
         from bpfree.device import resolve_device
 
-        prov = {**prov, **provenance.hardware(resolve_device(spec["device"]))}  # after pinning: where trials run
-        study = search.run_search(spec, a.data, a.journal, n_trials=a.n_trials, threads=a.threads,
-                                  exclusive=not a.shared and a.workers == 1, worker=a.worker, workers=a.workers)
+        device = resolve_device(spec["device"])
+        prov = {**prov, **provenance.hardware(device)}  # after pinning: where trials run
+        label = f"search {Path(a.data).stem}/{spec['architecture']}/{spec['algorithm']} worker {a.worker or 0}"
+        with alone.Hold(alone.device_key(device), False, label):  # an alone final run waits for it, and it for one
+            study = search.run_search(spec, a.data, a.journal, n_trials=a.n_trials, threads=a.threads,
+                                      exclusive=not a.shared and a.workers == 1, worker=a.worker, workers=a.workers)
     prov, warning = provenance.finished(prov, spec)
     if warning:
         print(warning, file=sys.stderr)
@@ -132,7 +137,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         except ValueError:
             raise BpfreeError(f"BPFREE_CHECKPOINT_EVERY = {env!r} is not a number of seconds") from None
     spec = _spec(a, "train")
-    _pin_gpu(spec)
+    _pin_gpu(spec, whole=True)  # a final run has its GPU to itself
     every = None if every < 0 else every
     m = run_final(spec, a.data, a.best, a.seed, a.out_dir, threads=a.threads, checkpoint_every=every,
                   overlap_dir=a.overlap_dir)

@@ -62,6 +62,8 @@ class MeteringConfig:
     cooldown_s: float = METERING["cooldown_s"]
     sample_hz: float = METERING["sample_hz"]
     estimate_interval_s: float = METERING["estimate_interval_s"]
+    alone: bool = METERING["alone"]
+    idle_reuse_s: float = METERING["idle_reuse_s"]
 
     @classmethod
     def from_dict(cls, d: dict | None) -> MeteringConfig:

@@ -11,13 +11,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bpfree import algorithms, checkpoint, hparams, io, overlap, provenance, sources
+from bpfree import algorithms, alone, checkpoint, hparams, io, overlap, provenance, sources
 from bpfree.algorithms.base import Algorithm, accuracy
 from bpfree.data import Data, load, warnings
 from bpfree.device import resolve_device, set_flush_denormal
 from bpfree.engine import Diverged, FitResult, Stopping, fit
 from bpfree.errors import FileError
-from bpfree.metering import Meter, Segments
+from bpfree.metering import IdleBaseline, Meter, Segments
 from bpfree.progress import Progress
 from bpfree.protocol import MeteringConfig
 
@@ -45,13 +45,29 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
     `checkpoint_every` (seconds, 0 = every epoch; None = off): save `checkpoint.pt` in `out_dir`
     after epochs and resume from it when rerun after a kill; deleted once the results are written.
     `overlap_dir`: the folder where the final runs of one workflow record their windows
-    (bpfree.overlap); the metrics then say which other runs shared this run's host (None: not tracked)."""
+    (bpfree.overlap); the metrics then say which other runs shared this run's host (None: not tracked).
+    It also keeps the idle baseline of this host and device for the next runs to reuse
+    (protocol.metering.idle_reuse_s; None: every run measures its own).
+    From its data to its results the run holds the lock of its host (CPU) or GPU (bpfree.alone):
+    exclusively where protocol.metering.alone is true, after waiting for the other final runs and
+    search workers there to end; shared otherwise."""
     if threads:
         torch.set_num_threads(threads)
     out_dir = Path(out_dir)
     io.check_outputs(out_dir / f for f in OUTPUTS)  # now, not after the last epoch
     stale = io.remove_stale_tmp(out_dir / f for f in OUTPUTS)
     device = resolve_device(spec["device"])
+    exclusive = MeteringConfig.from_dict(spec["metering"]).alone
+    label = f"train {Path(data_path).stem}/{spec['architecture']}/{spec['algorithm']} seed {seed}"
+    with alone.Hold(alone.device_key(device), exclusive, label) as hold:
+        return _final_run(spec, data_path, best_path, seed, out_dir, device, hold,
+                          stale=stale, checkpoint_every=checkpoint_every, overlap_dir=overlap_dir)
+
+
+def _final_run(spec: dict, data_path: str | Path, best_path: str | Path, seed: int, out_dir: Path,
+               device: torch.device, hold: alone.Hold, stale: list[Path], checkpoint_every: float | None,
+               overlap_dir: str | Path | None) -> dict:
+    """run_final, once its host or device is held (`hold`)."""
     flushed = set_flush_denormal(spec)
     data = load(data_path, device, spec.get("limit_train"))
     best = io.read_json(best_path, "best.json")
@@ -63,6 +79,8 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
     hp = settings.asdict()  # complete: the defaults of unset settings are recorded too
     cell = f"{data.meta['dataset']}/{spec['architecture']}/{spec['algorithm']}"
     log = Progress(f"train {cell} seed={seed}")
+    if hold.exclusive:
+        log(f"metered alone on {hold.name} (waited {hold.waited_s:.1f} s for the runs there to end)")
     for f in stale:
         log(f"removed {f}, left by an interrupted write")
     for w in warnings(data, hp.get("batch_size"), spec.get("limit_train")):
@@ -76,10 +94,13 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
         run_key = sources.digest([spec, hp, seed, data.meta, torch.__version__, str(device)],
                                  files=sources.files(spec["impl"]))  # another code version: not resumed
         ckpt = checkpoint.Checkpoint(out_dir / "checkpoint.pt", run_key, every_s=checkpoint_every, log=log)
+    baseline = None if overlap_dir is None else IdleBaseline(  # this host's and device's, for later runs too
+        overlap_dir, hold.key, MeteringConfig.from_dict(spec["metering"]).idle_reuse_s, f"{cell} seed {seed}",
+        hold.exclusive)
     with overlap.Window(overlap_dir, f"{cell} seed {seed}") as window:
         try:
-            run = train_metered(algo, data, Stopping(**spec["stopping"]), seed, build_meter(device, spec, log), ckpt,
-                                log)
+            meter = build_meter(device, spec, log, baseline)
+            run = train_metered(algo, data, Stopping(**spec["stopping"]), seed, meter, ckpt, log)
         except Diverged as e:
             raise Diverged(f"{cell} seed {seed} diverged with the hyperparameters of {best_path}: {e}") from None
     if window.overlapped:
@@ -91,7 +112,7 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
                        "(docs/protocol.md, 'Final runs'); no result is written") from None
     metrics = assemble_metrics(spec, seed, algo, settings, data, run, ckpt, log)
     metrics.update(search_record(best))
-    metrics.update(window.record(), flush_denormal=flushed)
+    metrics.update(window.record(), **hold.record(), flush_denormal=flushed)
     metrics["provenance"], warning = provenance.finished(prov, spec)
     if warning:
         log(warning)
@@ -139,13 +160,15 @@ def check_best(best: dict, spec: dict, dataset: str, path: str | Path) -> None:
                             "run the best.json of its own search")
 
 
-def build_meter(device: torch.device, spec: dict, log: Progress) -> Meter:
-    """The energy meter of a final run, from the spec's `metering` settings."""
+def build_meter(device: torch.device, spec: dict, log: Progress, baseline: IdleBaseline | None = None) -> Meter:
+    """The energy meter of a final run, from the spec's `metering` settings; `baseline`: where the
+    idle baseline of its host and device is stored and reused from (None: measured by every run)."""
     m = MeteringConfig.from_dict(spec["metering"])
     if m.idle_seconds:
-        log(f"idle-power baseline: {m.idle_seconds} s")
+        reuse = f" (or a stored one at most {baseline.max_age_s:g} s old)" if baseline and baseline.max_age_s else ""
+        log(f"idle-power baseline: {m.idle_seconds} s{reuse}")
     return Meter(device, country=m.country_iso_code, idle_seconds=m.idle_seconds, sample_hz=m.sample_hz,
-                 estimate_interval_s=m.estimate_interval_s, cooldown_s=m.cooldown_s)
+                 estimate_interval_s=m.estimate_interval_s, cooldown_s=m.cooldown_s, idle_baseline=baseline)
 
 
 def train_metered(algo: Algorithm, data: Data, stopping: Stopping, seed: int, meter: Meter,
@@ -171,6 +194,9 @@ def train_metered(algo: Algorithm, data: Data, stopping: Stopping, seed: int, me
     # torch.optim class does, ~1 s, inside the window if an algorithm builds one in begin_stage).
     load_start = os.getloadavg()
     meter.start()
+    if meter.idle is not None and meter.idle.reused:
+        log(f"idle-power baseline reused: measured {meter.idle.reused['age_s']:.0f} s ago by "
+            f"{meter.idle.reused['measured_by']}")
     try:
         res = fit(algo, data, stopping, seed=seed, on_epoch=on_epoch, checkpoint=ckpt, on_divergence="stop")
         measured = meter.stop()

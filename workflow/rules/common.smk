@@ -84,6 +84,10 @@ WORKERS = config["protocol"]["search"]["workers"]
 # GPUs a search worker or final run asks for (SLURM: --gpus; a workstation profile counts them):
 # none when the config says cpu, so that a CPU-only cluster needs only `--config device=cpu`.
 GPUS = 0 if config["device"] == "cpu" else 1
+# Final runs metered alone (protocol.metering.alone) each count `metered=1`, so that a profile's limit
+# (`resources: metered: N`) starts no more of them than can run at once: 1 per host on a CPU, 1 per
+# GPU; a final run started beyond it would only wait for its lock (bpfree.alone), holding a slot.
+METERED = 1 if config["protocol"]["metering"]["alone"] else 0
 
 
 def search_workers(wildcards):

@@ -1,5 +1,7 @@
 rule train:
-    """One final run: best parameters, one seed, metered; writes metrics.json and epochs.csv."""
+    """One final run: best parameters, one seed, metered; writes metrics.json and epochs.csv. With
+    protocol.metering.alone it waits until no other final run or search worker is on its host (CPU)
+    or GPU, and holds it until it ends (bpfree.alone)."""
     input:
         data="resources/data/{dataset}.pt",
         best="results/search/{dataset}/{architecture}/{algorithm}/best.json",
@@ -15,6 +17,7 @@ rule train:
     threads: config["threads"]
     resources:
         gpu=GPUS,
+        metered=METERED,
     log:
         "logs/train/{dataset}/{architecture}/{algorithm}/seed{seed}.log",
     benchmark:

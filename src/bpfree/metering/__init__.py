@@ -40,6 +40,8 @@ re-exports what callers use:
 - `memory`    the window's peak memory (`PeakMemory`);
 - `summary`   pure functions of the readings (`component_energy`, `board_summary`, `window_warning`,
               `epoch_records`, `trace_rows`, ...);
+- `baseline`  the idle baseline stored per host and device and reused by later runs (`IdleBaseline`,
+              `Idle`, `idle_record`);
 - `segments`  a resumed run's totals (`Segments`: the killed processes' time and energy added);
 - `meter`     `Sampler`, the background thread, and `Meter`, which opens the window and puts these
               together.
@@ -48,6 +50,7 @@ Device synchronisation and NVML: bpfree.device.
 """
 from __future__ import annotations
 
+from bpfree.metering.baseline import Idle, IdleBaseline, idle_record
 from bpfree.metering.curves import (COMPONENTS, KWH, MIB, ORIGINAL_STUDY_HZ, UNAVAILABLE, Curve, PowerCurve,
                                     board_energy, energy_between)
 from bpfree.metering.memory import PeakMemory, reset_peak_rss, rss_mib
@@ -56,12 +59,14 @@ from bpfree.metering.methods import Estimate, GpuCounter, GpuPower, RaplSource, 
 from bpfree.metering.readers import POWERCAP, Gpu, Rapl, codecarbon_tracker, open_gpu, rapl_domains
 from bpfree.metering.segments import Segments
 from bpfree.metering.summary import (MIN_COUNTER_S, MIN_POWER_SAMPLES, board_summary, component_energy, emissions,
-                                     epoch_records, gpu_summary, method_label, trace_rows, window_warning)
+                                     energy_record, epoch_records, gpu_summary, idle_watts, method_label, trace_rows,
+                                     window_warning)
 
 __all__ = [
     "COMPONENTS", "KWH", "MIB", "MIN_COUNTER_S", "MIN_POWER_SAMPLES", "ORIGINAL_STUDY_HZ", "POWERCAP", "UNAVAILABLE",
-    "Curve", "Estimate", "Gpu", "GpuCounter", "GpuPower", "Meter", "PeakMemory", "PowerCurve", "Rapl", "RaplSource",
-    "Sampler", "Segments", "board_energy", "board_summary", "choose_methods", "codecarbon_tracker",
-    "component_energy", "emissions", "energy_between", "epoch_records", "gpu_summary", "method_label", "open_gpu",
-    "rapl_domains", "reset_peak_rss", "rss_mib", "trace_rows", "window_warning",
+    "Curve", "Estimate", "Gpu", "GpuCounter", "GpuPower", "Idle", "IdleBaseline", "Meter", "PeakMemory", "PowerCurve",
+    "Rapl", "RaplSource", "Sampler", "Segments", "board_energy", "board_summary", "choose_methods",
+    "codecarbon_tracker", "component_energy", "emissions", "energy_between", "energy_record", "epoch_records",
+    "gpu_summary", "idle_record", "idle_watts", "method_label", "open_gpu", "rapl_domains", "reset_peak_rss", "rss_mib",
+    "trace_rows", "window_warning",
 ]

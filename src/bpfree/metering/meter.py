@@ -14,12 +14,13 @@ from typing import Any
 import torch
 
 from bpfree.device import sync
+from bpfree.metering.baseline import Idle, IdleBaseline, idle_record
 from bpfree.metering.curves import ORIGINAL_STUDY_HZ, Curve, board_energy, energy_between
 from bpfree.metering.memory import PeakMemory, reset_peak_rss
 from bpfree.metering.methods import Estimate, GpuCounter, GpuPower, RaplSource, choose_methods
 from bpfree.metering.readers import POWERCAP, Gpu, Rapl, codecarbon_tracker, open_gpu
-from bpfree.metering.summary import (board_summary, component_energy, emissions, epoch_records, gpu_summary,
-                                     method_label, trace_rows, window_warning)
+from bpfree.metering.summary import (board_summary, emissions, energy_record, epoch_records, gpu_summary, idle_watts,
+                                     trace_rows, window_warning)
 from bpfree.protocol import METERING  # the defaults of protocol.metering (the schema's)
 
 
@@ -65,13 +66,15 @@ class Meter:
 
     `powercap_root` (None: no RAPL) and `nvml` ("auto": import pynvml; None: no NVML; or a stand-in
     module) are injectable for tests; `gpu` is the NVML device to meter ("auto": the torch device's
-    GPU when `device` is CUDA; an int: that NVML index; None: no GPU component)."""
+    GPU when `device` is CUDA; an int: that NVML index; None: no GPU component). `idle_baseline`:
+    where the host's and device's idle baseline is stored and reused from (None: always measured)."""
 
     def __init__(self, device: torch.device | str, country: str = METERING["country_iso_code"],
                  idle_seconds: float = METERING["idle_seconds"], sample_hz: float = METERING["sample_hz"],
                  output_dir: str | None = None, *, powercap_root: str | Path | None = POWERCAP, nvml: Any = "auto",
                  gpu: Any = "auto", estimate_interval_s: float = METERING["estimate_interval_s"],
-                 codecarbon: bool = True, cooldown_s: float = METERING["cooldown_s"]):
+                 codecarbon: bool = True, cooldown_s: float = METERING["cooldown_s"],
+                 idle_baseline: IdleBaseline | None = None):
         self.device = torch.device(device)
         self.country, self.idle_seconds, self.sample_hz = country, float(idle_seconds), float(sample_hz)
         self.cooldown_s = float(cooldown_s)
@@ -90,6 +93,7 @@ class Meter:
         self.estimate: Estimate | None = None
         self.sampler: Sampler | None = None
         self.memory = PeakMemory(self.device, self.sample_hz)
+        self.idle_baseline, self.idle = idle_baseline, None  # where baselines are kept; this run's (Idle)
         self._lock = threading.Lock()
         self._closed = False
 
@@ -163,17 +167,29 @@ class Meter:
         self._sample()
         self.sampler = Sampler(self._sample, self._sampler_period(), self.estimate, self.estimate_interval_s)
         self.sampler.start()
-        if self.idle_seconds > 0:
-            sync(self.device)
-            self._edge("idle_start")
-            time.sleep(self.idle_seconds)
-            if self.tracker is not None:
-                self.tracker.measure_now()  # close CodeCarbon's interval at the end of the idle phase
-            self._edge("idle_end")
+        self.idle = self._idle() if self.idle_seconds > 0 else None
         gc.collect()  # CodeCarbon's set-up leaves garbage: collect it before, not inside, the window
         self.memory.open()
         sync(self.device)
         self._t0 = self._t_mark = self._edge("start")
+
+    def _idle(self) -> Idle:
+        """The idle baseline: one of this host and device that a recent run stored, where it can be
+        reused (bpfree.metering.baseline), else measured now for idle_seconds (and stored)."""
+        signature = {"methods": self.methods, "gpu": self.gpu.name if self.gpu is not None else None,
+                     "rapl": [d["zone"] for s in self.sources if isinstance(s, RaplSource) for d in s.rapl.zones]}
+        return self.idle_baseline.obtain(signature, self._measure_idle) if self.idle_baseline else self._measure_idle()
+
+    def _measure_idle(self) -> Idle:
+        sync(self.device)
+        a = self._edge("idle_start")
+        time.sleep(self.idle_seconds)
+        if self.tracker is not None:
+            self.tracker.measure_now()  # close CodeCarbon's interval at the end of the idle phase
+        b = self._edge("idle_end")
+        if self.estimate is not None:
+            self.estimate.collect()
+        return Idle(idle_watts(self.curves, self.methods, a, b), b - a)
 
     def mark(self, refresh: bool = False) -> dict:
         """Close an epoch: seconds since the previous mark and since the window opened, provisional
@@ -224,34 +240,19 @@ class Meter:
 
     # -- results ---------------------------------------------------------------------------------
     def _result(self, t_end: float, peak: dict) -> dict:
-        seconds, edges = t_end - self._t0, dict(self.edges)
-        idle = (edges["idle_start"], edges["idle_end"]) if "idle_start" in edges and "idle_end" in edges else None
-        comps = component_energy(self.curves, self.methods, self._t0, t_end, idle)
-        known = [v for v in comps.values() if v["j"] is not None]
-        energy = sum(v["j"] for v in known) if known else None
-        label = method_label({c: v["method"] for c, v in comps.items()})
-        idle_ws = [v["idle_w"] for v in known]
-        idle_w = sum(idle_ws) if idle_ws and None not in idle_ws else None
-        out: dict[str, Any] = {
-            "train_time_s": seconds, "energy_j": energy, "energy_method": label, "energy_components": comps,
-            "idle_power_w": idle_w, "idle_seconds": idle[1] - idle[0] if idle else None,
-            "energy_dynamic_j": energy - idle_w * seconds if idle_w is not None and energy is not None else None,
-            "idle_note": None if idle else "no idle baseline (protocol.metering.idle_seconds = 0)",
-        }
-        for c, v in comps.items():
-            out[f"energy_{c}_j"], out[f"energy_{c}_method"] = v["j"], v["method"]
-        out.update(emissions(getattr(self.tracker, "final_emissions_data", None), energy, label, self.country))
-        out.update(peak)
+        out = energy_record(self.curves, self.methods, self._t0, t_end, self.idle.w if self.idle else None)
+        out.update(idle_record(self.idle), **peak, **emissions(getattr(self.tracker, "final_emissions_data", None),
+                                                               out["energy_j"], out["energy_method"], self.country))
         out.update(gpu_summary(self.samples, self.gpu, self._t0, t_end, self.sample_hz))
         out.update(board_summary(self.samples, self._t0, t_end, self.sample_hz, self.gpu, self.device.type == "cuda"))
         n_power = sum(1 for t, w, *_ in self.samples if self._t0 <= t and w is not None)
         has_board = self.gpu is not None and self.gpu.power
         out["energy_window_warning"] = window_warning(
-            comps, seconds, n_power if self.methods.get("gpu") == "nvml-power" else None,
+            out["energy_components"], out["train_time_s"],
+            n_power if self.methods.get("gpu") == "nvml-power" else None,
             out["energy_board_samples"] if has_board else None)
-        out["cooldown_s"] = self.cooldown_s
-        out["meter_sample_hz"] = 1.0 / self.sampler.period
-        out["meter_samples"] = len(self.samples)
+        out.update(cooldown_s=self.cooldown_s, meter_sample_hz=1.0 / self.sampler.period,
+                   meter_samples=len(self.samples))
         self.epochs = epoch_records(self.curves, self.methods, self._t0, [t for n, t in self.edges if n == "mark"])
         return out
 

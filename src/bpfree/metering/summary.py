@@ -23,19 +23,45 @@ def method_label(methods: dict[str, str]) -> str:
     return "mixed: " + ", ".join(f"{c}={methods[c]}" for c in COMPONENTS if c in methods)
 
 
+def idle_watts(curves: dict[str, Curve], methods: dict[str, str], a: float, b: float) -> dict[str, float | None]:
+    """Mean power (W) of each component between times a and b (the idle phase); None without readings."""
+    out: dict[str, float | None] = {}
+    for c in (c for c in COMPONENTS if c in methods):
+        j = energy_between(curves.get(c), a, b)
+        out[c] = j / (b - a) if j is not None and b - a > 0 else None
+    return out
+
+
 def component_energy(curves: dict[str, Curve], methods: dict[str, str], t0: float, t_end: float,
-                     idle: tuple[float, float] | None) -> dict[str, dict]:
-    """Per component: joules of the window, method (unavailable without readings), idle power over
-    the `idle` interval and the dynamic joules (the window's minus idle power x its length)."""
+                     idle_w: dict[str, float | None] | None) -> dict[str, dict]:
+    """Per component: joules of the window, method (unavailable without readings), idle power
+    (`idle_w`, W per component: measured before the window or reused, see `idle_watts`; None: no
+    baseline) and the dynamic joules (the window's minus idle power x its length)."""
     out: dict[str, dict] = {}
     for c in (c for c in COMPONENTS if c in methods):
         j = energy_between(curves.get(c), t0, t_end)
-        idle_w = None
-        if idle is not None and j is not None:
-            ij = energy_between(curves.get(c), *idle)
-            idle_w = ij / (idle[1] - idle[0]) if ij is not None and idle[1] - idle[0] > 0 else None
-        out[c] = {"j": j, "method": methods[c] if j is not None else UNAVAILABLE, "idle_w": idle_w,
-                  "dynamic_j": j - idle_w * (t_end - t0) if idle_w is not None else None}
+        w = idle_w.get(c) if idle_w is not None and j is not None else None
+        out[c] = {"j": j, "method": methods[c] if j is not None else UNAVAILABLE, "idle_w": w,
+                  "dynamic_j": j - w * (t_end - t0) if w is not None else None}
+    return out
+
+
+def energy_record(curves: dict[str, Curve], methods: dict[str, str], t0: float, t_end: float,
+                  idle_w: dict[str, float | None] | None) -> dict[str, Any]:
+    """The window's time and energy: `train_time_s`, `energy_j` (sum of the known components),
+    `energy_method`, `energy_components` (see `component_energy`), `idle_power_w` (None unless every
+    known component has one), `energy_dynamic_j`, and `energy_<component>_j` and `_method`."""
+    seconds = t_end - t0
+    comps = component_energy(curves, methods, t0, t_end, idle_w)
+    known = [v for v in comps.values() if v["j"] is not None]
+    energy = sum(v["j"] for v in known) if known else None
+    idle_ws = [v["idle_w"] for v in known]
+    idle = sum(idle_ws) if idle_ws and None not in idle_ws else None
+    out = {"train_time_s": seconds, "energy_j": energy, "energy_method": method_label(
+        {c: v["method"] for c, v in comps.items()}), "energy_components": comps, "idle_power_w": idle,
+        "energy_dynamic_j": energy - idle * seconds if idle is not None and energy is not None else None}
+    for c, v in comps.items():
+        out[f"energy_{c}_j"], out[f"energy_{c}_method"] = v["j"], v["method"]
     return out
 
 
