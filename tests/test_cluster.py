@@ -69,6 +69,7 @@ def test_fake_sbatch_sees_the_training_resources(tmp_path):
     command line the plugin builds). With `--config device=cpu` the same jobs ask for no GPU."""
     cfg = copy.deepcopy(TINY)
     cfg["protocol"]["seeds"] = [0, 1]
+    cfg["protocol"].setdefault("metering", {})["alone"] = True  # so a final run asks for a node of its own
     root = make_repo(tmp_path / "repo", cfg)
     fake = tmp_path / "bin"
     fake.mkdir()
@@ -145,17 +146,14 @@ def _profile(name: str, monkeypatch, **environ: str) -> dict:
 
 def test_profiles_keep_final_runs_alone_and_count_gpu_slots(monkeypatch, capsys):
     """The workstation counts slots (a final run takes all of a GPU's), one alone final run per GPU
-    and per host locally; SLURM asks a final run for a node of its own, or what BPFREE_SLURM_EXCLUSIVE says."""
+    and per host locally (SLURM's --exclusive comes from the train rule: test_fake_sbatch_...)."""
     p = _profile("workstation-gpu", monkeypatch, BPFREE_GPUS="0,1", BPFREE_GPU_SLOTS="3")
     assert p["resources"] == {"gpu": 6, "metered": 2} and p["set-resources"]["train"] == {"gpu": 3}
     assert _profile("default", monkeypatch)["resources"] == {"metered": 1}
     with pytest.raises(SystemExit) as e:
         _profile("workstation-gpu", monkeypatch, BPFREE_GPU_SLOTS="none")
     assert e.value.code == 2 and "BPFREE_GPU_SLOTS = 'none'" in capsys.readouterr().err
-    assert _profile("slurm", monkeypatch)["set-resources"]["train"]["slurm_extra"] == "'--exclusive'"
-    train = _profile("slurm", monkeypatch, BPFREE_SLURM_EXCLUSIVE="--exclusive=user")["set-resources"]["train"]
-    assert train["slurm_extra"] == "'--exclusive=user'"
-    assert "slurm_extra" not in _profile("slurm", monkeypatch, BPFREE_SLURM_EXCLUSIVE="")["set-resources"]["train"]
+    assert "slurm_extra" not in _profile("slurm", monkeypatch)["set-resources"]["train"]  # the rule's stays
 
 
 @pytest.fixture(scope="module")

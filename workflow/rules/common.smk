@@ -1,3 +1,4 @@
+import os
 import sys
 import bpfree.config as bpcfg
 from bpfree import algorithms as bpalg
@@ -88,6 +89,9 @@ GPUS = 0 if config["device"] == "cpu" else 1
 # (`resources: metered: N`) starts no more of them than can run at once: 1 per host on a CPU, 1 per
 # GPU; a final run started beyond it would only wait for its lock (bpfree.alone), holding a slot.
 METERED = 1 if config["protocol"]["metering"]["alone"] else 0
+# On SLURM such a run asks for a node of its own: sbatch --exclusive, or what BPFREE_SLURM_EXCLUSIVE
+# says (--exclusive=user, or empty for nothing) on clusters that forbid it (docs/cluster.md).
+EXCLUSIVE = os.environ.get("BPFREE_SLURM_EXCLUSIVE", "--exclusive") if METERED else ""
 
 
 def search_workers(wildcards):

@@ -18,6 +18,7 @@ rule train:
     resources:
         gpu=GPUS,
         metered=METERED,
+        slurm_extra=repr(EXCLUSIVE) if EXCLUSIVE else "",  # read by the SLURM executor only
     log:
         "logs/train/{dataset}/{architecture}/{algorithm}/seed{seed}.log",
     benchmark:
