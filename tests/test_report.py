@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_rgb
 
 from bpfree import cli, published, report
 
@@ -229,6 +230,102 @@ def test_published_tables_are_package_data_with_checked_provenance():
                                                                                         "withdrawn"}
     diff = claims[claims.stated == "difference"]
     assert (diff.low <= diff.high).all() and set(claims.metric) <= set(report.stats.DELTA_METRICS)
+
+
+# ---- figures: one look per algorithm, clipped intervals, zoomed curves --------------------------
+
+ALGOS = ["bp", *(f"alg{i:02d}" for i in range(1, 20))]  # 20 algorithms: more than any palette of 10
+
+
+def _figures(monkeypatch, files: list[Path]) -> dict:
+    """Every figure of the registry (report.PLOTS) drawn from these runs, kept open: by file name."""
+    from bpfree.report import plots
+
+    figs = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.__setitem__(Path(path).stem, fig))
+    raw = report.load_runs(files)
+    results = report.Results(report.summarize(raw), raw, report.StatsConfig.from_dict({"resamples": 100}))
+    for o in report.PLOTS:
+        o.write(results, Path("unused") / o.path)
+    return figs
+
+
+def _legend_looks(fig) -> dict[str, tuple]:
+    """The figure legend's entries: label -> (colour, marker)."""
+    (legend,) = fig.legends
+    return {t.get_text(): (to_rgb(h.get_color()), h.get_marker()) for h, t in zip(legend.legend_handles,
+                                                                                   legend.get_texts())}
+
+
+def _scaled(metrics: Path, factor: float) -> None:
+    """Multiply a fake run's time and energy (metrics.json and epochs.csv) by `factor`."""
+    m = json.loads(metrics.read_text())
+    for k in ("energy_j", "energy_dynamic_j", "train_time_s"):
+        m[k] *= factor
+    for c in m["energy_components"].values():
+        c["j"] *= factor
+    metrics.write_text(json.dumps(m))
+    ep = pd.read_csv(metrics.parent / "epochs.csv")
+    ep[["seconds", "energy_j"]] *= factor
+    ep.to_csv(metrics.parent / "epochs.csv", index=False)
+
+
+def test_each_algorithm_has_its_own_colour_and_marker_the_same_in_every_figure(tmp_path, monkeypatch):
+    from bpfree.report.style import styles
+
+    looks = {a: (to_rgb(s.colour), s.marker) for a, s in styles(reversed(ALGOS)).items()}
+    assert list(looks)[0] == "bp" and len(set(looks.values())) == len(ALGOS) == 20
+    assert len({c for c, _ in looks.values()}) == 20, "20 algorithms, 20 colours"
+    files = [fake_run(tmp_path, "digits", arch, alg, s, 90.0 + 0.2 * k, layers=2 * (alg == "alg07"))
+             for k, alg in enumerate(ALGOS) for arch in ("mlp", "cnn") for s in range(2)]
+    figs = _figures(monkeypatch, files)
+    for name in ("accuracy_vs_energy", "accuracy_vs_cost", "learning_curves"):
+        shown = _legend_looks(figs[name])
+        assert {a: shown[a] for a in looks} == looks, name
+        drawn = {(to_rgb(line.get_color()), line.get_marker()) for ax in figs[name].axes for line in ax.lines
+                 if line.get_marker() not in ("None", "", "|", "_") and line.get_color() != "k"}  # caps aside
+        assert drawn <= set(looks.values()), f"{name} draws a look that is no algorithm's"
+    for ax in figs["to_target"].axes:  # one bar per algorithm, named on the y axis, in its colour
+        names = [t.get_text() for t in ax.get_yticklabels()]
+        assert [to_rgb(b.get_facecolor()) for b in ax.patches] == [looks[a][0] for a in names]
+    layer = figs["layer_accuracy"].axes[0]
+    assert to_rgb(layer.patches[0].get_facecolor()) == looks[layer.get_title().split(":")[0]][0]
+
+
+def test_no_time_or_energy_interval_reaches_below_zero(tmp_path, monkeypatch):
+    """Two seeds 50x apart: mean - sd is below 0; every whisker of a time or energy stops at 0."""
+    from matplotlib.collections import LineCollection
+
+    from bpfree.report.style import clipped_sd
+
+    assert clipped_sd([1.0, 50.0]) == (25.5, [25.5, pytest.approx(34.648, abs=1e-3)])
+    assert clipped_sd([99.0, 100.0, 100.0], high=100.0)[1][1] == pytest.approx(1 / 3)
+    files = [fake_run(tmp_path, "digits", "tiny", a, s, 90.0 + s) for a in ("bp", "mf", "fa") for s in range(2)]
+    for f in files[::2]:
+        _scaled(f, 50.0)
+    figs = _figures(monkeypatch, files)
+    for name in ("accuracy_vs_energy", "to_target", "energy_components"):
+        axes = [ax for ax in figs[name].axes if ax.collections]
+        lows = [seg.min() for ax in axes for c in ax.collections if isinstance(c, LineCollection)
+                for seg in c.get_segments()]  # either axis: bars may stand or lie
+        assert lows and min(lows) >= 0.0, f"{name}: a whisker reaches {min(lows):g}"
+
+
+def test_learning_curves_are_zoomed_and_mark_where_a_stage_begins(tmp_path, monkeypatch):
+    files = [fake_run(tmp_path, "digits", "tiny", a, s, 95.0 + s) for a in ("bp", "mf") for s in range(2)]
+    for f in files[2:]:  # mf trains layer by layer: 3 epochs each
+        ep = pd.read_csv(f.parent / "epochs.csv")
+        ep["stage"] = ["layer1"] * 3 + ["layer2"] * 3
+        ep.to_csv(f.parent / "epochs.csv", index=False)
+    figs = _figures(monkeypatch, files)
+    by_epoch, by_joules = figs["learning_curves"].axes[:2]
+    lowest = min(min(line.get_ydata()) for line in by_epoch.lines if len(line.get_ydata()) > 2)
+    low, high = by_epoch.get_ylim()
+    assert lowest < low < 95.0 and high <= 100.0, "zoomed onto the late epochs, not 0-100"
+    mf = _legend_looks(figs["learning_curves"])["mf"][0]
+    stage_lines = [line for line in by_epoch.lines if len(set(line.get_xdata())) == 1]
+    assert [(line.get_xdata()[0], to_rgb(line.get_color())) for line in stage_lines] == [(3.5, mf)]
+    assert len([line for line in by_joules.lines if len(set(line.get_xdata())) == 1]) == 1
 
 
 # ---- snakemake --report on a finished tiny workflow ---------------------------------------------
