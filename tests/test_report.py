@@ -237,17 +237,24 @@ def test_published_tables_are_package_data_with_checked_provenance():
 ALGOS = ["bp", *(f"alg{i:02d}" for i in range(1, 20))]  # 20 algorithms: more than any palette of 10
 
 
-def _figures(monkeypatch, files: list[Path]) -> dict:
-    """Every figure of the registry (report.PLOTS) drawn from these runs, kept open: by file name."""
+@pytest.fixture
+def figures(monkeypatch, tmp_path):
+    """`figures(files)`: every figure of the registry (report.PLOTS) drawn from these runs, by file
+    name, kept open until the test ends (one with nothing to show is written under tmp_path)."""
+    import matplotlib.pyplot as plt
+
     from bpfree.report import plots
 
-    figs = {}
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.__setitem__(Path(path).stem, fig))
-    raw = report.load_runs(files)
-    results = report.Results(report.summarize(raw), raw, report.StatsConfig.from_dict({"resamples": 100}))
-    for o in report.PLOTS:
-        o.write(results, Path("unused") / o.path)
-    return figs
+    def draw(files: list[Path]) -> dict:
+        figs = {}
+        monkeypatch.setattr(plots, "_save", lambda fig, path: figs.__setitem__(Path(path).stem, fig))
+        raw = report.load_runs(files)
+        results = report.Results(report.summarize(raw), raw, report.StatsConfig.from_dict({"resamples": 100}))
+        for o in report.PLOTS:
+            o.write(results, tmp_path / "out" / o.path)
+        return figs
+    yield draw
+    plt.close("all")
 
 
 def _legend_looks(fig) -> dict[str, tuple]:
@@ -270,7 +277,7 @@ def _scaled(metrics: Path, factor: float) -> None:
     ep.to_csv(metrics.parent / "epochs.csv", index=False)
 
 
-def test_each_algorithm_has_its_own_colour_and_marker_the_same_in_every_figure(tmp_path, monkeypatch):
+def test_each_algorithm_has_its_own_colour_and_marker_the_same_in_every_figure(tmp_path, figures):
     from bpfree.report.style import styles
 
     looks = {a: (to_rgb(s.colour), s.marker) for a, s in styles(reversed(ALGOS)).items()}
@@ -278,7 +285,7 @@ def test_each_algorithm_has_its_own_colour_and_marker_the_same_in_every_figure(t
     assert len({c for c, _ in looks.values()}) == 20, "20 algorithms, 20 colours"
     files = [fake_run(tmp_path, "digits", arch, alg, s, 90.0 + 0.2 * k, layers=2 * (alg == "alg07"))
              for k, alg in enumerate(ALGOS) for arch in ("mlp", "cnn") for s in range(2)]
-    figs = _figures(monkeypatch, files)
+    figs = figures(files)
     for name in ("accuracy_vs_energy", "accuracy_vs_cost", "learning_curves"):
         shown = _legend_looks(figs[name])
         assert {a: shown[a] for a in looks} == looks, name
@@ -292,7 +299,7 @@ def test_each_algorithm_has_its_own_colour_and_marker_the_same_in_every_figure(t
     assert to_rgb(layer.patches[0].get_facecolor()) == looks[layer.get_title().split(":")[0]][0]
 
 
-def test_no_time_or_energy_interval_reaches_below_zero(tmp_path, monkeypatch):
+def test_no_time_or_energy_interval_reaches_below_zero(tmp_path, figures):
     """Two seeds 50x apart: mean - sd is below 0; every whisker of a time or energy stops at 0."""
     from matplotlib.collections import LineCollection
 
@@ -303,7 +310,7 @@ def test_no_time_or_energy_interval_reaches_below_zero(tmp_path, monkeypatch):
     files = [fake_run(tmp_path, "digits", "tiny", a, s, 90.0 + s) for a in ("bp", "mf", "fa") for s in range(2)]
     for f in files[::2]:
         _scaled(f, 50.0)
-    figs = _figures(monkeypatch, files)
+    figs = figures(files)
     for name in ("accuracy_vs_energy", "to_target", "energy_components"):
         axes = [ax for ax in figs[name].axes if ax.collections]
         lows = [seg.min() for ax in axes for c in ax.collections if isinstance(c, LineCollection)
@@ -311,13 +318,13 @@ def test_no_time_or_energy_interval_reaches_below_zero(tmp_path, monkeypatch):
         assert lows and min(lows) >= 0.0, f"{name}: a whisker reaches {min(lows):g}"
 
 
-def test_learning_curves_are_zoomed_and_mark_where_a_stage_begins(tmp_path, monkeypatch):
+def test_learning_curves_are_zoomed_and_mark_where_a_stage_begins(tmp_path, figures):
     files = [fake_run(tmp_path, "digits", "tiny", a, s, 95.0 + s) for a in ("bp", "mf") for s in range(2)]
     for f in files[2:]:  # mf trains layer by layer: 3 epochs each
         ep = pd.read_csv(f.parent / "epochs.csv")
         ep["stage"] = ["layer1"] * 3 + ["layer2"] * 3
         ep.to_csv(f.parent / "epochs.csv", index=False)
-    figs = _figures(monkeypatch, files)
+    figs = figures(files)
     by_epoch, by_joules = figs["learning_curves"].axes[:2]
     lowest = min(min(line.get_ydata()) for line in by_epoch.lines if len(line.get_ydata()) > 2)
     low, high = by_epoch.get_ylim()
