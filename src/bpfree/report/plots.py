@@ -92,16 +92,14 @@ def _mean_curve(seeds: list[pd.DataFrame]) -> pd.DataFrame:
     """Per epoch, the mean accuracy of the seeds still training and the sum of their mean joules
     per epoch so far (so the energy axis only grows as seeds stop)."""
     mean = pd.concat(seeds).groupby("epoch")[["val_acc", "epoch_j"]].mean()
-    return mean.assign(joules=mean.epoch_j.cumsum())
+    return mean.assign(joules=mean.epoch_j.cumsum(), stage="").reset_index()
 
 
-def _stage_starts(curves: list[pd.DataFrame]) -> list[tuple[float, float]]:
-    """Where each stage after the first begins, averaged over the runs that reach it: (between
-    the epochs of two stages, the joules at the end of the earlier one). None for one-stage runs."""
-    starts = pd.DataFrame([(c.stage.iloc[i], c.epoch.iloc[i] - 0.5, c.joules.iloc[i - 1]) for c in curves
-                           for i in range(1, len(c)) if c.stage.iloc[i] != c.stage.iloc[i - 1]],
-                          columns=["stage", "epoch", "joules"])
-    return list(starts.groupby("stage", sort=False)[["epoch", "joules"]].mean().itertuples(index=False))
+def _stage_starts(c: pd.DataFrame) -> pd.DataFrame:
+    """Where each stage of a run after its first begins: between the epochs of the two stages, and
+    at the joules spent by the end of the earlier one. Empty for a one-stage run."""
+    new = c.stage.ne(c.stage.shift()) & c.stage.shift().notna()
+    return pd.DataFrame({"epoch": c.epoch[new] - 0.5, "joules": c.joules.shift()[new]})
 
 
 def _zoom(values: list[pd.Series], late: float = 0.8, pct: float = 5.0) -> tuple[float, float]:
@@ -117,10 +115,11 @@ def _zoom(values: list[pd.Series], late: float = 0.8, pct: float = 5.0) -> tuple
 
 def plot_learning_curves(runs: pd.DataFrame, curves: dict[tuple, pd.DataFrame], path: str | Path) -> None:
     """Validation accuracy against the epoch (left) and the cumulative training energy (right), one
-    row per dataset and network: each algorithm's mean over its seeds (those still training at that
-    epoch) bold in its colour, its marker at the end, each seed faint beside it; y zoomed to where
-    the algorithms differ (`_zoom`); a dotted line where a stage of a multi-stage algorithm begins
-    (a layer's or block's training, CaFo's DFA phase), at its mean over the seeds."""
+    row per dataset and network, in each algorithm's colour with its marker at the end: a one-stage
+    algorithm's mean over its seeds (those still training at that epoch) bold, each seed faint; a
+    multi-stage algorithm's seeds each (their stages end at different epochs, and each stage's
+    predictor starts anew), with a dotted line where a stage begins (a layer's or block's training,
+    CaFo's DFA phase). y zoomed to where the algorithms differ (`_zoom`)."""
     plt = _plt()
     style, methods = styles(runs.algorithm), _methods(runs)
     groups = sorted({(r.dataset, r.architecture) for r in runs.itertuples()})
@@ -129,21 +128,25 @@ def plot_learning_curves(runs: pd.DataFrame, curves: dict[tuple, pd.DataFrame], 
         mine = {k[2:]: _curve(c) for k, c in sorted(curves.items()) if k[:2] == (d, a)}
         for alg in (alg for alg in style if any(k[0] == alg for k in mine)):
             seeds = [c for k, c in mine.items() if k[0] == alg]
-            mean = _mean_curve(seeds)
+            staged = any(c.stage.nunique() > 1 for c in seeds)
             colour, marker = style[alg]
             for ax, x in ((row[0], "epoch"), (row[1], "joules")):
-                for c in seeds:
+                for c in [] if staged else seeds:
                     ax.plot(c[x], c.val_acc, color=colour, alpha=0.25, lw=0.7)
-                ax.plot(mean.index if x == "epoch" else mean.joules, mean.val_acc, color=colour, lw=1.6,
-                        marker=marker, markevery=[len(mean) - 1], ms=6)
-            for at_epoch, at_joules in _stage_starts(seeds):
-                row[0].axvline(at_epoch, color=colour, ls=":", lw=1)
-                row[1].axvline(at_joules, color=colour, ls=":", lw=1)
+                for c in seeds if staged else [_mean_curve(seeds)]:
+                    for _, part in c.groupby(c.stage.ne(c.stage.shift()).cumsum()):  # no stroke between stages
+                        ax.plot(part[x], part.val_acc, color=colour, lw=1.0 if staged else 1.6)
+                    ax.plot(c[x].iloc[-1:], c.val_acc.iloc[-1:], color=colour, marker=marker, ms=6)
+                    for at in _stage_starts(c)[x] if staged else []:
+                        ax.axvline(at, color=colour, ls=":", lw=1, alpha=0.7)
         ylim = _zoom([c.val_acc for c in mine.values()]) if mine else (0, 100)
         row[0].set(title=f"{d} / {a}", xlabel="epoch (all stages)", ylabel="validation accuracy (%)", ylim=ylim)
-        row[1].set(title=f"{d} / {a}", xlabel=f"cumulative training energy (J, {methods})", ylim=ylim)
+        row[1].set(title=f"{d} / {a}", xlabel=f"cumulative training energy (J, {methods}; log)", ylim=ylim,
+                   xscale="log" if any(c.joules.notna().any() for c in mine.values()) else "linear")
     legend(fig, style, extra=[(_line("0.35", "-", "o", lw=1.6), "mean over seeds"),
-                              (_line("0.35", alpha=0.25, lw=0.7), "one seed"), (_line("0.35", ":"), "a stage begins")])
+                              (_line("0.35", alpha=0.25, lw=0.7), "one seed"),
+                              (_line("0.35", "-", "o", lw=1.0), "one seed of a\nmulti-stage algorithm"),
+                              (_line("0.35", ":"), "its next stage begins")])
     _save(fig, path)
 
 
@@ -244,8 +247,9 @@ def plot_energy_components(comp: pd.DataFrame, path: str | Path) -> None:
                 ax.barh(range(len(cells)), vals, left=left, color=greys[key], label=f"{key[0]} ({key[1]})")
                 left += vals
         totals = sub.groupby(["algorithm", "architecture", "seed"]).energy_j.sum()
-        err = np.array([clipped_sd(totals.loc[c])[1] for c in cells]).T
-        ax.errorbar(left, range(len(cells)), xerr=err, fmt="none", ecolor="k", capsize=3, lw=1)
+        spread = [clipped_sd(totals.loc[c]) for c in cells]  # their mean is the bar's end
+        ax.errorbar([m for m, _ in spread], range(len(cells)), xerr=np.array([e for _, e in spread]).T, fmt="none",
+                    ecolor="k", capsize=3, lw=1)
         ax.set_yticks(range(len(cells)), [f"{alg} ({a})" for alg, a in cells], fontsize=8)
         ax.invert_yaxis()
         ax.set(title=d, xlabel="training energy, mean over seeds (J)")
