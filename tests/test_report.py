@@ -232,6 +232,29 @@ def test_published_tables_are_package_data_with_checked_provenance():
     assert (diff.low <= diff.high).all() and set(claims.metric) <= set(report.stats.DELTA_METRICS)
 
 
+def test_the_main_table_is_narrow_and_the_absolute_table_comes_in_two_parts(tmp_path):
+    """main.html (the report's opening page includes it): one table per dataset and network, six
+    columns, ASCII only (a fragment declares no encoding). table.html: ours beside the published
+    values first, the rest per cell after, each under 15 columns, headers that wrap."""
+    files = fake_tree(tmp_path)
+    files += [fake_run(tmp_path, "mnist", "cnn", a, s, 97.0 + s) for a in ("bp", "fa") for s in range(2)]
+    report.run_report(files, tmp_path / "out", {"resamples": 200})
+    main = (tmp_path / "out" / "main.html").read_text()
+    assert main.isascii() and "<html" not in main and main.startswith("<style>.bpfree-main")
+    assert re.findall(r"<h4>(.*?)</h4>", main) == ["mnist / cnn", "mnist / mlp-2x1000"]
+    heads = re.findall(r"<thead>(.*?)</thead>", main, re.S)
+    assert len(heads) == 2 and all(h.count("<th>") == 6 for h in heads)
+    mf = re.search(r"<td>mf</td>(.*?)</tr>", main, re.S).group(1)
+    assert "98.35 &#177; 0.13 (n=4)" in mf and "+0.20 pp [+0.20, +0.20]" in mf
+    assert "<td>the reference</td>" in main
+    page = (tmp_path / "out" / "table.html").read_text()
+    parts = re.findall(r"<h3>(.*?)</h3>\s*<table.*?<thead>(.*?)</thead>", page, re.S)
+    assert [h for h, _ in parts][:2] == ["Ours beside the published values", "More per cell"]
+    assert all(head.count("<th>") < 15 for _, head in parts[:2])
+    assert "<th>published accuracy (%)</th>" in parts[0][1] and "<th>locality</th>" in parts[1][1]
+    assert "anywhere" not in page, "a number broken inside is not read"
+
+
 # ---- figures: one look per algorithm, clipped intervals, zoomed curves --------------------------
 
 ALGOS = ["bp", *(f"alg{i:02d}" for i in range(1, 20))]  # 20 algorithms: more than any palette of 10
@@ -389,6 +412,12 @@ def _html_report(work: Path) -> dict:
     return json.loads(re.search(r"var results = (\{.*?\});\n", html, re.S).group(1))
 
 
+def _opening_page(work: Path) -> str:
+    """The report's first view: the workflow's description (workflow/report/workflow.rst), rendered."""
+    html = (work / "report.html").read_text()
+    return json.loads(re.search(r"workflow_desc = (\".*?\");\n", html, re.S).group(1))
+
+
 @pytest.mark.slow
 def test_snakemake_html_report_embeds_every_figure(tmp_path):
     """A copy of the workflow whose runs are finished (a fake results tree, no training), then
@@ -408,6 +437,9 @@ def test_snakemake_html_report_embeds_every_figure(tmp_path):
         if path.endswith(".png"):
             assert entry["mime_type"] == "image/png" and payload.startswith(b"\x89PNG")
     assert (work / "results" / "table.md").exists() and (work / "results" / "deltas.md").exists()
+    opening = _opening_page(work)
+    assert (work / "results" / "main.html").read_text().strip() in opening, "the report opens on the main table"
+    assert "showResultInfo('results/table.html')" in opening
 
 
 def test_every_output_of_the_registry_has_its_caption_and_a_unique_key():
