@@ -80,7 +80,7 @@ def _css(scope: str = "") -> str:
     and long cells wrap, so that a table fits the page."""
     s = f"{scope} " if scope else ""
     return (f"{scope or 'body'}{{font-family:sans-serif;font-size:12px}}"
-            f"{s}table{{border-collapse:collapse;max-width:100%;margin:0 0 1em 0;line-height:1.3}}"
+            f"{s}table{{border-collapse:collapse;max-width:100%;margin:0 0 1em 0;font-size:12px;line-height:1.3}}"
             f"{s}td,{s}th{{border:1px solid #ccc;padding:3px 5px;text-align:left;vertical-align:top;"
             f"overflow-wrap:break-word}}{s}th{{background:#eee;font-weight:600}}")
 
