@@ -343,16 +343,20 @@ def test_no_time_or_energy_interval_reaches_below_zero(tmp_path, figures):
 
 def test_learning_curves_are_zoomed_and_mark_where_a_stage_begins(tmp_path, figures):
     files = [fake_run(tmp_path, "digits", "tiny", a, s, 95.0 + s) for a in ("bp", "mf") for s in range(2)]
-    for f in files[2:]:  # mf trains layer by layer: 3 epochs each
+    files += [fake_run(tmp_path, "digits", "tiny", "pepita", s, 11.0) for s in range(2)]  # diverged
+    for f in files[2:4]:  # mf trains layer by layer: 3 epochs each
         ep = pd.read_csv(f.parent / "epochs.csv")
         ep["stage"] = ["layer1"] * 3 + ["layer2"] * 3
         ep.to_csv(f.parent / "epochs.csv", index=False)
     figs = figures(files)
     by_epoch, by_joules = figs["learning_curves"].axes[:2]
-    lowest = min(min(line.get_ydata()) for line in by_epoch.lines if len(line.get_ydata()) > 2)
     low, high = by_epoch.get_ylim()
-    assert lowest < low < 95.0 and high <= 100.0, "zoomed onto the late epochs, not 0-100"
-    mf = _legend_looks(figs["learning_curves"])["mf"][0]
+    assert 90.0 < low < 95.0 and high <= 100.0, "zoomed onto the late epochs, not 0-100"
+    looks = _legend_looks(figs["learning_curves"])
+    bp, mf = looks["bp"][0], looks["mf"][0]
+    assert min(min(line.get_ydata()) for line in by_epoch.lines if to_rgb(line.get_color()) == bp) < low, \
+        "bp's first epochs fall below the axis"
+    assert [t.get_text() for t in by_epoch.texts] == ["below the axis: pepita"]
     stage_lines = [line for line in by_epoch.lines if line.get_linestyle() == ":"]
     assert [(line.get_xdata()[0], to_rgb(line.get_color())) for line in stage_lines] == [(3.5, mf)] * 2  # a seed each
     assert len([line for line in by_joules.lines if line.get_linestyle() == ":"]) == 2

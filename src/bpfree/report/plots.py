@@ -103,12 +103,16 @@ def _stage_starts(c: pd.DataFrame) -> pd.DataFrame:
 
 
 def _zoom(values: list[pd.Series], late: float = 0.8, pct: float = 5.0) -> tuple[float, float]:
-    """y-limits where the curves differ: from the `pct`th percentile of every curve's last `late`
-    share of epochs (early epochs and a diverged minority fall below) to the highest value, capped
-    at 100, with a small margin."""
-    tail = np.concatenate([v.to_numpy(float)[int(len(v) * (1 - late)):] for v in values])
+    """y-limits where the curves differ: from the `pct`th percentile of the last `late` share of
+    epochs of every curve that did not diverge (its median there at least half the best curve's) to
+    the highest value, capped at 100, with a small margin. Early epochs and diverged runs fall below."""
+    tails = [v.to_numpy(float)[int(len(v) * (1 - late)):] for v in values]
+    tails = [t[np.isfinite(t)] for t in tails if np.isfinite(t).any()]
+    if not tails:
+        return 0.0, 100.0
+    best = max(np.median(t) for t in tails)
+    lo = float(np.percentile(np.concatenate([t for t in tails if np.median(t) >= best / 2]), pct))
     top = float(np.nanmax(np.concatenate([v.to_numpy(float) for v in values])))
-    lo = float(np.nanpercentile(tail, pct))
     pad = max(0.05 * (top - lo), 0.1)
     return max(0.0, lo - pad), min(100.0, top + pad)
 
@@ -140,6 +144,9 @@ def plot_learning_curves(runs: pd.DataFrame, curves: dict[tuple, pd.DataFrame], 
                     for at in _stage_starts(c)[x] if staged else []:
                         ax.axvline(at, color=colour, ls=":", lw=1, alpha=0.7)
         ylim = _zoom([c.val_acc for c in mine.values()]) if mine else (0, 100)
+        below = sorted({k[0] for k, c in mine.items() if c.val_acc.max() < ylim[0]}, key=list(style).index)
+        if below:
+            row[0].text(0.01, 0.02, "below the axis: " + ", ".join(below), transform=row[0].transAxes, fontsize=8)
         row[0].set(title=f"{d} / {a}", xlabel="epoch (all stages)", ylabel="validation accuracy (%)", ylim=ylim)
         row[1].set(title=f"{d} / {a}", xlabel=f"cumulative training energy (J, {methods}; log)", ylim=ylim,
                    xscale="log" if any(c.joules.notna().any() for c in mine.values()) else "linear")
