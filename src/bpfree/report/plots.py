@@ -27,8 +27,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-
 def _line(colour, ls="-", marker="", **kw):
+    """A legend's handle: a line or a marker drawn nowhere."""
     from matplotlib.lines import Line2D
     return Line2D([], [], color=colour, ls=ls, marker=marker, **kw)
 
