@@ -67,7 +67,7 @@ LONG_MODULES: set[str] = set()
 # (the package's __init__, which re-exports the public API, comes last), so no import runs back up.
 LAYERS = {
     "metering": ["curves", "readers", "methods", "memory", "summary", "baseline", "segments", "meter", "__init__"],
-    "report": ["load", "formatting", "tables", "notes", "plots", "outputs", "__init__"],
+    "report": ["load", "formatting", "tables", "notes", "style", "plots", "outputs", "__init__"],
 }
 
 

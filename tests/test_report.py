@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_rgb
 
 from bpfree import cli, published, report
 
@@ -243,6 +244,136 @@ def test_published_tables_are_package_data_with_checked_provenance():
     assert (diff.low <= diff.high).all() and set(claims.metric) <= set(report.stats.DELTA_METRICS)
 
 
+def test_the_main_table_is_narrow_and_the_absolute_table_comes_in_two_parts(tmp_path):
+    """main.html (the report's opening page includes it): one table per dataset and network, six
+    columns, ASCII only (a fragment declares no encoding). table.html: ours beside the published
+    values first, the rest per cell after, each under 15 columns, headers that wrap."""
+    files = fake_tree(tmp_path)
+    files += [fake_run(tmp_path, "mnist", "cnn", a, s, 97.0 + s) for a in ("bp", "fa") for s in range(2)]
+    report.run_report(files, tmp_path / "out", {"resamples": 200})
+    main = (tmp_path / "out" / "main.html").read_text()
+    assert main.isascii() and "<html" not in main and main.startswith("<style>.bpfree-main")
+    assert re.findall(r"<h4>(.*?)</h4>", main) == ["mnist / cnn", "mnist / mlp-2x1000"]
+    heads = re.findall(r"<thead>(.*?)</thead>", main, re.S)
+    assert len(heads) == 2 and all(h.count("<th>") == 6 for h in heads)
+    mf = re.search(r"<td>mf</td>(.*?)</tr>", main, re.S).group(1)
+    assert "98.35 &#177; 0.13 (n=4)" in mf and "+0.20 pp [+0.20, +0.20]" in mf
+    assert "<td>the reference</td>" in main
+    page = (tmp_path / "out" / "table.html").read_text()
+    parts = re.findall(r"<h3>(.*?)</h3>\s*<table.*?<thead>(.*?)</thead>", page, re.S)
+    assert [h for h, _ in parts][:2] == ["Ours beside the published values", "More per cell"]
+    assert all(head.count("<th>") < 15 for _, head in parts[:2])
+    assert "<th>published accuracy (%)</th>" in parts[0][1] and "<th>locality</th>" in parts[1][1]
+    assert "anywhere" not in page, "a number broken inside is not read"
+
+
+# ---- figures: one look per algorithm, clipped intervals, zoomed curves --------------------------
+
+ALGOS = ["bp", *(f"alg{i:02d}" for i in range(1, 20))]  # 20 algorithms: more than any palette of 10
+
+
+@pytest.fixture
+def figures(monkeypatch, tmp_path):
+    """`figures(files)`: every figure of the registry (report.PLOTS) drawn from these runs, by file
+    name, kept open until the test ends (one with nothing to show is written under tmp_path)."""
+    import matplotlib.pyplot as plt
+
+    from bpfree.report import plots
+
+    def draw(files: list[Path]) -> dict:
+        figs = {}
+        monkeypatch.setattr(plots, "_save", lambda fig, path: figs.__setitem__(Path(path).stem, fig))
+        raw = report.load_runs(files)
+        results = report.Results(report.summarize(raw), raw, report.StatsConfig.from_dict({"resamples": 100}))
+        for o in report.PLOTS:
+            o.write(results, tmp_path / "out" / o.path)
+        return figs
+    yield draw
+    plt.close("all")
+
+
+def _legend_looks(fig) -> dict[str, tuple]:
+    """The figure legend's entries: label -> (colour, marker)."""
+    (legend,) = fig.legends
+    return {t.get_text(): (to_rgb(h.get_color()), h.get_marker()) for h, t in zip(legend.legend_handles,
+                                                                                   legend.get_texts())}
+
+
+def _scaled(metrics: Path, factor: float) -> None:
+    """Multiply a fake run's time and energy (metrics.json and epochs.csv) by `factor`."""
+    m = json.loads(metrics.read_text())
+    for k in ("energy_j", "energy_dynamic_j", "train_time_s"):
+        m[k] *= factor
+    for c in m["energy_components"].values():
+        c["j"] *= factor
+    metrics.write_text(json.dumps(m))
+    ep = pd.read_csv(metrics.parent / "epochs.csv")
+    ep[["seconds", "energy_j"]] *= factor
+    ep.to_csv(metrics.parent / "epochs.csv", index=False)
+
+
+def test_each_algorithm_has_its_own_colour_and_marker_the_same_in_every_figure(tmp_path, figures):
+    from bpfree.report.style import styles
+
+    looks = {a: (to_rgb(s.colour), s.marker) for a, s in styles(reversed(ALGOS)).items()}
+    assert list(looks)[0] == "bp" and len(set(looks.values())) == len(ALGOS) == 20
+    assert len({c for c, _ in looks.values()}) == 20, "20 algorithms, 20 colours"
+    files = [fake_run(tmp_path, "digits", arch, alg, s, 90.0 + 0.2 * k, layers=2 * (alg == "alg07"))
+             for k, alg in enumerate(ALGOS) for arch in ("mlp", "cnn") for s in range(2)]
+    figs = figures(files)
+    for name in ("accuracy_vs_energy", "accuracy_vs_cost", "learning_curves"):
+        shown = _legend_looks(figs[name])
+        assert {a: shown[a] for a in looks} == looks, name
+        drawn = {(to_rgb(line.get_color()), line.get_marker()) for ax in figs[name].axes for line in ax.lines
+                 if line.get_marker() not in ("None", "", "|", "_") and line.get_color() != "k"}  # caps aside
+        assert drawn <= set(looks.values()), f"{name} draws a look that is no algorithm's"
+    for ax in figs["to_target"].axes:  # one bar per algorithm, named on the y axis, in its colour
+        names = [t.get_text() for t in ax.get_yticklabels()]
+        assert [to_rgb(b.get_facecolor()) for b in ax.patches] == [looks[a][0] for a in names]
+    layer = figs["layer_accuracy"].axes[0]
+    assert to_rgb(layer.patches[0].get_facecolor()) == looks[layer.get_title().split(":")[0]][0]
+
+
+def test_no_time_or_energy_interval_reaches_below_zero(tmp_path, figures):
+    """Two seeds 50x apart: mean - sd is below 0; every whisker of a time or energy stops at 0."""
+    from matplotlib.collections import LineCollection
+
+    from bpfree.report.style import clipped_sd
+
+    assert clipped_sd([1.0, 50.0]) == (25.5, [25.5, pytest.approx(34.648, abs=1e-3)])
+    assert clipped_sd([99.0, 100.0, 100.0], high=100.0)[1][1] == pytest.approx(1 / 3)
+    files = [fake_run(tmp_path, "digits", "tiny", a, s, 90.0 + s) for a in ("bp", "mf", "fa") for s in range(2)]
+    for f in files[::2]:
+        _scaled(f, 50.0)
+    figs = figures(files)
+    for name in ("accuracy_vs_energy", "to_target", "energy_components"):
+        axes = [ax for ax in figs[name].axes if ax.collections]
+        lows = [seg.min() for ax in axes for c in ax.collections if isinstance(c, LineCollection)
+                for seg in c.get_segments()]  # either axis: bars may stand or lie
+        assert lows and min(lows) >= 0.0, f"{name}: a whisker reaches {min(lows):g}"
+
+
+def test_learning_curves_are_zoomed_and_mark_where_a_stage_begins(tmp_path, figures):
+    files = [fake_run(tmp_path, "digits", "tiny", a, s, 95.0 + s) for a in ("bp", "mf") for s in range(2)]
+    files += [fake_run(tmp_path, "digits", "tiny", "pepita", s, 11.0) for s in range(2)]  # diverged
+    for f in files[2:4]:  # mf trains layer by layer: 3 epochs each
+        ep = pd.read_csv(f.parent / "epochs.csv")
+        ep["stage"] = ["layer1"] * 3 + ["layer2"] * 3
+        ep.to_csv(f.parent / "epochs.csv", index=False)
+    figs = figures(files)
+    by_epoch, by_joules = figs["learning_curves"].axes[:2]
+    low, high = by_epoch.get_ylim()
+    assert 90.0 < low < 95.0 and high <= 100.0, "zoomed onto the late epochs, not 0-100"
+    looks = _legend_looks(figs["learning_curves"])
+    bp, mf = looks["bp"][0], looks["mf"][0]
+    assert min(min(line.get_ydata()) for line in by_epoch.lines if to_rgb(line.get_color()) == bp) < low, \
+        "bp's first epochs fall below the axis"
+    assert [t.get_text() for t in by_epoch.texts] == ["below the axis: pepita"]
+    stage_lines = [line for line in by_epoch.lines if line.get_linestyle() == ":"]
+    assert [(line.get_xdata()[0], to_rgb(line.get_color())) for line in stage_lines] == [(3.5, mf)] * 2  # a seed each
+    assert len([line for line in by_joules.lines if line.get_linestyle() == ":"]) == 2
+
+
 # ---- snakemake --report on a finished tiny workflow ---------------------------------------------
 
 def _report_outputs() -> list[str]:
@@ -297,6 +428,12 @@ def _html_report(work: Path) -> dict:
     return json.loads(re.search(r"var results = (\{.*?\});\n", html, re.S).group(1))
 
 
+def _opening_page(work: Path) -> str:
+    """The report's first view: the workflow's description (workflow/report/workflow.rst), rendered."""
+    html = (work / "report.html").read_text()
+    return json.loads(re.search(r"workflow_desc = (\".*?\");\n", html, re.S).group(1))
+
+
 @pytest.mark.slow
 def test_snakemake_html_report_embeds_every_figure(tmp_path):
     """A copy of the workflow whose runs are finished (a fake results tree, no training), then
@@ -316,6 +453,9 @@ def test_snakemake_html_report_embeds_every_figure(tmp_path):
         if path.endswith(".png"):
             assert entry["mime_type"] == "image/png" and payload.startswith(b"\x89PNG")
     assert (work / "results" / "table.md").exists() and (work / "results" / "deltas.md").exists()
+    opening = _opening_page(work)
+    assert (work / "results" / "main.html").read_text().strip() in opening, "the report opens on the main table"
+    assert "showResultInfo('results/table.html')" in opening
 
 
 def test_every_output_of_the_registry_has_its_caption_and_a_unique_key():

@@ -9,10 +9,12 @@ workflow's report rule declares; docs/adding-a-plot-or-table.md adds one):
   deltas.md/.html delta table in the published layout, the verdicts at the declared margins (with
                  seeds needed where unresolved), and each published claim checked: the original
                  deltas and the authors' later claims (published_claims.csv)
-  plots/         accuracy_vs_energy, learning_curves, layer_accuracy, to_target, energy_components
+  plots/         accuracy_vs_energy, accuracy_vs_cost, learning_curves, layer_accuracy, to_target,
+                 energy_components
 
 The package, one job a module, each importing only those before it: load (metrics.json files
-checked and flattened), formatting, tables, notes, plots, outputs (the registry); this module
+checked and flattened), formatting, tables, notes, style (how the figures look: one colour and
+marker per algorithm), plots, outputs (the registry); this module
 writes them.
 """
 from __future__ import annotations

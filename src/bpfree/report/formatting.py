@@ -75,21 +75,47 @@ def markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def html_page(title: str, parts: list[tuple[str, pd.DataFrame | str]]) -> str:
-    """A standalone HTML page of headed tables or paragraphs (the report embeds it)."""
+def _css(scope: str = "") -> str:
+    """The tables' style, each rule under `scope` (a class selector; none: a whole page): headers
+    and long cells wrap, so that a table fits the page."""
+    s = f"{scope} " if scope else ""
+    return (f"{scope or 'body'}{{font-family:sans-serif;font-size:12px}}"
+            f"{s}table{{border-collapse:collapse;max-width:100%;margin:0 0 1em 0;font-size:12px;line-height:1.3}}"
+            f"{s}td,{s}th{{border:1px solid #ccc;padding:3px 5px;text-align:left;vertical-align:top;"
+            f"overflow-wrap:break-word}}{s}th{{background:#eee;font-weight:600}}")
+
+
+def _parts_html(parts: list[tuple[str, pd.DataFrame | str]], level: int) -> str:
     import html
 
     body = []
     for head, part in parts:
         if head:
-            body.append(f"<h3>{html.escape(head)}</h3>")
+            body.append(f"<h{level}>{html.escape(head)}</h{level}>")
         body.append(part.to_html(index=False, escape=True, border=0) if isinstance(part, pd.DataFrame)
                     else "".join(f"<p>{html.escape(p)}</p>" for p in part.split("\n\n") if p.strip()))
-    style = ("body{font-family:sans-serif;font-size:13px;margin:1em}table{border-collapse:collapse;"
-             "table-layout:auto;width:100%;font-size:12px}td,th{border:1px solid #ccc;padding:3px 5px;"
-             "text-align:left;vertical-align:top;overflow-wrap:anywhere}th{background:#eee;position:sticky;top:0}")
+    return "".join(body)
+
+
+def html_page(title: str, parts: list[tuple[str, pd.DataFrame | str]]) -> str:
+    """A standalone HTML page of headed tables or paragraphs (the report embeds it); headers and
+    long cells wrap, so that it fits the page."""
+    import html
+
+    style = "body{margin:1em}" + _css() + "th{position:sticky;top:0}"
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body><h2>{html.escape(title)}</h2>{''.join(body)}</body></html>\n")
+            f"<style>{style}</style></head><body><h2>{html.escape(title)}</h2>{_parts_html(parts, 3)}</body></html>\n")
+
+
+def html_fragment(title: str, parts: list[tuple[str, pd.DataFrame | str]], css_class: str) -> str:
+    """The same as `html_page`, as a fragment that a page can include (the report's opening page
+    does): its style scoped to `css_class`, every character beyond ASCII as an entity (a fragment
+    declares no encoding)."""
+    import html
+
+    text = (f"<style>{_css('.' + css_class)}</style><div class='{css_class}'><h3>{html.escape(title)}</h3>"
+            f"{_parts_html(parts, 4)}</div>\n")
+    return text.encode("ascii", "xmlcharrefreplace").decode()
 
 
 def markdown_parts(parts: list[tuple[str, pd.DataFrame | str]]) -> str:

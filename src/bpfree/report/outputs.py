@@ -13,10 +13,10 @@ import pandas as pd
 
 from bpfree import io, published, stats, tiers
 from bpfree.report import plots
-from bpfree.report.formatting import drop_empty, html_page, markdown, markdown_parts
+from bpfree.report.formatting import KEYS, drop_empty, html_fragment, html_page, markdown, markdown_parts
 from bpfree.report.load import components, layer_accuracies, read_curves
 from bpfree.report.notes import notes
-from bpfree.report.tables import absolute_table, delta_table, verdict_table
+from bpfree.report.tables import BESIDE, absolute_table, delta_table, main_table, verdict_table
 from bpfree.stats import StatsConfig
 
 
@@ -90,9 +90,29 @@ def absolute_md(r: Results) -> str:
 
 
 def absolute_html(r: Results) -> str:
+    """The absolute table in two parts that each fit a page: ours beside the published values, then
+    the rest per cell."""
     table, notes_text = _shown(r)
-    return html_page(ABSOLUTE_TITLE, [("", table), (SEARCH_TITLE, r.search_budget), ("Notes", notes_text)])
+    first = [c for c in table if c in KEYS or c in BESIDE]
+    rest = [c for c in table if c in KEYS or c not in first]
+    return html_page(ABSOLUTE_TITLE, [("Ours beside the published values", table[first]),
+                                      ("More per cell", table[rest]), (SEARCH_TITLE, r.search_budget),
+                                      ("Notes", notes_text)])
 
+
+MAIN_TITLE = "Main results: accuracy, paired delta against bp, time and energy"
+
+
+def main_html(r: Results) -> str:
+    """The main table, one per dataset and network, as a fragment: the report's opening page shows
+    it (workflow/report/workflow.rst)."""
+    table, _ = drop_empty(main_table(r.cells, r.deltas, r.runs))
+    groups = [(f"{d} / {a}", g.drop(columns=["dataset", "architecture"]))
+              for (d, a), g in table.groupby(["dataset", "architecture"], sort=True)]
+    note = (f"vs bp: the difference of means, paired by seed, with its bootstrap {r.cfg.confidence:.0%} interval; "
+            "the verdict at the declared margin after multiplicity control. Everything else (the published values "
+            "beside ours, memory, every delta and claim): table.html and deltas.html under 1. Tables.")
+    return html_fragment(MAIN_TITLE, [*groups, ("", note)], "bpfree-main")
 
 
 @dataclass(frozen=True)
@@ -116,9 +136,10 @@ class Output:
 
 
 def table(path: str, write: Callable[[Results, Path], None], caption: str | None = None,
-          label: str | None = None, from_summary: bool = False) -> Output:
-    """A table: with a `label`, an HTML page among the report's tables; else a data file."""
-    category = "1. Tables" if label else "3. Data"
+          label: str | None = None, from_summary: bool = False, category: str | None = None) -> Output:
+    """A table: with a `label`, an HTML page among the report's tables; else a data file (or in
+    `category`)."""
+    category = category or ("1. Tables" if label else "3. Data")
     return Output(path, write, caption, category if caption else "", label and {"table": label}, from_summary)
 
 
@@ -128,6 +149,8 @@ def plot(name: str, draw: Callable[[Results, Path], None], label: str) -> Output
 
 
 TABLES = (
+    table("main.html", lambda r, p: io.write_text(p, main_html(r)), "main.rst", label="main results",
+          category="0. Main results"),
     table("summary.csv", lambda r, p: io.write_csv(p, r.runs), "summary.rst"),
     table("cells.csv", lambda r, p: io.write_csv(p, r.cells), "cells.rst"),
     table("deltas.csv", lambda r, p: io.write_csv(p, r.deltas), "deltas_csv.rst", from_summary=True),

@@ -11,7 +11,7 @@ from bpfree import published, stats
 from bpfree.compared import BY_NAME, COMPARED, delta_format, symbol
 from bpfree.report.formatting import DASH, _num, fmt_delta, fmt_mean_sd, verdict
 from bpfree.report.load import _methods
-from bpfree.stats import CELL
+from bpfree.stats import CELL, REFERENCE
 
 PUBLISHED_ENERGY = ("GPU board power polled at 5 Hz, trapezoid-integrated, no idle subtraction (the original "
                     "study's code; see published/PROVENANCE.md)")
@@ -36,8 +36,8 @@ def absolute_table(cells: pd.DataFrame, runs: pd.DataFrame, pub: pd.DataFrame) -
         p = _pub_lookup(pub, {"dataset": c.dataset, "architecture": c.architecture, "algorithm": c.algorithm})
         cell = dict(zip(cells.columns, c))
 
-        def ours(m: str, fmt: str) -> str:  # n, mean and sd as stats.cell_summary made them
-            return fmt_mean_sd(cell[f"{m}_n"], cell[f"{m}_mean"], cell[f"{m}_sd"], fmt) if f"{m}_n" in cell else DASH
+        def ours(m: str, fmt: str) -> str:
+            return _ours(cell, m, fmt)
 
         def theirs(col: str, fmt: str, scale: float = 1.0) -> str:
             return DASH if p is None else _num(float(p[col]) * scale, fmt)
@@ -62,6 +62,34 @@ def absolute_table(cells: pd.DataFrame, runs: pd.DataFrame, pub: pd.DataFrame) -
             "its authors' figure (%), their network": _field_reference(field, c.algorithm, g, c.dataset),
         })
     return pd.DataFrame(rows)
+
+
+def _ours(cell: dict, metric: str, fmt: str) -> str:
+    """A cell's "mean ± sd (n=k)" of `metric`, from the n, mean and sd stats.cell_summary made."""
+    m = metric
+    return fmt_mean_sd(cell[f"{m}_n"], cell[f"{m}_mean"], cell[f"{m}_sd"], fmt) if f"{m}_n" in cell else DASH
+
+
+def main_table(cells: pd.DataFrame, dl: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """The report's first table, narrow enough for its opening page: per cell, the test accuracy,
+    its paired delta against bp with the verdict at the declared margin, and the training time and
+    energy (the energy method in the column's name)."""
+    acc = {tuple(r[k] for k in CELL): r for r in dl[dl.metric == "test_accuracy"].to_dict("records")}
+    rows = []
+    for cell in cells.to_dict("records"):
+        d, ref = acc.get(tuple(cell[k] for k in CELL)), cell["algorithm"] == REFERENCE
+        rows.append({**{k: cell[k] for k in CELL}, "test accuracy (%)": _ours(cell, "test_accuracy", ".2f"),
+                     "vs bp": "the reference" if ref else fmt_delta(d),
+                     "verdict at the margin": d["verdict"] if not ref and d and isinstance(d["verdict"], str)
+                     and d["verdict"] else DASH,
+                     "train time (s)": _ours(cell, "train_time_s", ".1f"),
+                     f"energy (J, {_methods(runs)})": _ours(cell, "energy_j", ".1f")})
+    return pd.DataFrame(rows)
+
+
+BESIDE = ("test accuracy (%)", "published accuracy (%)", "train time (s)", "published time (s)", "energy (J)",
+          "energy method", "published energy (J)", "peak memory (MiB)", "published memory (MiB)", "epochs",
+          "published epochs")  # the absolute table's first part: ours beside the published values
 
 
 def _scaled(cell: dict, metric: str, scale: float, fmt: str) -> str:
