@@ -546,3 +546,26 @@ def test_columns_empty_in_a_whole_report_are_left_out_and_named(tmp_path):
     assert "published time (s)" not in header and "test accuracy (%)" in header and "| dataset |" in header
     assert "left out: " in md and "published time (s)" in md.split("left out: ")[1]
     assert "<th>published time (s)</th>" not in page and "left out: " in page
+
+
+def test_a_compared_metric_added_as_one_row_reaches_the_deltas_and_the_tables(tmp_path):
+    """docs/adding-a-metric.md: one Metric row in bpfree.compared.COMPARED is all a compared metric
+    needs. Here a row for `epochs` (a pct delta, lower is better, margin 20 %) is added before the
+    statistics and the report are imported (as an edit of compared.py would), in a fresh process."""
+    files = [fake_run(tmp_path, "digits", "tiny", a, s, 90.0 + s, epochs=6 if a == "bp" else 9)
+             for a in ("bp", "mf") for s in range(3)]
+    code = f"""
+import sys
+from bpfree import compared
+compared.COMPARED += (compared.Metric("epochs", "pct", "delta_epochs_pct", default_margin=20.0),)
+compared.BY_NAME["epochs"] = compared.COMPARED[-1]
+from bpfree import report
+report.run_report({[str(f) for f in files]!r}, {str(tmp_path / "out")!r}, {{"resamples": 200}})
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+    dl = pd.read_csv(tmp_path / "out" / "deltas.csv")
+    row = dl[(dl.algorithm == "mf") & (dl.metric == "epochs")].iloc[0]
+    assert row.estimate == pytest.approx(50.0) and row.margin == 20.0  # 9 epochs against 6: +50 %
+    assert "worse" in row.verdict
+    deltas_md = (tmp_path / "out" / "deltas.md").read_text()
+    assert "delta_epochs_pct" in deltas_md and "+50.0 %" in deltas_md and "epochs ±20 %" in deltas_md
