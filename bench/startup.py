@@ -58,25 +58,42 @@ def main() -> None:
     ap.add_argument("--algorithm", default="bp")
     ap.add_argument("--architecture", default="mlp-2x256")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--idle", action="store_true",
+                    help="keep the config's idle-power baseline, each variant's final runs sharing one --overlap-dir "
+                         "(where a stored baseline is reused); default: no baseline, the fixed cost alone")
     a = ap.parse_args()
     srcs = [str(Path(s).resolve()) for s in (a.src or [ROOT / "src"])]
     tmp = Path(tempfile.mkdtemp(prefix="bpfree-startup-"))
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     cfg["protocol"]["stopping"]["max_epochs"] = 1
     cfg["protocol"]["search"]["n_trials"] = 1
-    cfg["protocol"]["metering"]["idle_seconds"] = 0
+    if not a.idle:
+        cfg["protocol"]["metering"]["idle_seconds"] = 0
     (tmp / "config.yaml").write_text(yaml.safe_dump(cfg))
     bpfree = [sys.executable, "-m", "bpfree"]
     env = {**os.environ, "PYTHONPATH": srcs[-1]}
     subprocess.run([*bpfree, "prepare", "--dataset", "digits", "--out", str(tmp / "digits.pt")], env=env,
                    check=True, stdout=subprocess.DEVNULL)
-    spec = {}
-    for kind in ("train", "search"):
-        spec[kind] = tmp / f"{kind}.json"
-        out = subprocess.run([*bpfree, "spec", "--config", str(tmp / "config.yaml"), "--architecture",
-                              a.architecture, "--algorithm", a.algorithm, "--kind", kind],
-                             env=env, check=True, capture_output=True, text=True).stdout
-        spec[kind].write_text(out)
+    spec = {}  # each variant's own (another version may know other settings)
+    for v, src in enumerate(srcs):
+        for kind in ("train", "search"):
+            config = tmp / "config.yaml"
+            spec[kind, v] = tmp / f"{kind}-{v}.json"
+            out = subprocess.run([*bpfree, "spec", "--config", str(config), "--architecture", a.architecture,
+                                  "--algorithm", a.algorithm, "--kind", kind], env={**env, "PYTHONPATH": src},
+                                 capture_output=True, text=True)
+            if out.returncode and "metering" in out.stderr:  # an older version: without the settings it lacks
+                old = yaml.safe_load(config.read_text())
+                for k in ("alone", "idle_reuse_s"):
+                    old["protocol"]["metering"].pop(k, None)
+                config = tmp / f"config-{v}.yaml"
+                config.write_text(yaml.safe_dump(old))
+                out = subprocess.run([*bpfree, "spec", "--config", str(config), "--architecture", a.architecture,
+                                      "--algorithm", a.algorithm, "--kind", kind], env={**env, "PYTHONPATH": src},
+                                     capture_output=True, text=True)
+            if out.returncode:
+                raise SystemExit(f"bpfree spec failed under {src}: {out.stderr.strip()}")
+            spec[kind, v].write_text(out.stdout)
     entry = cfg["algorithms"][a.algorithm]
     best = {**entry.get("fixed", {}), **{k: p["low"] for k, p in entry.get("space", {}).items()}}
     (tmp / "best.json").write_text(json.dumps({"params": best}))
@@ -84,13 +101,14 @@ def main() -> None:
     def command(job: str, i: int, v: int) -> list[str]:
         journal = tmp / f"study-{v}-{i}.journal"
         if job == "train":
-            return [*bpfree, "train", "--spec", f"@{spec['train']}", "--data", str(tmp / "digits.pt"), "--best",
-                    str(tmp / "best.json"), "--seed", "0", "--out-dir", str(tmp / f"run-{v}-{i}"), "--threads", "1"]
+            return [*bpfree, "train", "--spec", f"@{spec['train', v]}", "--data", str(tmp / "digits.pt"), "--best",
+                    str(tmp / "best.json"), "--seed", "0", "--out-dir", str(tmp / f"run-{v}-{i}"), "--threads", "1",
+                    *(["--overlap-dir", str(tmp / f"metered-{v}")] if a.idle else [])]
         if job == "search":
-            return [*bpfree, "search", "--spec", f"@{spec['search']}", "--data", str(tmp / "digits.pt"),
+            return [*bpfree, "search", "--spec", f"@{spec['search', v]}", "--data", str(tmp / "digits.pt"),
                     "--journal", str(journal), "--worker", "0", "--workers", "1",
                     "--worker-out", str(tmp / f"worker-{v}-{i}.json"), "--threads", "1"]
-        return [*bpfree, "search", "--spec", f"@{spec['search']}", "--journal", str(journal), "--collect",
+        return [*bpfree, "search", "--spec", f"@{spec['search', v]}", "--journal", str(journal), "--collect",
                 "--best", str(tmp / f"best-{v}-{i}.json")]
 
     results: dict[tuple[str, int], list[tuple]] = {}
@@ -99,7 +117,8 @@ def main() -> None:
             for v in range(len(srcs)) if i % 2 == 0 else reversed(range(len(srcs))):
                 results.setdefault((job, v), []).append(
                     run_job(command(job, i, v), srcs[v], tmp / f"{job}-{v}-{i}.log"))
-    print(f"{a.algorithm} on digits/{a.architecture}, 1 epoch, 1 trial, no idle baseline; medians of {a.repeats} "
+    idle = "the config's idle baseline (reused where stored)" if a.idle else "no idle baseline"
+    print(f"{a.algorithm} on digits/{a.architecture}, 1 epoch, 1 trial, {idle}; medians of {a.repeats} "
           f"(logs in {tmp})")
     print(f"{'job':<8}{'source':<40}{'wall s':>8}{'CPU s':>8}{'to 1st epoch s':>16}")
     for (job, v), rows in results.items():

@@ -45,6 +45,10 @@ _HELD: list[tempfile.TemporaryDirectory] = []  # kept alive until exit, when eac
 # the host's: the tests' jobs neither wait for a study running on this machine nor delay its runs.
 _HELD.append(tempfile.TemporaryDirectory(prefix="bpfree-metered-locks-"))
 os.environ["BPFREE_METERED_LOCK_DIR"] = _HELD[-1].name
+# The per-machine cache of CodeCarbon's CPU detection (metering.readers.cache_cpu_detection) too:
+# the tests write nothing under the user's home.
+_HELD.append(tempfile.TemporaryDirectory(prefix="bpfree-cache-"))
+os.environ["BPFREE_CACHE_DIR"] = _HELD[-1].name
 
 
 @pytest.fixture(scope="session")

@@ -384,3 +384,26 @@ def test_doctor_and_a_run_choose_the_same_methods(tmp_path, counter, rapl):
     r = m.stop()
     assert {c: r[f"energy_{c}_method"] for c in info["methods"]} == info["methods"] == m.methods
     assert info["methods"]["gpu"] == ("nvml-counter" if counter else "nvml-power")
+
+
+def test_codecarbons_cpu_detection_is_paid_once_per_machine(tmp_path, monkeypatch):
+    """py-cpuinfo's detection (a subprocess, ~1.2 s a run) answers from a per-machine file after the
+    first run: the same dict CodeCarbon would have got, without detecting again."""
+    import cpuinfo
+
+    from bpfree.metering.readers import cache_cpu_detection
+
+    calls = []
+    monkeypatch.setattr(cpuinfo, "get_cpu_info", lambda: calls.append(1) or {"brand_raw": "Fake CPU 9000", "count": 2})
+    path = cache_cpu_detection(tmp_path)
+    assert calls == [1] and json.loads(path.read_text())["brand_raw"] == "Fake CPU 9000"
+    assert cpuinfo.get_cpu_info() == {"brand_raw": "Fake CPU 9000", "count": 2} and calls == [1]
+    # a later run (a fresh process: py-cpuinfo's own function again) reads the file
+    monkeypatch.setattr(cpuinfo, "get_cpu_info", lambda: calls.append(1) or {"brand_raw": "detected again"})
+    assert cache_cpu_detection(tmp_path) == path
+    assert cpuinfo.get_cpu_info()["brand_raw"] == "Fake CPU 9000" and calls == [1]
+    # a file that cannot be read is a detection paid again, not an error
+    path.write_text("{not json")
+    monkeypatch.setattr(cpuinfo, "get_cpu_info", lambda: calls.append(1) or {"brand_raw": "Fake CPU 9000"})
+    cache_cpu_detection(tmp_path)
+    assert calls == [1, 1] and json.loads(path.read_text())["brand_raw"] == "Fake CPU 9000"

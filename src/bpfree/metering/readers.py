@@ -3,8 +3,11 @@ counter, power, utilisation and memory) and CodeCarbon (its offline tracker, and
 country code)."""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -121,6 +124,50 @@ def open_gpu(nvml: Any, device: torch.device | int) -> Gpu | None:
 
 # ---- CodeCarbon -----------------------------------------------------------------------------------
 
+def cache_cpu_detection(cache_dir: str | Path | None = None) -> Path | None:
+    """Make py-cpuinfo's `get_cpu_info`, which CodeCarbon calls to find the CPU model (hence the
+    power of its estimate), answer from a per-machine file: the detection runs a subprocess,
+    about 1.2 s of every final run, and its answer is the machine's. The file
+    (`<cache_dir>/cpuinfo-<key>.json`; default $BPFREE_CACHE_DIR, else ~/.cache/bpfree) is keyed
+    by the host name and /proc/cpuinfo's model line, so a shared home on a cluster keeps one per
+    node type. The first run on a machine detects and stores; a file that cannot be read or
+    written is only a detection paid again. Returns the file (None: py-cpuinfo absent)."""
+    try:
+        import cpuinfo
+    except ImportError:
+        return None
+    folder = Path(cache_dir or os.environ.get("BPFREE_CACHE_DIR") or Path.home() / ".cache" / "bpfree")
+    model = next((line for line in _read("/proc/cpuinfo").splitlines() if line.startswith("model name")), "")
+    path = folder / f"cpuinfo-{hashlib.sha256(f'{socket.gethostname()}|{model}'.encode()).hexdigest()[:16]}.json"
+    if getattr(cpuinfo.get_cpu_info, "bpfree_cache", None) == path:
+        return path
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        info = cpuinfo.get_cpu_info()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(info))
+            tmp.replace(path)
+        except (OSError, TypeError, ValueError):
+            pass
+
+    def get_cpu_info() -> dict:
+        return dict(info)
+
+    get_cpu_info.bpfree_cache = path
+    cpuinfo.get_cpu_info = get_cpu_info
+    return path
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
 def codecarbon_tracker(country: str, output_dir: str, interval_s: float = 1.0) -> Any:
     """CodeCarbon's offline tracker (no network), recording after each of its measurements the
     cumulative CPU, RAM and GPU energy of its power model, so that marks never pay for a measurement.
@@ -128,6 +175,8 @@ def codecarbon_tracker(country: str, output_dir: str, interval_s: float = 1.0) -
     os.environ.setdefault("CODECARBON_LOG_LEVEL", "error")
     logging.getLogger("codecarbon").setLevel(logging.ERROR)
     from codecarbon import OfflineEmissionsTracker
+
+    cache_cpu_detection()
 
     class Tracker(OfflineEmissionsTracker):
         def __init__(self, **kw):
