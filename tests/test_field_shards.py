@@ -57,6 +57,11 @@ def test_a_tier_metered_alone_starts_one_final_run_at_a_time():
     cfg = load_shipped(REPO / shards.TIERS["tier1"])
     assert cfg["protocol"]["metering"]["alone"] is True
     cmd = shards.snakemake_cmd(shards.BY_NAME["t1-mnist-a"], cfg, 2)
-    assert cmd[cmd.index("--resources") + 1] == "metered=1"
+    # as Snakemake reads it (regression: the targets after --resources were taken for resources)
+    from snakemake.cli import get_argument_parser
+
+    args = get_argument_parser().parse_args(cmd[1:])
+    assert list(args.resources) == ["metered"] and args.resources["metered"].value == 1
+    assert args.targets == shards.BY_NAME["t1-mnist-a"].targets(cfg)
     cfg["protocol"]["metering"]["alone"] = False
     assert "--resources" not in shards.snakemake_cmd(shards.BY_NAME["t1-mnist-a"], cfg, 2)

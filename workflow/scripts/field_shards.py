@@ -114,11 +114,12 @@ def files_of(target: str) -> list[str]:
 
 def snakemake_cmd(shard: Shard, cfg: dict, cores: int) -> list[str]:
     """The shard's command. With protocol.metering.alone one final run at a time (`metered=1`): a
-    second would only wait for the host's lock (bpfree.alone), holding a core."""
+    second would only wait for the host's lock (bpfree.alone), holding a core. (`--resources`
+    takes every word up to the next option: the targets come after one.)"""
     alone = (cfg["protocol"].get("metering") or {}).get("alone", False)
     return ["snakemake", "--configfile", str(ROOT / TIERS[shard.tier]), "--directory", str(workdir(shard.tier)),
-            "--snakefile", str(ROOT / "Snakefile"), "--cores", str(cores), "--keep-going",
-            *(["--resources", "metered=1"] if alone else []), *shard.targets(cfg)]
+            "--snakefile", str(ROOT / "Snakefile"), "--cores", str(cores),
+            *(["--resources", "metered=1"] if alone else []), "--keep-going", *shard.targets(cfg)]
 
 
 def restore(tier: str, cfg: dict) -> int:
