@@ -123,6 +123,7 @@ def test_mf_local_loss_and_gradients_match_hand_computation():
 
 
 @pytest.mark.parametrize("mode", ["greedy", "simultaneous"])
+@pytest.mark.locality("mf")
 def test_mf_no_gradient_crosses_a_layer_boundary(mode):
     """Autograd check: the loss of layer 2 gives layer 1 no gradient, in both modes."""
     algo, data = mf({"mode": mode})

@@ -69,6 +69,7 @@ def test_cached_features_equal_recomputed_and_blocks_not_run_per_batch(block):
     assert not any(m.training for m in algo.net.blocks.modules())
 
 
+@pytest.mark.locality("cafo")
 def test_rand_blocks_stay_at_random_init_and_batchnorm_is_identity():
     data = random_data()
     algo = make(data)
@@ -192,6 +193,7 @@ def test_dfa_feedback_matrices_are_fixed_unit_rows():
     assert torch.equal(algo.net.feedback(0), b0)
 
 
+@pytest.mark.locality("cafo")
 def test_dfa_gradients_of_blocks_1_2_come_only_from_feedback_matrices():
     data = random_data(n=32)
     algo = make(data, block="dfa")

@@ -103,6 +103,7 @@ def test_conv_weight_gradient_matches_a_hand_formula():
     torch.testing.assert_close(conv.bias.grad, gb)
 
 
+@pytest.mark.locality("cwcomp")
 def test_no_gradient_of_a_layer_loss_reaches_an_earlier_layer():
     algo, data = make(), tiny_data()
     x, y = data.x_train, data.y_train

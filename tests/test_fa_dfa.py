@@ -175,6 +175,7 @@ def test_fa_cnn_gradients_equal_the_formula_with_fixed_kernels_and_differ_from_b
         torch.testing.assert_close(g, bp[k], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.locality("fa")
 def test_fa_error_reaches_a_layer_only_through_the_B_above_it():
     data = tiny_data()
     algo = make("fa", MLP, data)
@@ -239,6 +240,7 @@ def test_dfa_cnn_gradients_equal_the_formula_with_fixed_B_and_differ_from_backpr
     check(got, want, bp_grads(algo, x, y), differ=[f"blocks.{l}.0.weight" for l in range(3)])
 
 
+@pytest.mark.locality("dfa")
 def test_dfa_no_gradient_passes_between_layers():
     data = tiny_data()
     algo = make("dfa", MLP, data)

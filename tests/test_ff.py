@@ -31,6 +31,7 @@ def test_fast_goodness_equals_full_labelled_passes():
     assert torch.equal(algo.predict(x).argmax(1), naive[:, :, 1:].sum(2).argmax(1))
 
 
+@pytest.mark.locality("ff")
 def test_each_layer_loss_sends_no_gradient_to_earlier_layers():
     algo = make()
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))

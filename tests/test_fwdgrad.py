@@ -110,6 +110,7 @@ def test_local_estimate_is_noisy_with_one_perturbation():
     assert not torch.allclose(one, gW, atol=1e-3) and not torch.allclose(one, other)
 
 
+@pytest.mark.locality("fwdgrad")
 def test_local_losses_send_no_signal_to_earlier_layers():
     """Layer 1's estimate does not change when everything above it (layer 2, its head) changes."""
     algo, data = make("local", widths=(5, 4, 3))
@@ -127,6 +128,7 @@ def test_local_losses_send_no_signal_to_earlier_layers():
 
 
 @pytest.mark.parametrize("variant", ["weight", "local"])
+@pytest.mark.locality("fwdgrad")
 def test_no_backward_in_the_training_step(variant):
     algo, data = make(variant, n_perturbations=3)
     stage = algo.stages()[0]

@@ -192,6 +192,7 @@ def test_mlp_pred_gradient_by_hand():
 
 @pytest.mark.parametrize("arch", [MLP, CNN, PAPER], ids=["mlp", "cnn", "mlp-paper"])
 @pytest.mark.parametrize("loss", ["pred", "sim", "predsim"])
+@pytest.mark.locality("local")
 def test_no_gradient_of_a_layer_loss_reaches_an_earlier_layer(arch, loss):
     algo = make(arch, loss=loss)
     randomise_heads(algo)

@@ -1,7 +1,8 @@
 """Every algorithm declares its settings and its locality, and a test checks the locality it claims.
 
-The declarations are checked for every shipped algorithm; `LOCALITY_TESTS` names, per algorithm,
-the test that checks its claim, so a new algorithm cannot ship without one.
+The declarations are checked for every shipped algorithm; the test that checks an algorithm's
+claim carries `@pytest.mark.locality("<impl>")` (found by `locality_tests`), so a new algorithm
+cannot ship without one.
 """
 from __future__ import annotations
 
@@ -22,23 +23,21 @@ TESTS = Path(__file__).parent
 ARCH_TYPES = set(yaml.safe_load(SCHEMA.read_text())["properties"]["architectures"]["additionalProperties"]
                  ["properties"]["type"]["enum"])
 
-# algorithm implementation -> the tests that check its locality claim ("file::function")
-LOCALITY_TESTS = {
-    "bp": ["test_locality.py::test_bp_first_layer_gradient_depends_on_every_layer_above"],
-    "mf": ["test_algorithms.py::test_mf_no_gradient_crosses_a_layer_boundary"],
-    "ff": ["test_ff.py::test_each_layer_loss_sends_no_gradient_to_earlier_layers"],
-    "cafo": ["test_cafo.py::test_dfa_gradients_of_blocks_1_2_come_only_from_feedback_matrices",
-             "test_cafo.py::test_rand_blocks_stay_at_random_init_and_batchnorm_is_identity"],
-    "elm": ["test_locality.py::test_elm_computes_no_gradient"],
-    "cwcomp": ["test_cwcomp.py::test_no_gradient_of_a_layer_loss_reaches_an_earlier_layer"],
-    "fa": ["test_fa_dfa.py::test_fa_error_reaches_a_layer_only_through_the_B_above_it"],
-    "dfa": ["test_fa_dfa.py::test_dfa_no_gradient_passes_between_layers"],
-    "local": ["test_local.py::test_no_gradient_of_a_layer_loss_reaches_an_earlier_layer"],
-    "pepita": ["test_pepita.py::test_no_backward_pass_and_each_update_is_local_to_its_layer",
-               "test_pepita.py::test_one_step_matches_the_paper"],
-    "fwdgrad": ["test_fwdgrad.py::test_no_backward_in_the_training_step",
-                "test_fwdgrad.py::test_local_losses_send_no_signal_to_earlier_layers"],
-}
+
+
+def locality_tests() -> dict[str, list[str]]:
+    """algorithm implementation -> the tests that check its locality claim ("file::function"): every
+    test function of tests/ marked `@pytest.mark.locality("<impl>")`, found in the source (derived,
+    so that a new algorithm's test registers itself)."""
+    out: dict[str, list[str]] = {}
+    for f in sorted(TESTS.glob("test_*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.FunctionDef):
+                for d in node.decorator_list:
+                    if (isinstance(d, ast.Call) and ast.unparse(d.func) == "pytest.mark.locality" and d.args
+                            and isinstance(d.args[0], ast.Constant)):
+                        out.setdefault(d.args[0].value, []).append(f"{f.name}::{node.name}")
+    return out
 
 
 @pytest.mark.parametrize("impl", algorithms.available())
@@ -63,13 +62,17 @@ def test_shared_names_keep_their_one_meaning(impl):
 
 @pytest.mark.parametrize("impl", algorithms.available())
 def test_every_algorithm_has_a_locality_test(impl):
-    assert impl in LOCALITY_TESTS, f"{impl}: name the test that checks its locality in LOCALITY_TESTS"
-    for ref in LOCALITY_TESTS[impl]:
-        file, func = ref.split("::")
-        tree = ast.parse((TESTS / file).read_text())
-        assert func in {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}, ref
+    assert locality_tests().get(impl), (f"{impl}: mark the test that checks its locality claim with "
+                                        f'@pytest.mark.locality("{impl}") (docs/adding-an-algorithm.md)')
 
 
+def test_locality_marks_name_shipped_algorithms():
+    """A mark with a misspelt name would leave its algorithm unchecked while looking done."""
+    assert set(locality_tests()) <= set(algorithms.available())
+    assert len(locality_tests()["pepita"]) == 2  # found where they are, decorators stacked or not
+
+
+@pytest.mark.locality("bp")
 def test_bp_first_layer_gradient_depends_on_every_layer_above():
     """end-to-end: the first layer's gradient is the exact chain through every layer, so changing
     the head's weights changes it (unlike a layer-local rule)."""
@@ -89,6 +92,7 @@ def test_bp_first_layer_gradient_depends_on_every_layer_above():
     assert not torch.allclose(first_grad(), g)
 
 
+@pytest.mark.locality("elm")
 def test_elm_computes_no_gradient(digits):
     algo = algorithms.get("elm")({"type": "mlp", "widths": [32]}, digits.meta, {"ridge": 1e-3}, "cpu")
     assert not any(p.requires_grad for p in algo.net.parameters())

@@ -52,6 +52,7 @@ def paper_updates(Ws, F_, x, y, masks):
 
 
 @pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.locality("pepita")
 def test_one_step_matches_the_paper(with_mask):
     algo, data = make(dropout_keep=1.0 if not with_mask else 0.9)
     Ws = [W.detach().clone() for W in algo.net.weights]
@@ -96,6 +97,7 @@ def test_first_epoch_steps_sgd_with_the_update():
         torch.testing.assert_close(W.detach(), W0 - 0.1 * dW, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.locality("pepita")
 def test_no_backward_pass_and_each_update_is_local_to_its_layer():
     """modulated-forward: no reverse-mode call and no autograd graph in a training epoch; a hidden
     layer's update depends only on its own two activities and the modulated activity below it, so
