@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from bpfree import device, doctor, metering
 from bpfree.metering import Curve, Meter, PowerCurve, Rapl, rapl_domains
@@ -407,3 +408,20 @@ def test_codecarbons_cpu_detection_is_paid_once_per_machine(tmp_path, monkeypatc
     monkeypatch.setattr(cpuinfo, "get_cpu_info", lambda: calls.append(1) or {"brand_raw": "Fake CPU 9000"})
     cache_cpu_detection(tmp_path)
     assert calls == [1, 1] and json.loads(path.read_text())["brand_raw"] == "Fake CPU 9000"
+
+
+def test_the_algorithms_own_memory_beside_the_process_peak():
+    """tensor_mib counts each storage once (a view or a tensor named twice adds nothing); the
+    window's RSS growth is what training added over the resident set at its start."""
+    from bpfree.metering.memory import PeakMemory, tensor_mib
+
+    w = torch.zeros(256, 1024)  # 1 MiB of float32
+    state = {"net": {"w": w, "w_again": w, "row": w[0]}, "opt": [{"m": torch.zeros(512, 512)}], "step": 3}
+    assert tensor_mib(state) == pytest.approx(2.0)
+    peak = PeakMemory(torch.device("cpu"), sample_hz=10)
+    peak.open()
+    keep = torch.ones(64, 1024, 1024)  # 256 MiB, touched
+    out = peak.result()
+    assert out["rss_growth_mib"] == pytest.approx(out["peak_memory_mib"] - out["rss_at_start_mib"])
+    assert 200 < out["rss_growth_mib"] < out["peak_memory_mib"]
+    del keep

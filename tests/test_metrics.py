@@ -49,6 +49,9 @@ def test_the_guides_example_reaches_epochs_csv_metrics_json_and_the_summary(tmp_
     assert (epochs.weight_norm > 0).all() and epochs.weight_norm.nunique() == 3  # the weights moved every epoch
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["val_top2_accuracy"] >= metrics["val_accuracy"]
+    # the algorithm's own memory beside the process peak: weights and Adam's two moments, float32
+    assert metrics["state_memory_mib"] == pytest.approx(3 * 4 * metrics["n_params"] / 2 ** 20, rel=0.05)
+    assert 0 <= metrics["rss_growth_mib"] <= metrics["peak_memory_mib"]
     bpfree("report", "--out-dir", "report", "run/metrics.json")
     summary = pd.read_csv(tmp_path / "report" / "summary.csv")
     assert summary.val_top2_accuracy.tolist() == [metrics["val_top2_accuracy"]]

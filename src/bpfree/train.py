@@ -17,7 +17,7 @@ from bpfree.data import Data, load, warnings
 from bpfree.device import resolve_device, set_flush_denormal
 from bpfree.engine import Diverged, FitResult, Stopping, fit
 from bpfree.errors import FileError
-from bpfree.metering import IdleBaseline, Meter, Segments
+from bpfree.metering import IdleBaseline, Meter, Segments, tensor_mib
 from bpfree.progress import Progress
 from bpfree.protocol import MeteringConfig
 
@@ -237,6 +237,9 @@ def assemble_metrics(spec: dict, seed: int, algo: Algorithm, settings: hparams.S
         **measured,
     }
     metrics["achieved_gflops"] = metrics["train_flops"] / measured["train_time_s"] / 1e9
+    metrics["state_memory_mib"] = tensor_mib(checkpoint.algo_state(algo))  # the finished run's, outside the window
+    metrics["state_memory_method"] = ("bytes of the tensors the algorithm keeps (weights, buffers, feedback matrices, "
+                                      "optimiser moments: bpfree.checkpoint.algo_state), each storage once")
     metrics["stage_cpu_s"] = dict(res.stage_cpu_s)
     metrics["cpu_time_s"] = sum(res.stage_cpu_s.values())  # process user + system, every thread
     metrics["resumed"], metrics["segments"] = run.segments.resumed, run.segments.segment

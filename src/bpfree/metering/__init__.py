@@ -53,7 +53,7 @@ from __future__ import annotations
 from bpfree.metering.baseline import Idle, IdleBaseline, idle_record
 from bpfree.metering.curves import (COMPONENTS, KWH, MIB, ORIGINAL_STUDY_HZ, UNAVAILABLE, Curve, PowerCurve,
                                     board_energy, energy_between)
-from bpfree.metering.memory import PeakMemory, reset_peak_rss, rss_mib
+from bpfree.metering.memory import PeakMemory, reset_peak_rss, rss_mib, tensor_mib
 from bpfree.metering.meter import Meter, Sampler
 from bpfree.metering.methods import Estimate, GpuCounter, GpuPower, RaplSource, choose_methods
 from bpfree.metering.readers import POWERCAP, Gpu, Rapl, codecarbon_tracker, open_gpu, rapl_domains
@@ -68,5 +68,5 @@ __all__ = [
     "Rapl", "RaplSource", "Sampler", "Segments", "board_energy", "board_summary", "choose_methods",
     "codecarbon_tracker", "component_energy", "emissions", "energy_between", "energy_record", "epoch_records",
     "gpu_summary", "idle_record", "idle_watts", "method_label", "open_gpu", "rapl_domains", "reset_peak_rss", "rss_mib",
-    "trace_rows", "window_warning",
+    "tensor_mib", "trace_rows", "window_warning",
 ]

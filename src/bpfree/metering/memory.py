@@ -1,5 +1,7 @@
 """Peak memory of a measurement window: torch's allocator on CUDA, the kernel's VmHWM or the
-sampled resident set on the CPU."""
+sampled resident set on the CPU (the whole process: the torch runtime and the data too); beside it
+the algorithm's own, where the CPU has no allocator to ask: how far the resident set grew in the
+window, and the bytes of the tensors the algorithm keeps (`tensor_mib`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -69,4 +71,27 @@ class PeakMemory:
             out = {"peak_memory_mib": self.sampled_mib,
                    "peak_memory_method": f"max resident set sampled at {self.sample_hz:g} Hz during the window"}
         out["rss_at_start_mib"] = self.start_mib
+        # CPU: what training added over what was resident when the window opened (the torch runtime,
+        # the data and the initial weights were): optimiser state, gradients, activations, temporaries
+        out["rss_growth_mib"] = None if self.device.type == "cuda" else max(out["peak_memory_mib"] - self.start_mib,
+                                                                             0.0)
         return out
+
+
+def tensor_mib(state) -> float:
+    """MiB of the distinct tensors in `state` (nested dicts, lists and tuples of tensors, e.g.
+    `bpfree.checkpoint.algo_state(algo)`: weights, buffers, feedback matrices, optimiser moments),
+    each storage counted once."""
+    seen, total, todo = set(), 0, [state]
+    while todo:
+        x = todo.pop()
+        if isinstance(x, torch.Tensor):
+            key = (x.untyped_storage().data_ptr(), x.device)
+            if key not in seen:
+                seen.add(key)
+                total += x.untyped_storage().nbytes()
+        elif isinstance(x, dict):
+            todo.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            todo.extend(x)
+    return total / MIB

@@ -15,8 +15,8 @@ from bpfree.stats import CELL
 COLUMNS = ["dataset", "architecture", "algorithm", "locality", "optimizer", "seed", "test_accuracy", "val_accuracy",
            "train_time_s", "epochs", "best_epoch", "resumed", "segments", "energy_j", "energy_dynamic_j",
            "energy_method", "energy_board_j", "energy_board_method", "energy_window_warning", "emissions_kg",
-           "peak_memory_mib", "peak_memory_method", "n_params", "train_flops", "predict_flops", "achieved_gflops",
-           "device"]
+           "peak_memory_mib", "peak_memory_method", "rss_growth_mib", "state_memory_mib", "n_params", "train_flops",
+           "predict_flops", "achieved_gflops", "device"]
 NON_NEGATIVE = ("train_time_s", "cpu_time_s", "energy_j", "energy_board_j", "peak_memory_mib", "epochs", "train_flops")
 
 

@@ -56,6 +56,8 @@ def absolute_table(cells: pd.DataFrame, runs: pd.DataFrame, pub: pd.DataFrame) -
             BOARD: ours("energy_board_j", ".1f") if _measured(g, "energy_board_j") else _board_why(g),
             "published energy (J)": theirs("energy_wh", ".0f", 3600.0),
             "peak memory (MiB)": ours("peak_memory_mib", ".0f"),
+            "RSS growth in training (MiB)": ours("rss_growth_mib", ".0f"),
+            "state tensors (MiB)": ours("state_memory_mib", ".1f"),
             "published memory (MiB)": theirs("peak_mem_mib", ".0f"),
             "epochs": ours("epochs", ".1f"), "published epochs": theirs("epochs", ".1f"),
             "resumed runs": f"{_n_resumed(g)} of {len(g)}",
