@@ -40,6 +40,15 @@ def test_the_report_refuses_a_comparison_whose_cells_were_tuned_at_different_fid
         report.run_report(files, tmp_path / "out")
 
 
+def test_the_report_refuses_a_comparison_of_runs_metered_alone_and_runs_that_shared_the_host(tmp_path):
+    """Time deltas compare like with like: bp held its host alone, fa shared it."""
+    files = [fake_run(tmp_path, "mnist", "mlp", a, s, 98.0) for a in ("bp", "fa") for s in range(2)]
+    for f in files:
+        _edit(f, metered_alone="/bp/" in str(f))
+    with pytest.raises(tiers.TierError, match=r"comparison mnist/mlp mixes .*metered_alone"):
+        report.run_report(files, tmp_path / "out")
+
+
 def test_the_report_refuses_two_networks_that_share_a_name(tmp_path):
     files = [fake_run(tmp_path, "digits", "tiny", a, s, 90.0) for a in ("bp", "mf") for s in range(2)]
     for f in files:

@@ -23,6 +23,7 @@ PROTOCOL = {
     "search_limit_train": "the search's training subset", "search_limit_val": "the search's validation subset",
     "search_max_epochs": "the search trials' epoch cap",
     "search_patience": "the search trials' patience", "search_n_trials": "the search budget (trials)",
+    "metered_alone": "metered_alone (final runs held their host or GPU alone: it changes their time)",
 }
 
 
