@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from bpfree.report.load import _methods
-from bpfree.report.style import _empty, _plt, _save, clipped_sd, fills, legend, styles
+from bpfree.report.style import _empty, _plt, _save, clipped_sd, fills, legend, log_ticks, styles
 from bpfree.stats import CELL
 
 
@@ -59,6 +59,8 @@ def _accuracy_against(runs: pd.DataFrame, x: str, xlabel: str, path: str | Path,
         ax.step(*zip(*front), where="post", color="k", lw=1, ls="--")
         ax.plot(*zip(*front), ls="none", marker="o", ms=14, color="k", mfc="none", mew=0.8)
         ax.set(title=d, xlabel=xlabel, ylabel="test accuracy (%)", xscale="log" if log else "linear")
+        if log:
+            log_ticks(ax.xaxis)
         ax.grid(alpha=0.3)
     legend(fig, style, fill, [(_line("k", "--"), "Pareto front (cell means)"),
                               (_line("0.35", "none", "o", ms=3.5, alpha=0.4), "single runs")])

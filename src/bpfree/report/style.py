@@ -73,6 +73,16 @@ def legend(fig, entries: dict[str, Style], fills_: dict[str, str] | None = None,
                fontsize=8, frameon=False, title=title, title_fontsize=8, alignment="left")
 
 
+def log_ticks(axis) -> None:
+    """Plain numbers at 1, 2 and 5 times the powers of ten on a log-scaled `axis` (ax.xaxis), and
+    no minor labels: matplotlib's default writes "3 x 10^2" at every minor tick, and they collide."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _save(fig, path: str | Path) -> None:
     """Write the figure (atomically, via io), with room for a legend beside the axes."""
     fig.tight_layout()
