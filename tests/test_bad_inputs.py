@@ -689,7 +689,8 @@ def markdown() -> str:
         "# Errors: what bpfree refuses, and the message it gives",
         "",
         "Every known failure names the key or the file at fault (and the value). A config key is refused",
-        "before any job runs (by the config check that `snakemake` and `bpfree --config` run); a data file,",
+        "before any job runs (by the config check that `snakemake` and `bpfree spec|search|train --config` "
+        "run); a data file,",
         "result file, journal or argument by the `bpfree` command that reads it, as one line",
         "`bpfree <command>: error: <message>` with exit status 2. A file named by `snakemake --configfile` is",
         "read while the workflow's profile is (before Snakemake reads it), so a missing file, a YAML error",

@@ -570,3 +570,69 @@ report.run_report({[str(f) for f in files]!r}, {str(tmp_path / "out")!r}, {{"res
     assert "worse" in row.verdict
     deltas_md = (tmp_path / "out" / "deltas.md").read_text()
     assert "delta_epochs_pct" in deltas_md and "+50.0 %" in deltas_md and "epochs ±20 %" in deltas_md
+
+
+def _planned(work: Path) -> dict[str, int]:
+    """The jobs `snakemake -n` would run in `work`: rule -> count ({} when nothing is to be done)."""
+    out = subprocess.run([str(SNAKEMAKE), "-n", "--cores", "1"], cwd=work, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(work / "src")})
+    assert out.returncode == 0, out.stderr[-3000:]
+    if "Nothing to be done" in out.stdout + out.stderr:
+        return {}
+    table = (out.stdout + out.stderr).split("Job stats:", 1)[1].split("total", 1)[0]
+    return {r: int(n) for r, n in re.findall(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+
+
+def _add_algorithm(work: Path) -> None:
+    """docs/adding-an-algorithm.md: a new file beside the shipped ones, an entry, a comparison."""
+    algos = work / "src" / "bpfree" / "algorithms"
+    shutil.copy(algos / "elm.py", algos / "elm2.py")
+    cfg = json.loads((work / "config" / "config.yaml").read_text())
+    cfg["algorithms"]["elm2"] = {"impl": "elm2", "fixed": {"ridge": 1e-3}}
+    cfg["comparisons"][0]["algorithms"].append("elm2")
+    (work / "config" / "config.yaml").write_text(json.dumps(cfg))
+
+
+def _add_plot(work: Path) -> None:
+    """docs/adding-a-plot-or-table.md's worked example."""
+    guide, package = _guide_blocks(), work / "src" / "bpfree" / "report"
+    registry = package / "outputs.py"
+    anchor = "PLOTS = (\n"
+    registry.write_text(registry.read_text().replace(anchor, anchor + "    " + guide["entry"].strip() + "\n"))
+    (package / "plots.py").write_text((package / "plots.py").read_text() + "\n\n" + guide["function"])
+    (work / "workflow" / "report" / "seed_accuracy.rst").write_text(guide["caption"])
+
+
+def _add_compared_metric(work: Path) -> None:
+    """docs/adding-a-metric.md: one row of bpfree.compared.COMPARED."""
+    f = work / "src" / "bpfree" / "compared.py"
+    row = '    Metric("epochs", "pct", "delta_epochs_pct"),\n'
+    f.write_text(f.read_text().replace("COMPARED = (\n", "COMPARED = (\n" + row))
+
+
+def _add_locality(work: Path) -> None:
+    f = work / "src" / "bpfree" / "localities.py"
+    text = f.read_text()
+    assert "LOCALITIES = {" in text
+    f.write_text(text.replace("LOCALITIES = {", 'LOCALITIES = {\n    "my-label": "a new locality label",', 1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("edit, planned", [
+    (None, {}),
+    (_add_algorithm, {"search": 1, "train": 4, "report": 1}),
+    (_add_plot, {"report": 1}),
+    (_add_compared_metric, {"report": 1}),
+    (_add_locality, {"report": 1}),  # the report shows each algorithm's locality: no training job
+], ids=["nothing", "algorithm", "plot", "compared-metric", "locality-label"])
+def test_each_guides_edit_reruns_only_what_it_changes(tmp_path, edit, planned):
+    """A registry entry applied to a finished results tree: `snakemake -n` lists its own jobs and
+    the report, never the finished final runs of the other algorithms (issue 27: one new dataset
+    entry rescheduled all 83 jobs). The dataset guide has its own: tests/test_registries.py."""
+    work = _finished_workflow(tmp_path)
+    # the tree's report too: written by the workflow itself, so that its Snakemake record is there
+    subprocess.run([str(SNAKEMAKE), "--cores", "1", "results/summary.csv"], cwd=work, check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": str(work / "src")})
+    if edit is not None:
+        edit(work)
+    assert _planned(work) == {**planned, **({"all": 1} if planned else {})}

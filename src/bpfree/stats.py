@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from bpfree import schema
-from bpfree.compared import COMPARED, REFERENCE
+from bpfree.compared import BY_NAME, COMPARED, REFERENCE
 from bpfree.verdicts import (BETTER, EQUIVALENT, UNRESOLVED, WORSE, classify_interval, seeds_needed, verdict_arrays,
                              verdict_text)
 
@@ -211,7 +211,7 @@ def paired_delta(ours: pd.Series, ref: pd.Series, metric: str, unit: str,
     if unit == "pct" and b.mean() == 0:
         return Delta(metric, unit, n, status="not compared: the bp mean is 0", note=note)
     d = Delta(metric, unit, n, estimate=float(_delta_stat(a, b, unit)), note=note)
-    margin = cfg.margin(metric, dataset)
+    margin = cfg.margin(BY_NAME[metric].margin_key if metric in BY_NAME else metric, dataset)
     if n == 1:
         d.status = "single seed (n = 1): no interval"
         d.verdict = f"{UNRESOLVED} (n = 1)" if margin is not None else ""

@@ -27,6 +27,10 @@ PROTOCOL = {
 }
 
 
+# the value a key has in runs made before it was recorded
+UNRECORDED = {"metered_alone": False}  # runs before alone runs existed shared their host as others may
+
+
 class TierError(FileError):
     """Runs of different protocols, or of different networks under one name, were given to one report."""
 
@@ -81,7 +85,7 @@ def check(runs: list[dict]) -> None:
 
 
 def _refuse_mixed(scope: str, runs: list[dict], key: str, what: str) -> None:
-    by = _split(runs, lambda r: _value(r.get(key)))
+    by = _split(runs, lambda r: _value(r.get(key, UNRECORDED.get(key))))
     if len(by) > 1:
         raise TierError(f"{scope} mixes runs of different protocols: {what} ({key}) is "
                         + "; ".join(f"{v} in {_files(rs)}" for v, rs in by.items())

@@ -129,8 +129,8 @@ def cache_cpu_detection(cache_dir: str | Path | None = None) -> Path | None:
     power of its estimate), answer from a per-machine file: the detection runs a subprocess,
     about 1.2 s of every final run, and its answer is the machine's. The file
     (`<cache_dir>/cpuinfo-<key>.json`; default $BPFREE_CACHE_DIR, else ~/.cache/bpfree) is keyed
-    by the host name and /proc/cpuinfo's model line, so a shared home on a cluster keeps one per
-    node type. The first run on a machine detects and stores; a file that cannot be read or
+    by the host name and /proc/cpuinfo's model line, so a home shared by a cluster's nodes keeps
+    one file per node. The first run on a machine detects and stores; a file that cannot be read or
     written is only a detection paid again. Returns the file (None: py-cpuinfo absent)."""
     try:
         import cpuinfo

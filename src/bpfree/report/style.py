@@ -14,7 +14,7 @@ import numpy as np
 from bpfree import io
 from bpfree.stats import REFERENCE
 
-MARKERS = "osD^vP*X<>hp"  # filled shapes, each readable hollow too
+MARKERS = "osD^vP*X<>h"  # filled shapes, each readable hollow too; 11, prime to the 20 colours
 FILLS = ("full", "none", "bottom", "left", "top", "right")  # one per network: filled, hollow, half-filled...
 
 
