@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -280,6 +281,27 @@ def test_a_final_run_that_diverges_keeps_its_best_epoch(bad):
     assert res.epochs == 4 and len(res.history) == 4 and res.best_epoch == 2
     assert algo.net.weight.item() == 2  # the best-validation weights, not the diverged ones
     assert len(res.diverged) == 1 and "stage all, epoch 4" in res.diverged[0]
+
+
+def test_diagnostics_run_inside_the_meters_exclusion_and_out_of_the_stage_cpu_time():
+    """Algorithm.epoch_metrics is a diagnostic: fit runs it inside `diagnostics()` (the meter takes
+    that interval out of time and energy) and leaves its CPU time out of the stage's."""
+    import contextlib
+
+    class Diagnosed(Scripted):
+        def epoch_metrics(self, stage, data):
+            t = time.process_time()
+            while time.process_time() - t < 0.2:
+                pass
+            return {"norm": 1.0}
+
+    calls = []
+    res = fit(Diagnosed([50, 60, 70]), tiny_data(c=2), Stopping(3, 3), seed=0,
+              diagnostics=lambda: contextlib.nullcontext(calls.append(1)))
+    assert len(calls) == 3 and all(r["norm"] == 1.0 for r in res.history)
+    assert res.stage_cpu_s["all"] < 0.2  # three epochs of 0.2 s of diagnostics each: none counted
+    fit(Scripted([50, 60]), tiny_data(c=2), Stopping(2, 2), seed=0, diagnostics=lambda: calls.append(2))
+    assert 2 not in calls  # no epoch_metrics of its own: nothing to take out
 
 
 def test_searches_keep_the_strict_divergence_rule():

@@ -425,3 +425,27 @@ def test_the_algorithms_own_memory_beside_the_process_peak():
     assert out["rss_growth_mib"] == pytest.approx(out["peak_memory_mib"] - out["rss_at_start_mib"])
     assert 200 < out["rss_growth_mib"] < out["peak_memory_mib"]
     del keep
+
+
+def test_diagnostic_intervals_are_taken_out_of_time_and_energy():
+    """Exclusions (the meter's, around Algorithm.epoch_metrics): a 10 W curve over 10 s with 2 s of
+    diagnostics gives 80 J and 8 s, per window and per epoch."""
+    from bpfree.metering.curves import Curve, Exclusions, energy_between
+    from bpfree.metering.summary import energy_record, epoch_records
+
+    curve = Curve()
+    for t in range(11):
+        curve.add(float(t), 10.0 * t)
+    clock = iter([2.0, 4.0])
+    ex = Exclusions(lambda: next(clock))
+    with ex.during():
+        pass
+    assert ex.intervals == [(2.0, 4.0)] and ex.seconds(0, 10) == 2.0 and ex.seconds(3, 10) == 1.0
+    curves = ex.wrap({"cpu": curve})
+    assert energy_between(curves["cpu"], 0, 10) == pytest.approx(80.0)
+    assert energy_between(curves["cpu"], 3, 5) == pytest.approx(10.0)  # 3-4 out
+    rec = energy_record(curves, {"cpu": "rapl"}, 0.0, 10.0, {"cpu": 1.0}, ex.seconds(0, 10))
+    assert rec["train_time_s"] == 8.0 and rec["energy_j"] == pytest.approx(80.0) and rec["diagnostics_s"] == 2.0
+    assert rec["energy_dynamic_j"] == pytest.approx(80.0 - 1.0 * 8)
+    rows = epoch_records(curves, ["cpu"], 0.0, [5.0, 10.0], ex.seconds)
+    assert [r["window_s"] for r in rows] == [3.0, 5.0] and rows[-1]["cum_energy_j"] == pytest.approx(80.0)

@@ -52,6 +52,8 @@ def test_the_guides_example_reaches_epochs_csv_metrics_json_and_the_summary(tmp_
     # the algorithm's own memory beside the process peak: weights and Adam's two moments, float32
     assert metrics["state_memory_mib"] == pytest.approx(3 * 4 * metrics["n_params"] / 2 ** 20, rel=0.05)
     assert 0 <= metrics["rss_growth_mib"] <= metrics["peak_memory_mib"]
+    # the example's epoch_metrics (the weights' norm) is a diagnostic: out of the metered time
+    assert metrics["diagnostics_s"] > 0 and metrics["train_time_s"] >= epochs.seconds.sum()
     bpfree("report", "--out-dir", "report", "run/metrics.json")
     summary = pd.read_csv(tmp_path / "report" / "summary.csv")
     assert summary.val_top2_accuracy.tolist() == [metrics["val_top2_accuracy"]]

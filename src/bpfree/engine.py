@@ -5,6 +5,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -96,13 +97,14 @@ def _improved(value: float, best: float | None, monitor: str, min_delta: float) 
 
 def fit(algo: Algorithm, data: Data, stopping: Stopping, seed: int,
         on_epoch: Callable[[dict], None] | None = None, checkpoint: Checkpoint | None = None,
-        on_divergence: str = "raise") -> FitResult:
+        on_divergence: str = "raise", diagnostics: Callable | None = None) -> FitResult:
     """Train `algo` on `data`. `on_epoch(record)` is called after every epoch (progress, metering,
     pruning: it may raise to stop). A stage stops when its `monitor` has not improved by
     `min_delta` for `patience` epochs, and ends with the checkpoint that was best by its `restore`
     quantity (default: the monitor) restored.
     `on_divergence` (see `_diverged`): "raise" (searches) raises Diverged; "stop" (final runs)
-    ends a diverged stage as patience would, its best weights restored, and goes on.
+    ends a diverged stage as patience would, its best weights restored, and goes on. `diagnostics`:
+    a context manager factory around `epoch_metrics` (the meter's: not the algorithm's cost).
     `checkpoint` (bpfree.checkpoint): resume from its saved state if it holds one, save after
     epochs (see Checkpoint.every_s); the caller deletes it once the results are written."""
     if on_divergence not in ("raise", "stop"):
@@ -131,7 +133,7 @@ def fit(algo: Algorithm, data: Data, stopping: Stopping, seed: int,
         for epoch in range(first, cap + 1):
             if early.done:
                 break
-            record, val = _epoch(algo, stage, epoch, data, gen, res)
+            record, val = _epoch(algo, stage, epoch, data, gen, res, diagnostics)
             _add_cpu(res, stage.name, time.process_time() - cpu0)
             cpu0 = time.process_time()
             if not (diverged := _diverged(record, res, early, on_divergence)):
@@ -177,7 +179,7 @@ def _add_cpu(res: FitResult, stage: str, seconds: float) -> None:
 
 
 def _epoch(algo: Algorithm, stage: Stage, stage_epoch: int, data: Data, gen: torch.Generator,
-           res: FitResult) -> tuple[dict, dict[str, float]]:
+           res: FitResult, diagnostics: Callable | None = None) -> tuple[dict, dict[str, float]]:
     """Train and validate one epoch, count it in `res` and append its epochs.csv record (validation
     quantity k as `val_k`, then the algorithm's `epoch_metrics`). Returns the record and the
     validation metrics."""
@@ -195,7 +197,11 @@ def _epoch(algo: Algorithm, stage: Stage, stage_epoch: int, data: Data, gen: tor
               **{f"val_{k}": v for k, v in val.items() if k not in MONITORS}, "seconds": seconds,
               "cpu_s": cpu, "load_1m": os.getloadavg()[0],
               "since_best": None}  # epochs since the monitor improved (fit sets it; None: a fixed-epoch stage)
-    extra = algo.epoch_metrics(stage, data) if math.isfinite(loss) else {}
+    extra, c1 = {}, time.process_time()
+    if math.isfinite(loss) and type(algo).epoch_metrics is not Algorithm.epoch_metrics:
+        with diagnostics() if diagnostics is not None else nullcontext():
+            extra = algo.epoch_metrics(stage, data)
+    _add_cpu(res, stage.name, c1 - time.process_time())  # diagnostics: not the stage's training CPU time
     if clash := sorted(set(extra) & set(record)):
         raise ValueError(f"{type(algo).__name__}.epoch_metrics: {', '.join(clash)} would overwrite the engine's "
                          "columns")

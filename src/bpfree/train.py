@@ -198,7 +198,8 @@ def train_metered(algo: Algorithm, data: Data, stopping: Stopping, seed: int, me
         log(f"idle-power baseline reused: measured {meter.idle.reused['age_s']:.0f} s ago by "
             f"{meter.idle.reused['measured_by']}")
     try:
-        res = fit(algo, data, stopping, seed=seed, on_epoch=on_epoch, checkpoint=ckpt, on_divergence="stop")
+        res = fit(algo, data, stopping, seed=seed, on_epoch=on_epoch, checkpoint=ckpt, on_divergence="stop",
+                  diagnostics=meter.excluded.during)
         measured = meter.stop()
     finally:
         meter.close()

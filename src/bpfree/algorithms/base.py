@@ -121,8 +121,8 @@ class Algorithm:
 
     def epoch_metrics(self, stage: Stage, data: Data) -> dict[str, float]:
         """Optional per-epoch quantities besides validation ones (columns of epochs.csv, named as
-        the keys); called after `validate`, outside the epoch's timed `seconds`. See
-        docs/adding-a-metric.md."""
+        the keys); called after `validate`, a diagnostic: outside the epoch's `seconds`, the run's
+        metered time and energy and its CPU time. See docs/adding-a-metric.md."""
         return {}
 
     def run_metrics(self, data: Data) -> dict[str, float]:

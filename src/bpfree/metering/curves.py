@@ -3,6 +3,7 @@ study's board energy; the vocabulary every other module of the meter shares."""
 from __future__ import annotations
 
 import bisect
+from contextlib import contextmanager
 
 KWH = 3.6e6  # joules per kWh
 MIB = 2**20
@@ -79,3 +80,45 @@ def energy_between(curve: Curve | None, a: float, b: float) -> float | None:
         return None
     ea, eb = curve.at(a), curve.at(b)
     return None if ea is None or eb is None else eb - ea
+
+
+class Excluded:
+    """A cumulative curve with the energy of some intervals taken out: `at(t)` is the curve's
+    joules at t minus what it gained inside each interval before t. The functions that read
+    curves (energy_between, component_energy, epoch_records) then leave those intervals out."""
+
+    def __init__(self, curve: Curve, intervals: list[tuple[float, float]]):
+        self.curve, self.intervals, self.t = curve, intervals, curve.t
+
+    def at(self, t: float) -> float | None:
+        e = self.curve.at(t)
+        if e is None:
+            return None
+        for a, b in self.intervals:
+            if a < t:
+                ea, eb = self.curve.at(a), self.curve.at(min(t, b))
+                e -= eb - ea
+        return e
+
+
+class Exclusions:
+    """Intervals of a measurement window that are not the algorithm's training (its diagnostics,
+    `Algorithm.epoch_metrics`): `during()` marks one; `seconds(a, b)` is their length inside
+    [a, b]; `wrap(curves)` takes their energy out of cumulative curves (`Excluded`)."""
+
+    def __init__(self, clock):
+        self.clock, self.intervals = clock, []
+
+    @contextmanager
+    def during(self):
+        a = self.clock()
+        try:
+            yield
+        finally:
+            self.intervals.append((a, self.clock()))
+
+    def seconds(self, a: float, b: float) -> float:
+        return sum(max(0.0, min(b, y) - max(a, x)) for x, y in self.intervals)
+
+    def wrap(self, curves: dict) -> dict:
+        return {c: Excluded(v, self.intervals) for c, v in curves.items()} if self.intervals else curves

@@ -15,7 +15,7 @@ import torch
 
 from bpfree.device import sync
 from bpfree.metering.baseline import Idle, IdleBaseline, idle_record
-from bpfree.metering.curves import ORIGINAL_STUDY_HZ, Curve, board_energy, energy_between
+from bpfree.metering.curves import ORIGINAL_STUDY_HZ, Curve, Exclusions, board_energy, energy_between
 from bpfree.metering.memory import PeakMemory, reset_peak_rss
 from bpfree.metering.methods import Estimate, GpuCounter, GpuPower, RaplSource, choose_methods
 from bpfree.metering.readers import POWERCAP, Gpu, Rapl, codecarbon_tracker, open_gpu
@@ -85,13 +85,10 @@ class Meter:
         self.estimate_interval_s, self.use_codecarbon = estimate_interval_s, codecarbon
         self.methods: dict[str, str] = {}  # component -> method (choose_methods)
         self.sources: list = []  # GpuCounter | GpuPower | RaplSource | Estimate
-        self.edges: list[tuple[str, float]] = []
-        self.epochs: list[dict] = []
+        self.edges, self.epochs = [], []  # (name, t); the final per-epoch records (after stop)
         self.samples: list[tuple] = []  # (t, gpu_w, gpu_util, gpu_mem_mib, rapl cumulative dict)
-        self.gpu: Gpu | None = None
-        self.tracker = None
-        self.estimate: Estimate | None = None
-        self.sampler: Sampler | None = None
+        self.gpu, self.tracker, self.estimate, self.sampler = None, None, None, None  # Gpu, CodeCarbon, Estimate
+        self.excluded = Exclusions(lambda: self._edge("exclude"))  # diagnostics: not the algorithm's (during())
         self.memory = PeakMemory(self.device, self.sample_hz)
         self.idle_baseline, self.idle = idle_baseline, None  # where baselines are kept; this run's (Idle)
         self._lock = threading.Lock()
@@ -99,8 +96,8 @@ class Meter:
 
     @property
     def curves(self) -> dict[str, Curve]:
-        """Cumulative energy per component, from whichever source measures it."""
-        return {c: curve for s in self.sources for c, curve in s.curves.items()}
+        """Cumulative energy per component, from whichever source measures it (excluded intervals out)."""
+        return self.excluded.wrap({c: curve for s in self.sources for c, curve in s.curves.items()})
 
     # -- sources ---------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -212,8 +209,9 @@ class Meter:
         if self.gpu is not None and self.gpu.power:
             window["board"] = board_energy([(ts, w) for ts, w, *_ in self.samples if self._t0 <= ts <= t
                                             and w is not None], min(self.sample_hz, ORIGINAL_STUDY_HZ))[0]
-        return {"seconds": t - prev, "elapsed_s": t - self._t0, "energy_j": sum(known) if known else None,
-                **{f"energy_{c}_j": v for c, v in comps.items()}, "window_j": window}
+        cut = self.excluded.seconds  # diagnostics: not the epoch's
+        return {"seconds": t - prev - cut(prev, t), "elapsed_s": t - self._t0 - cut(self._t0, t), "energy_j":
+                sum(known) if known else None, **{f"energy_{c}_j": v for c, v in comps.items()}, "window_j": window}
 
     def stop(self) -> dict:
         """Close the window and return every scalar the run records (see docs/metering.md)."""
@@ -240,7 +238,8 @@ class Meter:
 
     # -- results ---------------------------------------------------------------------------------
     def _result(self, t_end: float, peak: dict) -> dict:
-        out = energy_record(self.curves, self.methods, self._t0, t_end, self.idle.w if self.idle else None)
+        out = energy_record(self.curves, self.methods, self._t0, t_end, self.idle.w if self.idle else None,
+                            self.excluded.seconds(self._t0, t_end))
         out.update(idle_record(self.idle), **peak, **emissions(getattr(self.tracker, "final_emissions_data", None),
                                                                out["energy_j"], out["energy_method"], self.country))
         out.update(gpu_summary(self.samples, self.gpu, self._t0, t_end, self.sample_hz))
@@ -253,7 +252,8 @@ class Meter:
             out["energy_board_samples"] if has_board else None)
         out.update(cooldown_s=self.cooldown_s, meter_sample_hz=1.0 / self.sampler.period,
                    meter_samples=len(self.samples))
-        self.epochs = epoch_records(self.curves, self.methods, self._t0, [t for n, t in self.edges if n == "mark"])
+        self.epochs = epoch_records(self.curves, self.methods, self._t0, [t for n, t in self.edges if n == "mark"],
+                                    self.excluded.seconds)
         return out
 
     def trace_rows(self) -> list[dict]:

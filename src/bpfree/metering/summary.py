@@ -33,7 +33,7 @@ def idle_watts(curves: dict[str, Curve], methods: dict[str, str], a: float, b: f
 
 
 def component_energy(curves: dict[str, Curve], methods: dict[str, str], t0: float, t_end: float,
-                     idle_w: dict[str, float | None] | None) -> dict[str, dict]:
+                     idle_w: dict[str, float | None] | None, excluded_s: float = 0.0) -> dict[str, dict]:
     """Per component: joules of the window, method (unavailable without readings), idle power
     (`idle_w`, W per component: measured before the window or reused, see `idle_watts`; None: no
     baseline) and the dynamic joules (the window's minus idle power x its length)."""
@@ -42,24 +42,27 @@ def component_energy(curves: dict[str, Curve], methods: dict[str, str], t0: floa
         j = energy_between(curves.get(c), t0, t_end)
         w = idle_w.get(c) if idle_w is not None and j is not None else None
         out[c] = {"j": j, "method": methods[c] if j is not None else UNAVAILABLE, "idle_w": w,
-                  "dynamic_j": j - w * (t_end - t0) if w is not None else None}
+                  "dynamic_j": j - w * (t_end - t0 - excluded_s) if w is not None else None}
     return out
 
 
 def energy_record(curves: dict[str, Curve], methods: dict[str, str], t0: float, t_end: float,
-                  idle_w: dict[str, float | None] | None) -> dict[str, Any]:
+                  idle_w: dict[str, float | None] | None, excluded_s: float = 0.0) -> dict[str, Any]:
     """The window's time and energy: `train_time_s`, `energy_j` (sum of the known components),
     `energy_method`, `energy_components` (see `component_energy`), `idle_power_w` (None unless every
-    known component has one), `energy_dynamic_j`, and `energy_<component>_j` and `_method`."""
-    seconds = t_end - t0
-    comps = component_energy(curves, methods, t0, t_end, idle_w)
+    known component has one), `energy_dynamic_j`, and `energy_<component>_j` and `_method`.
+    `excluded_s`: seconds of the window that are not training (diagnostics, `diagnostics_s`; their
+    energy is already out of `curves`, see curves.Exclusions)."""
+    seconds = t_end - t0 - excluded_s
+    comps = component_energy(curves, methods, t0, t_end, idle_w, excluded_s)
     known = [v for v in comps.values() if v["j"] is not None]
     energy = sum(v["j"] for v in known) if known else None
     idle_ws = [v["idle_w"] for v in known]
     idle = sum(idle_ws) if idle_ws and None not in idle_ws else None
     out = {"train_time_s": seconds, "energy_j": energy, "energy_method": method_label(
         {c: v["method"] for c, v in comps.items()}), "energy_components": comps, "idle_power_w": idle,
-        "energy_dynamic_j": energy - idle * seconds if idle is not None and energy is not None else None}
+        "energy_dynamic_j": energy - idle * seconds if idle is not None and energy is not None else None,
+        "diagnostics_s": excluded_s}
     for c, v in comps.items():
         out[f"energy_{c}_j"], out[f"energy_{c}_method"] = v["j"], v["method"]
     return out
@@ -129,11 +132,13 @@ def window_warning(comps: dict, seconds: float, n_power: int, board_samples: int
             f"as MLPerf's power rules ask, or >= {MIN_COUNTER_S:g} s of counter readings)")
 
 
-def epoch_records(curves: dict[str, Curve], components: Iterable[str], t0: float, marks: list[float]) -> list[dict]:
-    """Per mark: seconds, elapsed, joules (total and per component) and cumulative joules."""
+def epoch_records(curves: dict[str, Curve], components: Iterable[str], t0: float, marks: list[float],
+                  excluded=lambda a, b: 0.0) -> list[dict]:
+    """Per mark: seconds, elapsed, joules (total and per component) and cumulative joules;
+    `excluded(a, b)`: the seconds between a and b that are not training (curves.Exclusions.seconds)."""
     rows, prev, cum = [], t0, 0.0
     for t in marks:
-        row: dict[str, Any] = {"elapsed_s": t - t0, "window_s": t - prev}
+        row: dict[str, Any] = {"elapsed_s": t - t0 - excluded(t0, t), "window_s": t - prev - excluded(prev, t)}
         total, ok = 0.0, False
         for c in components:
             j = energy_between(curves.get(c), prev, t)
