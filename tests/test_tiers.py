@@ -147,6 +147,18 @@ def test_the_search_table_gives_complete_pruned_and_failed_trials(tmp_path):
     assert "tuned on 10,000 training images, at most 15 epochs per stage, patience 5" in table
 
 
+def test_two_tiers_summaries_concatenate_and_stay_apart(tmp_path):
+    """summary.csv's protocol_id labels the study: one per tier, so rows of two summaries put side
+    by side are told apart (and one report refuses to pool them)."""
+    one = [fake_run(tmp_path / "a", "mnist", "mlp", a, s, 98.0) for a in ("bp", "fa") for s in range(2)]
+    two = [_edit(fake_run(tmp_path / "b", "mnist", "mlp", a, s, 98.0), patience=10) for a in ("bp", "fa")
+           for s in range(2)]
+    both = pd.concat([report.summarize(report.load_runs(one)), report.summarize(report.load_runs(two))])
+    assert both.groupby("protocol_id").size().tolist() == [4, 4]
+    with pytest.raises(tiers.TierError):
+        report.run_report(one + two, tmp_path / "out")
+
+
 def test_summary_carries_hyperparameters_commit_and_run_hash(tmp_path):
     files = [fake_run(tmp_path, "mnist", "mlp", "bp", s, 98.0) for s in range(2)]
     for f in files:

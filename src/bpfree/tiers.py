@@ -5,6 +5,7 @@ together in one report, by name and file: averaging them, or comparing one with 
 give a number that no protocol produced. Also the search budget as it was spent, per search."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -84,8 +85,19 @@ def check(runs: list[dict]) -> None:
                                 + ". Give each network its own name")
 
 
+def _protocol_value(run: dict, key: str) -> object:
+    return _value(run.get(key, UNRECORDED.get(key)))
+
+
+def protocol_id(run: dict) -> str:
+    """A short label of the run's protocol (its values of PROTOCOL's keys): runs of one tier share
+    it, two tiers' differ, so concatenated summaries stay apart."""
+    values = json.dumps({k: _protocol_value(run, k) for k in PROTOCOL}, sort_keys=True, default=str)
+    return hashlib.sha256(values.encode()).hexdigest()[:8]
+
+
 def _refuse_mixed(scope: str, runs: list[dict], key: str, what: str) -> None:
-    by = _split(runs, lambda r: _value(r.get(key, UNRECORDED.get(key))))
+    by = _split(runs, lambda r: _protocol_value(r, key))
     if len(by) > 1:
         raise TierError(f"{scope} mixes runs of different protocols: {what} ({key}) is "
                         + "; ".join(f"{v} in {_files(rs)}" for v, rs in by.items())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bpfree import io
+from bpfree import io, tiers
 from bpfree.errors import FileError
 from bpfree.stats import CELL
 
@@ -54,13 +54,16 @@ def _methods(df: pd.DataFrame) -> str:
 def summarize(runs: list[dict]) -> pd.DataFrame:
     """One flat row per run of `load_runs`, sorted by cell and seed. Nested fields are dropped but
     for three kept flat, so that two studies' summaries can be put side by side: each setting of
-    `hyperparameters` as `hp_<name>`, and the provenance's `git_commit` and `run_sha256`."""
+    `hyperparameters` as `hp_<name>`, and the provenance's `git_commit` and `run_sha256`; and
+    `protocol_id`, the study's label: a digest of the keys that define a run's protocol
+    (bpfree.tiers.PROTOCOL), the same for every run of one tier and different between tiers."""
     flat = []
     for m in runs:
         prov = m.get("provenance") if isinstance(m.get("provenance"), dict) else {}
         hp = m.get("hyperparameters") if isinstance(m.get("hyperparameters"), dict) else {}
         flat.append({**m, **{f"hp_{k}": v for k, v in hp.items() if not isinstance(v, (dict, list))},
-                     "git_commit": prov.get("git_commit"), "run_sha256": prov.get("run_sha256")})
+                     "git_commit": prov.get("git_commit"), "run_sha256": prov.get("run_sha256"),
+                     "protocol_id": tiers.protocol_id(m)})
     df = pd.DataFrame(flat).drop(columns=["_path"], errors="ignore")
     nested = [c for c in df.columns if df[c].map(lambda v: isinstance(v, (dict, list))).any()]
     df = df.drop(columns=nested)  # hyperparameters, energy_components, provenance...: kept in metrics.json
