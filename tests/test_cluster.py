@@ -182,7 +182,7 @@ def test_adding_a_seed_runs_only_its_final_runs(finished_repo):
     cfg["protocol"]["seeds"] = [0, 1]
     assert _plan(finished_repo, cfg) == {
         ("train", f"{RUNS}/bp/seed1/metrics.json"), ("train", f"{RUNS}/mf/seed1/metrics.json"),
-        ("report", "results/summary.csv"), ("all", "")}
+        ("report", "results/main.html"), ("all", "")}
 
 
 def test_adding_an_algorithm_runs_only_its_jobs(finished_repo):
@@ -192,7 +192,7 @@ def test_adding_an_algorithm_runs_only_its_jobs(finished_repo):
     cfg["comparisons"][0]["algorithms"].append("mf-sum")
     assert _plan(finished_repo, cfg) == {
         ("search_worker", f"{CELL}/mf-sum/workers/0.json"), ("search", f"{CELL}/mf-sum/best.json"),
-        ("train", f"{RUNS}/mf-sum/seed0/metrics.json"), ("report", "results/summary.csv"), ("all", "")}
+        ("train", f"{RUNS}/mf-sum/seed0/metrics.json"), ("report", "results/main.html"), ("all", "")}
 
 
 def test_editing_one_algorithm_reruns_only_its_jobs(finished_repo):
@@ -210,14 +210,14 @@ def test_editing_one_algorithm_reruns_only_its_jobs(finished_repo):
         os.utime(src, (st.st_atime, st.st_mtime))
     assert jobs == {
         ("search_worker", f"{CELL}/mf/workers/0.json"), ("search", f"{CELL}/mf/best.json"),
-        ("train", f"{RUNS}/mf/seed0/metrics.json"), ("report", "results/summary.csv"), ("all", "")}
+        ("train", f"{RUNS}/mf/seed0/metrics.json"), ("report", "results/main.html"), ("all", "")}
 
 
 
 @pytest.mark.parametrize("module, jobs", [
     ("metering/segments.py", {("train", f"{RUNS}/bp/seed0/metrics.json"), ("train", f"{RUNS}/mf/seed0/metrics.json"),
-                              ("report", "results/summary.csv"), ("all", "")}),
-    ("report/tables.py", {("report", "results/summary.csv"), ("all", "")}),
+                              ("report", "results/main.html"), ("all", "")}),
+    ("report/tables.py", {("report", "results/main.html"), ("all", "")}),
 ])
 def test_editing_a_module_of_a_package_reruns_the_jobs_that_run_it(finished_repo, module, jobs):
     """The metering and report packages (once metering.py and report.py): an edit of any of their

@@ -201,7 +201,9 @@ def test_meter_nvml_power_fallback_and_idle_baseline():
 
 def _baseline_run(folder: Path, watts: float, max_age_s: float = 600, alone: bool = False) -> tuple[dict, float]:
     """A metered window with a 0.4 s idle baseline stored under `folder` (GPU `gpu0`, fake NVML at
-    `watts`): the result and the seconds `start()` took."""
+    `watts`): the result and the seconds `start()` took. The fake counter's readings and the meter's
+    edges are taken at slightly different instants, so under load a measured baseline is off by a
+    few tenths of a percent: the tests tell 100 W from 150 W at 1 %."""
     base = metering.IdleBaseline(folder, "gpu0", max_age_s, f"run at {watts:g} W", alone)
     m = Meter("cpu", powercap_root=None, nvml=FakeNVML(watts=watts), gpu=0, codecarbon=False, idle_seconds=0.4,
               idle_baseline=base)
@@ -215,13 +217,13 @@ def _baseline_run(folder: Path, watts: float, max_age_s: float = 600, alone: boo
 def test_a_recent_idle_baseline_of_the_same_device_is_reused_without_idling(tmp_path):
     first, took = _baseline_run(tmp_path, 100.0)
     assert not first["idle_reused"] and first["idle_age_s"] is None and took >= 0.4
-    assert first["idle_power_w"] == pytest.approx(100.0, rel=1e-3)
+    assert first["idle_power_w"] == pytest.approx(100.0, rel=1e-2)
     stored = json.loads(next((tmp_path / "idle").glob("*-gpu0.json")).read_text())
-    assert stored["idle_w"]["gpu"] == pytest.approx(100.0, rel=1e-3) and stored["measured_by"] == "run at 100 W"
+    assert stored["idle_w"]["gpu"] == pytest.approx(100.0, rel=1e-2) and stored["measured_by"] == "run at 100 W"
     assert stored["signature"]["methods"]["gpu"] == "nvml-counter"
     second, took = _baseline_run(tmp_path, 150.0)  # its own idle would read 150 W: it does not measure
     assert second["idle_reused"] and 0 <= second["idle_age_s"] < 60 and took < 0.4
-    assert second["idle_power_w"] == pytest.approx(100.0, rel=1e-3) and second["idle_measured_by"] == "run at 100 W"
+    assert second["idle_power_w"] == pytest.approx(100.0, rel=1e-2) and second["idle_measured_by"] == "run at 100 W"
     assert second["idle_seconds"] == pytest.approx(first["idle_seconds"])
     g = second["energy_components"]["gpu"]
     assert g["dynamic_j"] == pytest.approx(g["j"] - second["idle_power_w"] * second["train_time_s"])
@@ -239,7 +241,7 @@ def test_an_idle_baseline_is_measured_again_when_it_cannot_be_reused(tmp_path, w
     path.write_text(json.dumps({**json.loads(path.read_text()), **edit}))
     r, took = _baseline_run(tmp_path, 150.0, max_age_s, alone)
     assert not r["idle_reused"] and took >= 0.4, why
-    assert r["idle_power_w"] == pytest.approx(150.0, rel=1e-3)
+    assert r["idle_power_w"] == pytest.approx(150.0, rel=1e-2)  # its own 150 W, not the stored 100 W
 
 
 def test_board_energy_is_the_original_studys_quantity():

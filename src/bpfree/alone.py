@@ -85,8 +85,8 @@ class Hold:
                             ) from None
         self.waited_s = time.monotonic() - t0
         try:  # a note for the wait lines of others, nothing more: a full disk must not stop the run for it
-            self._note.write_text(json.dumps({"label": self.label, "pid": os.getpid(), "exclusive": self.exclusive}))
-        except OSError:
+            io.write_json(self._note, {"label": self.label, "pid": os.getpid(), "exclusive": self.exclusive})
+        except (OSError, FileError):
             pass
         return self
 

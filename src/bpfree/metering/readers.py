@@ -14,7 +14,9 @@ from typing import Any
 
 import torch
 
+from bpfree import io
 from bpfree.device import load_nvml, nvml_handle, text
+from bpfree.errors import FileError
 from bpfree.metering.curves import COMPONENTS, MIB
 
 POWERCAP = Path("/sys/class/powercap")
@@ -147,10 +149,8 @@ def cache_cpu_detection(cache_dir: str | Path | None = None) -> Path | None:
         info = cpuinfo.get_cpu_info()
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(info))
-            tmp.replace(path)
-        except (OSError, TypeError, ValueError):
+            io.write_json(path, info)
+        except (OSError, TypeError, ValueError, FileError):
             pass
 
     def get_cpu_info() -> dict:
