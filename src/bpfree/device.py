@@ -8,13 +8,26 @@ driver every query here answers None, never an error.
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from bpfree.errors import ConfigError
 
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo's first `model name`; elsewhere the platform's)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 def check_device(name: str, key: str = "device") -> None:
     """ConfigError naming `key` if `name` (auto, cpu, cuda, cuda:N) names no device torch sees here."""

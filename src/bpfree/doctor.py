@@ -15,16 +15,6 @@ from bpfree import device, metering, provenance
 NAMES = {"nvidia-ml-py": "nvidia-ml-py (pynvml)"}  # a distribution better known by its module's name
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def gpus(nvml: Any = "auto") -> tuple[list[metering.Gpu | dict], str]:
     """Every GPU NVML lists (a Gpu, or {"index", "error"} where NVML fails on it) and NVML's state
     in words."""
@@ -51,7 +41,8 @@ def probe(powercap_root: str | Path | None = metering.POWERCAP, nvml: Any = "aut
     found, nvml_state = gpus(nvml)
     versions = provenance.versions()
     info: dict[str, Any] = {"python": versions.pop("python"), "platform": platform.platform(),
-                            "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_cuda": versions.pop("torch_cuda"),
+                            "cpu": device.cpu_model(), "cpu_count": os.cpu_count(),
+                            "torch_cuda": versions.pop("torch_cuda"),
                             "versions": versions, "cuda_available": torch.cuda.is_available(),
                             "driver": device.nvidia_driver(nvml), "nvml": nvml_state,
                             "gpus": [g if isinstance(g, dict) else {"index": i, "name": g.name, "counter": g.counter,

@@ -197,11 +197,12 @@ def _epoch(algo: Algorithm, stage: Stage, stage_epoch: int, data: Data, gen: tor
               **{f"val_{k}": v for k, v in val.items() if k not in MONITORS}, "seconds": seconds,
               "cpu_s": cpu, "load_1m": os.getloadavg()[0],
               "since_best": None}  # epochs since the monitor improved (fit sets it; None: a fixed-epoch stage)
-    extra, c1 = {}, time.process_time()
+    extra = {}
     if math.isfinite(loss) and type(algo).epoch_metrics is not Algorithm.epoch_metrics:
+        c1 = time.process_time()
         with diagnostics() if diagnostics is not None else nullcontext():
             extra = algo.epoch_metrics(stage, data)
-    _add_cpu(res, stage.name, c1 - time.process_time())  # diagnostics: not the stage's training CPU time
+        _add_cpu(res, stage.name, c1 - time.process_time())  # diagnostics: not the stage's training CPU time
     if clash := sorted(set(extra) & set(record)):
         raise ValueError(f"{type(algo).__name__}.epoch_metrics: {', '.join(clash)} would overwrite the engine's "
                          "columns")

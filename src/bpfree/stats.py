@@ -80,11 +80,13 @@ class StatsConfig:
     family: str = DEFAULTS["family"]
 
     def margin(self, metric: str, dataset: str | None = None) -> float | None:
-        """The margin of `metric` on `dataset` (a per-dataset mapping: its entry, else its `default`,
-        else the metric's schema default); None if the metric has no margin."""
-        m = self.margins.get(metric)
+        """The margin of `metric` (a compared metric's name, looked up by its row's margin key) on
+        `dataset` (a per-dataset mapping: its entry, else its `default`, else the row's default);
+        None if the metric has no margin."""
+        key = BY_NAME[metric].margin_key if metric in BY_NAME else metric
+        m = self.margins.get(key)
         if isinstance(m, dict):
-            m = m.get(dataset, m.get("default", MARGINS.get(metric)))
+            m = m.get(dataset, m.get("default", MARGINS.get(key)))
         return None if m is None else float(m)
 
     @classmethod
@@ -211,7 +213,7 @@ def paired_delta(ours: pd.Series, ref: pd.Series, metric: str, unit: str,
     if unit == "pct" and b.mean() == 0:
         return Delta(metric, unit, n, status="not compared: the bp mean is 0", note=note)
     d = Delta(metric, unit, n, estimate=float(_delta_stat(a, b, unit)), note=note)
-    margin = cfg.margin(BY_NAME[metric].margin_key if metric in BY_NAME else metric, dataset)
+    margin = cfg.margin(metric, dataset)
     if n == 1:
         d.status = "single seed (n = 1): no interval"
         d.verdict = f"{UNRESOLVED} (n = 1)" if margin is not None else ""

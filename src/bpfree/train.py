@@ -57,17 +57,17 @@ def run_final(spec: dict, data_path: str | Path, best_path: str | Path, seed: in
     io.check_outputs(out_dir / f for f in OUTPUTS)  # now, not after the last epoch
     stale = io.remove_stale_tmp(out_dir / f for f in OUTPUTS)
     device = resolve_device(spec["device"])
-    exclusive = MeteringConfig.from_dict(spec["metering"]).alone
+    metering = MeteringConfig.from_dict(spec["metering"])
     label = f"train {Path(data_path).stem}/{spec['architecture']}/{spec['algorithm']} seed {seed}"
-    with alone.Hold(alone.device_key(device), exclusive, label) as hold:
-        return _final_run(spec, data_path, best_path, seed, out_dir, device, hold,
+    with alone.Hold(alone.device_key(device), metering.alone, label) as hold:
+        return _final_run(spec, data_path, best_path, seed, out_dir, device, hold, metering,
                           stale=stale, checkpoint_every=checkpoint_every, overlap_dir=overlap_dir)
 
 
 def _final_run(spec: dict, data_path: str | Path, best_path: str | Path, seed: int, out_dir: Path,
-               device: torch.device, hold: alone.Hold, stale: list[Path], checkpoint_every: float | None,
-               overlap_dir: str | Path | None) -> dict:
-    """run_final, once its host or device is held (`hold`)."""
+               device: torch.device, hold: alone.Hold, metering: MeteringConfig, stale: list[Path],
+               checkpoint_every: float | None, overlap_dir: str | Path | None) -> dict:
+    """run_final, once its host or device is held (`hold`); `metering`: the spec's, parsed."""
     flushed = set_flush_denormal(spec)
     data = load(data_path, device, spec.get("limit_train"))
     best = io.read_json(best_path, "best.json")
@@ -95,11 +95,10 @@ def _final_run(spec: dict, data_path: str | Path, best_path: str | Path, seed: i
                                  files=sources.files(spec["impl"]))  # another code version: not resumed
         ckpt = checkpoint.Checkpoint(out_dir / "checkpoint.pt", run_key, every_s=checkpoint_every, log=log)
     baseline = None if overlap_dir is None else IdleBaseline(  # this host's and device's, for later runs too
-        overlap_dir, hold.key, MeteringConfig.from_dict(spec["metering"]).idle_reuse_s, f"{cell} seed {seed}",
-        hold.exclusive)
+        overlap_dir, hold.key, metering.idle_reuse_s, f"{cell} seed {seed}", hold.exclusive)
     with overlap.Window(overlap_dir, f"{cell} seed {seed}") as window:
         try:
-            meter = build_meter(device, spec, log, baseline)
+            meter = build_meter(device, metering, log, baseline)
             run = train_metered(algo, data, Stopping(**spec["stopping"]), seed, meter, ckpt, log)
         except Diverged as e:
             raise Diverged(f"{cell} seed {seed} diverged with the hyperparameters of {best_path}: {e}") from None
@@ -160,10 +159,9 @@ def check_best(best: dict, spec: dict, dataset: str, path: str | Path) -> None:
                             "run the best.json of its own search")
 
 
-def build_meter(device: torch.device, spec: dict, log: Progress, baseline: IdleBaseline | None = None) -> Meter:
-    """The energy meter of a final run, from the spec's `metering` settings; `baseline`: where the
-    idle baseline of its host and device is stored and reused from (None: measured by every run)."""
-    m = MeteringConfig.from_dict(spec["metering"])
+def build_meter(device: torch.device, m: MeteringConfig, log: Progress, baseline: IdleBaseline | None = None) -> Meter:
+    """The energy meter of a final run, from its `metering` settings; `baseline`: where the idle
+    baseline of its host and device is stored and reused from (None: measured by every run)."""
     if m.idle_seconds:
         reuse = f" (or a stored one at most {baseline.max_age_s:g} s old)" if baseline and baseline.max_age_s else ""
         log(f"idle-power baseline: {m.idle_seconds} s{reuse}")

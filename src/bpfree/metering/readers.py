@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from bpfree import io
-from bpfree.device import load_nvml, nvml_handle, text
+from bpfree.device import cpu_model, load_nvml, nvml_handle, text
 from bpfree.errors import FileError
 from bpfree.metering.curves import COMPONENTS, MIB
 
@@ -131,7 +131,7 @@ def cache_cpu_detection(cache_dir: str | Path | None = None) -> Path | None:
     power of its estimate), answer from a per-machine file: the detection runs a subprocess,
     about 1.2 s of every final run, and its answer is the machine's. The file
     (`<cache_dir>/cpuinfo-<key>.json`; default $BPFREE_CACHE_DIR, else ~/.cache/bpfree) is keyed
-    by the host name and /proc/cpuinfo's model line, so a home shared by a cluster's nodes keeps
+    by the host name and the CPU model (`device.cpu_model`), so a home shared by a cluster's nodes keeps
     one file per node. The first run on a machine detects and stores; a file that cannot be read or
     written is only a detection paid again. Returns the file (None: py-cpuinfo absent)."""
     try:
@@ -139,8 +139,8 @@ def cache_cpu_detection(cache_dir: str | Path | None = None) -> Path | None:
     except ImportError:
         return None
     folder = Path(cache_dir or os.environ.get("BPFREE_CACHE_DIR") or Path.home() / ".cache" / "bpfree")
-    model = next((line for line in _read("/proc/cpuinfo").splitlines() if line.startswith("model name")), "")
-    path = folder / f"cpuinfo-{hashlib.sha256(f'{socket.gethostname()}|{model}'.encode()).hexdigest()[:16]}.json"
+    key = hashlib.sha256(f"{socket.gethostname()}|{cpu_model()}".encode()).hexdigest()[:16]
+    path = folder / f"cpuinfo-{key}.json"
     if getattr(cpuinfo.get_cpu_info, "bpfree_cache", None) == path:
         return path
     try:
@@ -159,13 +159,6 @@ def cache_cpu_detection(cache_dir: str | Path | None = None) -> Path | None:
     get_cpu_info.bpfree_cache = path
     cpuinfo.get_cpu_info = get_cpu_info
     return path
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError:
-        return ""
 
 
 def codecarbon_tracker(country: str, output_dir: str, interval_s: float = 1.0) -> Any:

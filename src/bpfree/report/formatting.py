@@ -2,6 +2,7 @@
 or a standalone HTML page."""
 from __future__ import annotations
 
+import html
 import math
 
 import pandas as pd
@@ -86,8 +87,6 @@ def _css(scope: str = "") -> str:
 
 
 def _parts_html(parts: list[tuple[str, pd.DataFrame | str]], level: int) -> str:
-    import html
-
     body = []
     for head, part in parts:
         if head:
@@ -100,8 +99,6 @@ def _parts_html(parts: list[tuple[str, pd.DataFrame | str]], level: int) -> str:
 def html_page(title: str, parts: list[tuple[str, pd.DataFrame | str]]) -> str:
     """A standalone HTML page of headed tables or paragraphs (the report embeds it); headers and
     long cells wrap, so that it fits the page."""
-    import html
-
     style = "body{margin:1em}" + _css() + "th{position:sticky;top:0}"
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body><h2>{html.escape(title)}</h2>{_parts_html(parts, 3)}</body></html>\n")
@@ -111,8 +108,6 @@ def html_fragment(title: str, parts: list[tuple[str, pd.DataFrame | str]], css_c
     """The same as `html_page`, as a fragment that a page can include (the report's opening page
     does): its style scoped to `css_class`, every character beyond ASCII as an entity (a fragment
     declares no encoding)."""
-    import html
-
     text = (f"<style>{_css('.' + css_class)}</style><div class='{css_class}'><h3>{html.escape(title)}</h3>"
             f"{_parts_html(parts, 4)}</div>\n")
     return text.encode("ascii", "xmlcharrefreplace").decode()
