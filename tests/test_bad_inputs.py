@@ -32,7 +32,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from cluster_helpers import TINY, make_repo, snakemake  # noqa: E402
 
-from bpfree import cli, config, io, search  # noqa: E402
+from bpfree import cli, config, io  # noqa: E402
+from bpfree import study as studies  # noqa: E402
 from bpfree.errors import BpfreeError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -465,7 +466,7 @@ cli_case("report-bad-statistics", "cli", "`--statistics '{\"resamples\": 5}'`",
 def study(tmp: Path, states: list[str]) -> Path:
     """A journal whose trials end in `states` (complete, pruned, diverged)."""
     journal = tmp / "study.journal"
-    s = search.make_study(SEARCH, journal)
+    s = studies.make_study(SEARCH, journal)
     for state in states:
         t = s.ask()
         if state == "diverged":
@@ -509,8 +510,8 @@ def other_study(tmp: Path) -> Path:
     """A journal of the same algorithm with another search space."""
     journal = tmp / "study.journal"
     other = {**SEARCH, "space": {"lr": {"type": "float", "low": 1e-2, "high": 1e-1, "log": True}}}
-    s = search.make_study(other, journal)
-    search.check_identity(s, other, journal, "digits")
+    s = studies.make_study(other, journal)
+    studies.check_identity(s, other, journal, "digits")
     for _ in range(2):
         s.tell(s.ask(), 90.0)
     return journal
@@ -527,8 +528,8 @@ cli_case("journal-other-dataset", "journal", "searching with a journal made on a
 
 def dataset_study(tmp: Path) -> Path:
     journal = tmp / "study.journal"
-    s = search.make_study(SEARCH, journal)
-    search.check_identity(s, SEARCH, journal, "mnist")
+    s = studies.make_study(SEARCH, journal)
+    studies.check_identity(s, SEARCH, journal, "mnist")
     return journal
 
 

@@ -18,7 +18,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from bpfree import search
+from bpfree import study as studies
+from bpfree.journal import storage
 from cluster_helpers import BIN, TINY, env, make_repo, snakemake
 
 pytestmark = pytest.mark.slow
@@ -60,21 +61,21 @@ def test_killed_search_resumes_and_keeps_finished_trials(tmp_path):
     _kill_when(root, f"{CELL}/best.json", log,
                lambda text: len(re.findall(r"\] trial \d+ (complete|pruned)", text)) >= 2)
 
-    study = optuna.load_study(study_name="search", storage=search.storage(_journal(root)))
-    before = {t.number: (t.state, t.params, t.value) for t in study.get_trials() if t.state in search.FINISHED}
+    study = optuna.load_study(study_name="search", storage=storage(_journal(root)))
+    before = {t.number: (t.state, t.params, t.value) for t in study.get_trials() if t.state in studies.FINISHED}
     running = [t.number for t in study.get_trials() if t.state == optuna.trial.TrialState.RUNNING]
     assert 2 <= len(before) < 8, "the kill came too late to test a resume"
     assert not (root / f"{CELL}/best.json").exists()
 
     snakemake(root, "--cores", "1", f"{CELL}/best.json")
-    study = optuna.load_study(study_name="search", storage=search.storage(_journal(root)))
+    study = optuna.load_study(study_name="search", storage=storage(_journal(root)))
     after = {t.number: t for t in study.get_trials()}
     for n, (state, params, value) in before.items():  # every finished trial kept as it was
         assert (after[n].state, after[n].params, after[n].value) == (state, params, value)
     for n in running:  # the trial the kill interrupted is failed, not counted
         assert after[n].state == optuna.trial.TrialState.FAIL
-    assert sum(t.state in search.FINISHED for t in after.values()) == 8
-    points = [json.dumps(t.params, sort_keys=True) for t in after.values() if t.state in search.FINISHED]
+    assert sum(t.state in studies.FINISHED for t in after.values()) == 8
+    points = [json.dumps(t.params, sort_keys=True) for t in after.values() if t.state in studies.FINISHED]
     assert len(set(points)) == 8, "the resumed search drew an earlier trial's point again"
     assert not any(t.state == optuna.trial.TrialState.RUNNING for t in after.values())
     best = json.loads((root / f"{CELL}/best.json").read_text())

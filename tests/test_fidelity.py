@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from bpfree import config as bpcfg
+from bpfree import study as studies
 from bpfree import search, train
 from bpfree.data import balanced_subset, load
 from bpfree.errors import ConfigError
@@ -61,7 +62,7 @@ def test_search_trials_never_see_more_than_the_subset_nor_train_past_their_cap(t
     for y, n, stopping in seen:
         assert n == 200 and torch.equal(y, subset)
         assert (stopping.max_epochs, stopping.patience) == (3, 2)
-    best = search.write_outputs(spec, study, tmp_path / "best.json", tmp_path / "trials.csv", {})
+    best = studies.write_outputs(spec, study, tmp_path / "best.json", tmp_path / "trials.csv", {})
     written = json.loads((tmp_path / "best.json").read_text())
     assert written["search_fidelity"] == {"limit_train": 200, "stopping": {"max_epochs": 3, "patience": 2,
                                           "min_delta": 0.0}, "reduced": True}
@@ -78,7 +79,7 @@ def test_final_runs_train_on_the_whole_split_and_record_the_fidelity_they_were_t
     bpcfg.validate(cfg)
     spec = bpcfg.search_spec(cfg, "tiny", "bp")
     study = search.run_search(spec, digits_path, tmp_path / "s.journal")
-    search.write_outputs(spec, study, tmp_path / "best.json", tmp_path / "trials.csv", {})
+    studies.write_outputs(spec, study, tmp_path / "best.json", tmp_path / "trials.csv", {})
     m = train.run_final(bpcfg.train_spec(cfg, "tiny", "bp"), digits_path, tmp_path / "best.json", 0, tmp_path / "run")
     assert m["n_train"] == len(load(digits_path).y_train) > 200
     assert (m["search_limit_train"], m["search_max_epochs"], m["search_patience"]) == (200, 3, 2)
@@ -110,7 +111,7 @@ def test_without_the_fidelity_keys_the_search_spec_is_unchanged():
     cfg["protocol"]["search"] = {"n_trials": 3, "pruner": {"type": "none"}}
     spec = _spec(cfg)
     assert "limit_train" not in spec["search"] and "stopping" not in spec["search"]
-    assert search.fidelity(spec) == {"limit_train": None, "stopping": {"max_epochs": 6, "patience": 6,
+    assert studies.fidelity(spec) == {"limit_train": None, "stopping": {"max_epochs": 6, "patience": 6,
                                      "min_delta": 0.0}, "reduced": False}
 
 
@@ -137,6 +138,6 @@ def test_a_validation_subset_ranks_the_trials_and_is_recorded(tmp_path, digits_p
     want = balanced_subset(full, 90, "val").y_val
     assert all(torch.equal(y, want) for y in seen) and len(want) == 90 < len(full.y_val)
     assert torch.bincount(want, minlength=10).min() == 9
-    search.write_outputs(spec, study, tmp_path / "best.json", tmp_path / "trials.csv", {})
+    studies.write_outputs(spec, study, tmp_path / "best.json", tmp_path / "trials.csv", {})
     assert json.loads((tmp_path / "best.json").read_text())["search_fidelity"]["limit_val"] == 90
     assert set(pd.read_csv(tmp_path / "trials.csv").fidelity_limit_val) == {90}

@@ -9,7 +9,9 @@ import json
 import optuna
 import pytest
 
-from bpfree import cli, search
+from bpfree import cli
+from bpfree import study as studies
+from bpfree.journal import storage
 from bpfree import config as bpcfg
 from cluster_helpers import TINY
 
@@ -25,8 +27,8 @@ def _search(tmp_path, digits_path, journal, *extra: str) -> None:
 
 
 def _finished(journal) -> int:
-    study = optuna.load_study(study_name="search", storage=search.storage(journal))
-    return len(study.get_trials(deepcopy=False, states=search.FINISHED))
+    study = optuna.load_study(study_name="search", storage=storage(journal))
+    return len(study.get_trials(deepcopy=False, states=studies.FINISHED))
 
 
 def test_torn_last_line_is_repaired_and_the_study_finishes(tmp_path, digits_path, capsys):
@@ -53,7 +55,7 @@ def test_complete_last_record_without_its_newline_is_kept(tmp_path, digits_path)
     text = journal.read_bytes()
     journal.write_bytes(text[:-1])  # only the newline of the last record lost
     n = _finished(journal)
-    search.storage(journal)  # opening repairs under the lock
+    storage(journal)  # opening repairs under the lock
     assert journal.read_bytes() == text and _finished(journal) == n == 1
 
 

@@ -10,7 +10,8 @@ import optuna
 import pytest
 
 from bpfree import config as bpcfg
-from bpfree import search
+from bpfree import study as studies
+from bpfree.journal import storage
 from cluster_helpers import BIN, TINY, env, make_repo, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
@@ -28,7 +29,7 @@ def _worker(spec_path, data, journal, k: int, K: int, out) -> subprocess.Popen:
 
 
 def _trials(journal) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name="search", storage=search.storage(journal)).get_trials(deepcopy=False)
+    return optuna.load_study(study_name="search", storage=storage(journal)).get_trials(deepcopy=False)
 
 
 def test_three_workers_share_one_study(tmp_path, digits_path):
@@ -42,7 +43,7 @@ def test_three_workers_share_one_study(tmp_path, digits_path):
     trials = _trials(journal)
     states = [t.state for t in trials]
     assert sorted(t.number for t in trials) == list(range(9)), "a trial was started beyond the budget"
-    assert all(s in search.FINISHED for s in states), states
+    assert all(s in studies.FINISHED for s in states), states
     mine = [json.loads((tmp_path / f"w{k}.json").read_text()) for k in range(3)]
     claimed = [n for m in mine for n in m["finished_trials"]]
     assert sorted(claimed) == list(range(9)), f"lost or duplicated: {claimed}"
@@ -59,7 +60,7 @@ def test_a_killed_workers_running_trial_is_failed_by_its_own_rerun(tmp_path, dig
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec))
     journal = tmp_path / "study.journal"
-    study = search.make_study(spec, journal)
+    study = studies.make_study(spec, journal)
     orphan = study.ask()
     orphan.set_user_attr("worker", "1")
     del study
@@ -68,13 +69,13 @@ def test_a_killed_workers_running_trial_is_failed_by_its_own_rerun(tmp_path, dig
     assert p.wait(timeout=600) == 0
     by_state = {t.number: t.state for t in _trials(journal)}
     assert by_state[orphan.number] == optuna.trial.TrialState.RUNNING
-    assert sum(s in search.FINISHED for s in by_state.values()) == 2
+    assert sum(s in studies.FINISHED for s in by_state.values()) == 2
 
     p = _worker(spec_path, digits_path, journal, 1, 2, tmp_path / "w1.json")
     assert p.wait(timeout=600) == 0
     trials = _trials(journal)
     assert {t.number: t.state for t in trials}[orphan.number] == optuna.trial.TrialState.FAIL
-    assert sum(t.state in search.FINISHED for t in trials) == 3
+    assert sum(t.state in studies.FINISHED for t in trials) == 3
     w1 = json.loads((tmp_path / "w1.json").read_text())
     assert w1["failed_trials"] == [orphan.number] and len(w1["finished_trials"]) == 1
 

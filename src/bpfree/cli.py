@@ -37,11 +37,11 @@ def _config_spec(path: str, architecture: str, algorithm: str, kind: str) -> dic
     return fn(config.load(path), architecture, algorithm)
 
 
-def _spec(args: argparse.Namespace, kind: str) -> dict:
+def _spec(args: argparse.Namespace, kind: str, declared: bool = True) -> dict:
     if args.spec:
         from bpfree import config
 
-        return config.check_spec(_json_arg(args.spec, "--spec"), kind)
+        return config.check_spec(_json_arg(args.spec, "--spec"), kind, declared)
     if not (args.config and args.architecture and args.algorithm):
         raise BpfreeError("give --spec, or --config with --architecture and --algorithm")
     return _config_spec(args.config, args.architecture, args.algorithm, kind)
@@ -85,9 +85,9 @@ def _outputs(cmd: str, files: list[str | Path | None]) -> None:
 
 
 def cmd_search(a: argparse.Namespace) -> None:
-    from bpfree import search
+    from bpfree import study as studies
 
-    spec = _spec(a, "search")
+    spec = _spec(a, "search", declared=not a.collect)
     _outputs("search", [a.journal, a.worker_out, a.best, a.trials or (a.best and Path(a.best).with_name("trials.csv"))])
     from bpfree import provenance
 
@@ -95,15 +95,15 @@ def cmd_search(a: argparse.Namespace) -> None:
     study, prov = None, provenance.collect(spec)
     if spec["search"]["n_trials"] > 0 and a.collect:
         for f in a.worker_files or []:  # each worker job's summary: truncated or malformed is named
-            search.check_worker_file(f)
-        study = search.collect(spec, a.journal)
+            studies.check_worker_file(f)
+        study = studies.collect(spec, a.journal)
     elif spec["search"]["n_trials"] > 0:
         if not a.data:
             raise BpfreeError("--data is required (unless --collect)")
         if a.worker is not None and not 0 <= a.worker < a.workers:
             raise BpfreeError(f"--worker {a.worker} is not in 0..{a.workers - 1} (--workers {a.workers})")
         _pin_gpu(spec)
-        from bpfree import alone
+        from bpfree import alone, search
         from bpfree.device import resolve_device
 
         device = resolve_device(spec["device"])
@@ -118,10 +118,10 @@ def cmd_search(a: argparse.Namespace) -> None:
     if a.worker_out:
         from bpfree import io
 
-        summary = search.worker_summary(study, a.worker or 0, a.workers) if study is not None else {}
+        summary = studies.worker_summary(study, a.worker or 0, a.workers) if study is not None else {}
         io.write_json(a.worker_out, {**summary, "provenance": prov})
     if a.best:
-        best = search.write_outputs(spec, study, a.best, a.trials or Path(a.best).with_name("trials.csv"), prov,
+        best = studies.write_outputs(spec, study, a.best, a.trials or Path(a.best).with_name("trials.csv"), prov,
                                     a.journal)
         print(json.dumps(best["params"]))
 
@@ -203,10 +203,9 @@ def cmd_settings(a: argparse.Namespace) -> None:
 
 def _stage_parsers(sub) -> None:
     """prepare, search and train: the workflow's jobs."""
-    from bpfree.datasets import REGISTRY
-
     p = sub.add_parser("prepare", help="read, verify, split and save a dataset as tensors")
-    p.add_argument("--dataset", required=True, help=f"one of {', '.join(REGISTRY)} (bpfree.datasets.REGISTRY)")
+    p.add_argument("--dataset", required=True, help="a name in bpfree.datasets.REGISTRY (an unknown one is refused "
+                   "with the list); not imported here, so that a job that needs no torch does not pay its import")
     p.add_argument("--data-root", default=None, help="folder in torchvision's layout (not needed for digits)")
     p.add_argument("--out", required=True, help="output file, e.g. resources/data/digits.pt")
     p.set_defaults(fn=cmd_prepare)

@@ -10,8 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from bpfree import algorithms, hparams, io, models, sources
-from bpfree.algorithms.base import check_architecture
+from bpfree import hparams, io, sources
 from bpfree.errors import ConfigError  # noqa: F401 - raised by every check here; callers import it from config
 from bpfree.errors import FileError
 from bpfree.hparams import PROTOCOL_KEYS  # noqa: F401 - settings only `protocol` may hold
@@ -96,6 +95,9 @@ def check(cfg: dict, device: bool = True, base: Path | None = None) -> None:
     name something real on this machine (data_root's folders, a relative data_root taken from
     `base`, by default the checkout the package runs from, else the current folder; `device`,
     unless `device` is False: a cluster's submit host need not have the compute nodes' GPUs)."""
+    from bpfree import algorithms, models  # torch: only where a config or a spec's declaration is checked
+    from bpfree.algorithms.base import check_architecture
+
     algos, archs = cfg["algorithms"], cfg["architectures"]
     _check_datasets(cfg, base or sources.checkout() or Path.cwd())
     for name, arch in archs.items():
@@ -222,16 +224,22 @@ SPEC_KEYS = {"train": ("algorithm", "impl", "architecture", "arch", "fixed", "st
                         "search")}
 
 
-def check_spec(spec: dict, kind: str) -> dict:
+def check_spec(spec: dict, kind: str, declared: bool = True) -> dict:
     """`spec` if it has the keys a `kind` job reads (as `train_spec`/`search_spec` make them), else
-    ConfigError naming the missing ones (a spec written by hand, or for the other kind of job)."""
+    ConfigError naming the missing ones (a spec written by hand, or for the other kind of job).
+    A search spec's algorithm, architecture and settings are also checked against the algorithm's
+    declaration, unless `declared` is False (the collect step: its workers checked the same spec,
+    and it need not import torch)."""
     missing = [k for k in SPEC_KEYS[kind] if k not in spec]
     if kind == "search" and isinstance(spec.get("search"), dict) and "n_trials" not in spec["search"]:
         missing.append("search.n_trials")
     if missing:
         raise ConfigError(f"--spec lacks {', '.join(missing)}: print a {kind} job's spec with "
                           f"`bpfree spec --kind {kind} --config FILE --architecture A --algorithm X`")
-    if kind == "search":  # before the first trial, as the config check would
+    if kind == "search" and declared:  # before the first trial, as the config check would
+        from bpfree import algorithms
+        from bpfree.algorithms.base import check_architecture
+
         key = f"--spec algorithms.{spec['algorithm']}"
         try:
             cls = algorithms.get(spec["impl"])

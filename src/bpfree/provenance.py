@@ -2,15 +2,17 @@
 every run's JSON so that a number can be traced back (and a mixed-version table detected)."""
 from __future__ import annotations
 
+import ast
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import socket
+import sys
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
-import torch
-
-from bpfree import device as devices
 from bpfree import sources
 
 # The packages whose versions every result records and `bpfree doctor` prints (distribution names).
@@ -39,7 +41,24 @@ def version(dist: str) -> str | None:
 def versions() -> dict[str, str | None]:
     """Python, every package of PACKAGES, and the CUDA version torch was built with (None: CPU build)."""
     return {"python": platform.python_version(), **{p: version(p) for p in PACKAGES},
-            "torch_cuda": torch.version.cuda}
+            "torch_cuda": torch_cuda()}
+
+
+@lru_cache(maxsize=1)
+def torch_cuda() -> str | None:
+    """`torch.version.cuda` (None: a CPU build), read from torch/version.py when torch is not imported:
+    a job that trains nothing (the search's collect step) need not pay torch's import for it."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"].version.cuda
+    spec = importlib.util.find_spec("torch")
+    path = Path(spec.origin).with_name("version.py") if spec and spec.origin else None
+    if path is None or not path.is_file():
+        return None
+    for node in ast.parse(path.read_text()).body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+        if isinstance(target, ast.Name) and target.id == "cuda" and node.value is not None:
+            return ast.literal_eval(node.value)
+    return None
 
 
 def slurm() -> dict:
@@ -51,12 +70,19 @@ def slurm() -> dict:
             "slurm_array_job_id": array, "slurm_array_task_id": task}
 
 
-def hardware(device: torch.device | str) -> dict:
-    device = torch.device(device)
-    out = {"device_type": device.type, "host": socket.gethostname(), "platform": platform.platform(),
+def hardware(device: Any) -> dict:
+    """Where a job runs: `device` is a torch.device or its name ("cpu", "cuda:1"); torch is imported
+    only for a CUDA device."""
+    kind = getattr(device, "type", None) or str(device).split(":")[0]
+    out = {"device_type": kind, "host": socket.gethostname(), "platform": platform.platform(),
            "cpu": platform.processor() or platform.machine(), **slurm(),
            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
-    if device.type == "cuda":
+    if kind == "cuda":
+        import torch
+
+        from bpfree import device as devices
+
+        device = torch.device(device)
         idx = device.index if device.index is not None else torch.cuda.current_device()
         out.update(device_name=torch.cuda.get_device_name(idx), driver=devices.nvidia_driver(),
                    cudnn=torch.backends.cudnn.version())
@@ -65,11 +91,11 @@ def hardware(device: torch.device | str) -> dict:
     return out
 
 
-def collect(spec: dict, device: torch.device | str = "cpu", **extra: object) -> dict:
+def collect(spec: dict, device: Any = "cpu", **extra: object) -> dict:
     """Everything above plus the hash of the resolved spec (and of `extra`, e.g. hyperparameters
     and seed): two results with the same `run_sha256` came from the same inputs; and `sources`, the
     sha256 of every file the result depends on (bpfree.sources: the algorithm's module, tracked by
-    git or not, the core, and the stage's modules: search.py and journal.py for a search spec, else
+    git or not, the core, and the stage's modules: search.py, study.py and journal.py for a search spec, else
     train.py, the modules of the metering package and device.py, through which the meter reads
     NVML; and protocol.py, the defaults of the stage's protocol section)."""
     return {**git(), "packages": versions(), **hardware(device), "spec_sha256": sources.digest(spec),
@@ -79,7 +105,7 @@ def collect(spec: dict, device: torch.device | str = "cpu", **extra: object) -> 
 
 def _stage(spec: dict) -> tuple[str, ...]:
     if "search" in spec:
-        return ("search.py", "journal.py", "protocol.py")
+        return ("search.py", "study.py", "journal.py", "protocol.py")
     meter = tuple(f"metering/{f.name}" for f in sources.package_modules("metering"))
     return ("train.py", *meter, "device.py", "protocol.py")
 

@@ -6,8 +6,10 @@ import ast
 import importlib
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bpfree.algorithms.base import Algorithm
+if TYPE_CHECKING:
+    from bpfree.algorithms.base import Algorithm
 
 HERE = Path(__file__).parent
 
@@ -26,6 +28,10 @@ def available() -> list[str]:
 
 
 def get(impl: str) -> type[Algorithm]:
+    """The `ALGORITHM` class of `impl` (imports torch; the registry's other functions read files and
+    do not); ValueError naming what is wrong."""
+    from bpfree.algorithms.base import Algorithm
+
     try:
         mod = importlib.import_module(module_name(impl))
     except (ModuleNotFoundError, ValueError) as e:
