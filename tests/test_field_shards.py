@@ -65,3 +65,25 @@ def test_a_tier_metered_alone_starts_one_final_run_at_a_time():
     assert args.targets == shards.BY_NAME["t1-mnist-a"].targets(cfg)
     cfg["protocol"]["metering"]["alone"] = False
     assert "--resources" not in shards.snakemake_cmd(shards.BY_NAME["t1-mnist-a"], cfg, 2)
+
+
+def test_the_papers_checks_run_their_own_configs_and_are_read_beside_the_papers_figure(tmp_path, monkeypatch):
+    for name, tier in (("p-predsim", "check-predsim-paper"), ("p-cwcomp", "check-cwcomp-authors")):
+        shard, cfg = shards.BY_NAME[name], shards.load_config(tier)
+        cmd = shards.snakemake_cmd(shard, cfg, 2)
+        assert cmd[cmd.index("--configfile") + 1] == str(REPO / shards.CHECKS[tier])
+        assert {t.split("/")[4] for t in shard.targets(cfg)} == set(cfg["algorithms"])  # every entry, seed 0
+    run = "results/runs/mnist/mlp-2x1000/local-predsim/seed0"
+    dst = tmp_path / "check-predsim-paper" / run
+    dst.mkdir(parents=True)
+    shutil.copy2(REPO / "docs/results/field/tier1" / run / "metrics.json", dst / "metrics.json")
+    epochs = pd.read_csv(REPO / "docs/results/field/tier1" / run / "epochs.csv")
+    epochs["test_acc"] = [50.0 + k for k in range(len(epochs))]  # as report_test_each_epoch records it
+    epochs.to_csv(dst / "epochs.csv", index=False)
+    monkeypatch.setattr(shards, "committed", lambda tier: tmp_path / tier)
+    (row,) = shards.check_rows()
+    m = json.loads((dst / "metrics.json").read_text())
+    assert row["check"] == "check-predsim-paper" and row["algorithm"] == "local-predsim"
+    assert row["test accuracy (%)"] == f"{m['test_accuracy']:.2f}"
+    assert row["best test epoch (%)"] == f"{50.0 + len(epochs) - 1:.2f}"
+    assert row["paper's figure (its network)"] == "99.38 (MLP 3x1024)"

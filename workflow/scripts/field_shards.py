@@ -45,7 +45,11 @@ TIERS = {"tier1": "config/field-tier1.yaml", "tier2": "config/field-tier2.yaml"}
 # field page under their own name: tier 1's first final runs, made before jobs flushed subnormal
 # floats (their fa, dfa and local-pred times are the CPU's slow path, docs/protocol.md).
 ARCHIVED = {"tier1-noflush": "config/field-tier1.yaml"}
-CONFIGS = {**TIERS, **ARCHIVED}
+# Two papers' protocols, checked with one seed each beside the tiers (another protocol: shown in a
+# table of their own, next to the paper's figure, never pooled with a tier).
+CHECKS = {"check-predsim-paper": "config/mnist-predsim-paper.yaml",
+          "check-cwcomp-authors": "config/mnist-cwcomp-authors.yaml"}
+CONFIGS = {**TIERS, **ARCHIVED, **CHECKS}
 SEARCH_FILES = ("best.json", "trials.csv", "workers/0.json")
 RUN_FILES = ("metrics.json", "epochs.csv")
 
@@ -90,6 +94,10 @@ SHARDS += [  # tier 2: MNIST only; hours from config/field-tier2.yaml's header
     Shard("t2-cwc-bp", "tier2", "mnist", "cwc-cnn-cfse", ("bp",), hours=1.1),
     Shard("t2-cwc-cwcomp", "tier2", "mnist", "cwc-cnn-cfse", ("cwcomp",), hours=1.0),
 ]
+SHARDS += [  # the papers' protocols; hours: one 1-thread job at a time (the configs' headers)
+    Shard("p-predsim", "check-predsim-paper", "mnist", hours=1.0),
+    Shard("p-cwcomp", "check-cwcomp-authors", "mnist", hours=2.4),
+]
 BY_NAME = {s.name: s for s in SHARDS}
 
 
@@ -117,7 +125,7 @@ def snakemake_cmd(shard: Shard, cfg: dict, cores: int) -> list[str]:
     second would only wait for the host's lock (bpfree.alone), holding a core. (`--resources`
     takes every word up to the next option: the targets come after one.)"""
     alone = (cfg["protocol"].get("metering") or {}).get("alone", False)
-    return ["snakemake", "--configfile", str(ROOT / TIERS[shard.tier]), "--directory", str(workdir(shard.tier)),
+    return ["snakemake", "--configfile", str(ROOT / CONFIGS[shard.tier]), "--directory", str(workdir(shard.tier)),
             "--snakefile", str(ROOT / "Snakefile"), "--cores", str(cores),
             *(["--resources", "metered=1"] if alone else []), "--keep-going", *shard.targets(cfg)]
 
@@ -125,7 +133,7 @@ def snakemake_cmd(shard: Shard, cfg: dict, cores: int) -> list[str]:
 def restore(tier: str, cfg: dict) -> int:
     """Copy the tier's committed files into its working directory so that Snakemake counts them as
     done (see `restore_into`)."""
-    return restore_into(committed(tier), workdir(tier), ROOT / "Snakefile", ROOT / TIERS[tier])
+    return restore_into(committed(tier), workdir(tier), ROOT / "Snakefile", ROOT / CONFIGS[tier])
 
 
 def restore_into(src: Path, dst: Path, snakefile: Path, configfile: Path, env: dict | None = None) -> int:
@@ -284,6 +292,32 @@ def tier_tables(tier: str) -> tuple[list[dict], list[dict], list[str]] | None:
     return acc_rows, cost_rows, words
 
 
+def check_rows() -> list[dict]:
+    """One row per committed run of the papers' protocols (CHECKS): its test accuracy as every
+    run of the benchmark reports it, the best test accuracy over its epochs where the run recorded
+    one per epoch (the paper's way of reporting; test-set selection), and the paper's figure."""
+    field, out = published.load("field"), []
+    for tier in CHECKS:
+        cfg = load_config(tier) if (ROOT / CONFIGS[tier]).exists() else {"algorithms": {}}
+        when = _when(tier)
+        for f in sorted(committed(tier).glob("results/runs/**/metrics.json")):
+            m = bpreport.load_runs([f])[0]
+            d, a, alg, seed = m["dataset"], m["architecture"], m["algorithm"], m["seed"]
+            epochs = pd.read_csv(f.with_name("epochs.csv"))
+            best_test = epochs["test_acc"].max() if "test_acc" in epochs else float("nan")
+            impl = cfg["algorithms"].get(alg, {}).get("impl", alg)
+            pub = field[(field.dataset == d) & field.variant.isin([alg, impl])]
+            theirs = ("; ".join(f"{p.test_acc:.2f} ({p.network})" for p in pub.itertuples()) if len(pub) else DASH)
+            out.append({"check": tier, "dataset": d, "network": a, "algorithm": alg, "seed": seed,
+                        "test accuracy (%)": f"{m['test_accuracy']:.2f}",
+                        "best test epoch (%)": f"{best_test:.2f}" if best_test == best_test else DASH,
+                        "epochs (best)": f"{m['epochs']} ({m.get('best_epoch', DASH)})",
+                        "paper's figure (its network)": theirs,
+                        "ran": f"{when.get(str(f.relative_to(committed(tier))), '?')} on "
+                               f"{(m.get('provenance') or {}).get('host', '?')}"})
+    return out
+
+
 EPOCH_COST = ROOT / "docs" / "results" / "field" / "epoch-cost-cpu.csv"  # bench/epoch_cost.py --csv
 
 
@@ -340,6 +374,8 @@ def write_field_page() -> str:
                if archived else []),
              "### Accuracy against cost", "", *(figures or ["No figure yet."]), "",
              "### Each verdict, as the report gives it", "", *(words or ["No verdict yet."]), "",
+             "### Two papers' protocols, checked (one seed each; not pooled with any tier)", "",
+             bpreport.markdown(pd.DataFrame(checks)) if (checks := check_rows()) else "No committed run yet.\n",
              "### Pending at the full protocol (config/field.yaml's cells beyond tier 1: for a GPU or a cluster)", "",
              "Rough CPU-hour estimates of one 1-thread job from the measured per-image costs of "
              "`docs/results/field/epoch-cost-cpu.csv` (30 epochs per stage, 5 seeds, the search at 1.5 times the "
@@ -361,8 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cores", type=int, default=2, help="cores for Snakemake (1-thread jobs: this many at once)")
     a = p.parse_args(argv)
     if a.action == "list":
-        for tier in sorted({s.tier for s in SHARDS}):
-            if not (ROOT / TIERS[tier]).exists():
+        for tier in sorted({s.tier for s in SHARDS}, key=list(CONFIGS).index):
+            if not (ROOT / CONFIGS[tier]).exists():
                 continue
             cfg = load_config(tier)
             for s in (s for s in SHARDS if s.tier == tier):
