@@ -201,11 +201,23 @@ def cmd_settings(a: argparse.Namespace) -> None:
         print(f"  {line}")
 
 
+class _DatasetHelp(argparse.HelpFormatter):
+    """`prepare --help` names the registered datasets, reading the registry (which imports torch)
+    only when the help is shown: every other command, the collect step's among them, skips it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.dest == "dataset":
+            from bpfree.datasets import REGISTRY
+
+            return f"one of {', '.join(REGISTRY)} (bpfree.datasets.REGISTRY)"
+        return super()._get_help_string(action)
+
+
 def _stage_parsers(sub) -> None:
     """prepare, search and train: the workflow's jobs."""
-    p = sub.add_parser("prepare", help="read, verify, split and save a dataset as tensors")
-    p.add_argument("--dataset", required=True, help="a name in bpfree.datasets.REGISTRY (an unknown one is refused "
-                   "with the list); not imported here, so that a job that needs no torch does not pay its import")
+    p = sub.add_parser("prepare", help="read, verify, split and save a dataset as tensors",
+                       formatter_class=_DatasetHelp)
+    p.add_argument("--dataset", required=True, help="a dataset of bpfree.datasets.REGISTRY")
     p.add_argument("--data-root", default=None, help="folder in torchvision's layout (not needed for digits)")
     p.add_argument("--out", required=True, help="output file, e.g. resources/data/digits.pt")
     p.set_defaults(fn=cmd_prepare)
