@@ -87,3 +87,22 @@ def test_the_papers_checks_run_their_own_configs_and_are_read_beside_the_papers_
     assert row["test accuracy (%)"] == f"{m['test_accuracy']:.2f}"
     assert row["best test epoch (%)"] == f"{50.0 + len(epochs) - 1:.2f}"
     assert row["paper's figure (its network)"] == "99.38 (MLP 3x1024)"
+
+
+def test_the_field_page_is_rebuilt_where_the_data_are_not(tmp_path, monkeypatch):
+    """Regression: in a fresh clone without ../shared/datasets the page's rebuild stopped at the
+    tier config's data_root, and its search table named the committing checkout's absolute paths."""
+    from bpfree import config as bpcfg
+    from bpfree import tiers
+    from bpfree.errors import ConfigError
+
+    text = (REPO / shards.TIERS["tier2"]).read_text()
+    assert "data_root: ../shared/datasets" in text
+    path = tmp_path / "tier2.yaml"
+    path.write_text(text.replace("data_root: ../shared/datasets", "data_root: /no/such/datasets"))
+    with pytest.raises(ConfigError, match="no such folder"):
+        bpcfg.load(path)
+    assert shards.read_config(path)["protocol"]["seeds"] == [0, 1, 2]
+    monkeypatch.chdir(tmp_path)
+    assert tiers._shown(tmp_path / "docs/results/x/best.json") == "docs/results/x/best.json"
+    assert tiers._shown(REPO / "x.json") == str(REPO / "x.json")

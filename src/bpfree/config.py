@@ -55,10 +55,11 @@ def check_files(paths: list[str | Path] | None = None) -> None:
             raise SystemExit(2) from None
 
 
-def validate(cfg: dict, device: bool = True, base: Path | None = None) -> None:
+def validate(cfg: dict, device: bool = True, base: Path | None = None, data: bool = True) -> None:
     """Schema validation with defaults filled in (Snakemake's validator), then `check` (`device`:
-    whether this machine must offer the config's device; `base`: the folder a relative data_root is
-    taken from); ConfigError names the first bad key."""
+    whether this machine must offer the config's device; `data`: whether data_root must hold the
+    datasets here; `base`: the folder a relative data_root is taken from); ConfigError names the
+    first bad key."""
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate as sm_validate
 
@@ -69,7 +70,7 @@ def validate(cfg: dict, device: bool = True, base: Path | None = None) -> None:
         sm_validate(cfg, str(SCHEMA))
     except WorkflowError as e:
         raise ConfigError(_schema_error(cfg) or str(e)) from None
-    check(cfg, device=device, base=base)
+    check(cfg, device=device, base=base, data=data)
 
 
 def refuse_moved(cfg: dict) -> None:
@@ -89,17 +90,18 @@ def _schema_error(cfg: dict) -> str | None:
     return schema.first_error(cfg)
 
 
-def check(cfg: dict, device: bool = True, base: Path | None = None) -> None:
+def check(cfg: dict, device: bool = True, base: Path | None = None, data: bool = True) -> None:
     """What the schema cannot express: cross-references, every algorithm's settings against its
     declaration (bpfree.hparams), architectures the algorithms can run on, and values that must
     name something real on this machine (data_root's folders, a relative data_root taken from
     `base`, by default the checkout the package runs from, else the current folder; `device`,
-    unless `device` is False: a cluster's submit host need not have the compute nodes' GPUs)."""
+    unless `device` is False: a cluster's submit host need not have the compute nodes' GPUs; the
+    data's folders, unless `data` is False: a report rebuilt from committed results needs no data)."""
     from bpfree import algorithms, models  # torch: only where a config or a spec's declaration is checked
     from bpfree.algorithms.base import check_architecture
 
     algos, archs = cfg["algorithms"], cfg["architectures"]
-    _check_datasets(cfg, base or sources.checkout() or Path.cwd())
+    _check_datasets(cfg, base or sources.checkout() or Path.cwd(), data)
     for name, arch in archs.items():
         try:
             models.check(arch)  # the type's record in models.REGISTRY
@@ -152,9 +154,9 @@ def _check_search_fidelity(cfg: dict) -> None:
                           "train on a subset of the final runs' split")
 
 
-def _check_datasets(cfg: dict, base: Path) -> None:
+def _check_datasets(cfg: dict, base: Path, data: bool = True) -> None:
     """Every dataset is in the registry (bpfree.datasets.REGISTRY); data_root holds the folders of
-    those that are read from files."""
+    those that are read from files (unless `data` is False)."""
     from bpfree.datasets import REGISTRY
 
     for i, d in enumerate(cfg["datasets"]):
@@ -162,6 +164,8 @@ def _check_datasets(cfg: dict, base: Path) -> None:
             raise ConfigError(f"datasets[{i}] = {d!r}: unknown dataset; known: {', '.join(REGISTRY)}")
     needed = [REGISTRY[d] for d in cfg["datasets"] if REGISTRY[d].folder is not None]
     root = cfg.get("data_root")
+    if not data:
+        return
     if root is None:
         if needed:
             built_in = ", ".join(n for n, d in REGISTRY.items() if d.folder is None)

@@ -113,6 +113,15 @@ def best_file(run: dict) -> Path | None:
     return p.parents[5] / "search" / p.parents[3].name / p.parents[2].name / p.parents[1].name / "best.json"
 
 
+def _shown(path: Path) -> str:
+    """`path` as a report shows it: relative to the working directory when under it, so that a
+    report rebuilt in another clone reads the same."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def search_budget(runs: list[dict]) -> pd.DataFrame:
     """One row per searched cell: the budget asked, the trials complete, pruned and failed and the
     epochs they trained (from the search's best.json where it lies beside the runs, else what the
@@ -124,9 +133,9 @@ def search_budget(runs: list[dict]) -> pd.DataFrame:
         f = best_file(r0)
         if f is not None and f.exists():
             try:
-                best, src = io.read_json(f, "best.json"), str(f)
+                best, src = io.read_json(f, "best.json"), _shown(f)
             except FileError:
-                best, src = {}, f"{f} unreadable"
+                best, src = {}, f"{_shown(f)} unreadable"
         budget = best.get("budget") or {}
         states = best.get("trial_states") or {}
         fid = best.get("search_fidelity") or {}

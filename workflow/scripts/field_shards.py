@@ -35,7 +35,7 @@ import re
 import pandas as pd
 
 from bpfree import config as bpcfg
-from bpfree import published
+from bpfree import io, published
 from bpfree import report as bpreport
 from bpfree import stats
 
@@ -101,8 +101,16 @@ SHARDS += [  # the papers' protocols; hours: one 1-thread job at a time (the con
 BY_NAME = {s.name: s for s in SHARDS}
 
 
+def read_config(path: Path) -> dict:
+    """A config, validated and checked but not against this machine (its data and device): the
+    field page is rebuilt from the committed files where the data are not (a fresh clone)."""
+    cfg = io.read_yaml(path)
+    bpcfg.validate(cfg, device=False, data=False)
+    return cfg
+
+
 def load_config(tier: str) -> dict:
-    return bpcfg.load(ROOT / CONFIGS[tier])
+    return read_config(ROOT / CONFIGS[tier])
 
 
 def workdir(tier: str) -> Path:
@@ -340,7 +348,7 @@ def full_protocol_hours(arch: str, alg: str, cost: pd.DataFrame, epochs: int = 3
 def pending() -> list[dict]:
     """Cells of config/field.yaml that tier 1 does not hold at its full protocol: those only tier 2
     holds (at its reduced protocol) and those no tier holds, with a rough full-protocol estimate."""
-    full = bpcfg.load(ROOT / "config" / "field.yaml")
+    full = read_config(ROOT / "config" / "field.yaml")
     held = {tier: set(bpcfg.cells(load_config(tier))) for tier in TIERS if (ROOT / TIERS[tier]).exists()}
     cost = pd.read_csv(EPOCH_COST) if EPOCH_COST.exists() else pd.DataFrame(columns=["architecture", "algorithm"])
     out = []
@@ -396,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("shard", nargs="?", help="a shard's name (see list); restore: a tier")
     p.add_argument("--cores", type=int, default=2, help="cores for Snakemake (1-thread jobs: this many at once)")
     a = p.parse_args(argv)
+    os.chdir(ROOT)  # the page's paths are the checkout's, wherever the script is called from
     if a.action == "list":
         for tier in sorted({s.tier for s in SHARDS}, key=list(CONFIGS).index):
             if not (ROOT / CONFIGS[tier]).exists():
