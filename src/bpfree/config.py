@@ -162,10 +162,10 @@ def _check_datasets(cfg: dict, base: Path, data: bool = True) -> None:
     for i, d in enumerate(cfg["datasets"]):
         if d not in REGISTRY:
             raise ConfigError(f"datasets[{i}] = {d!r}: unknown dataset; known: {', '.join(REGISTRY)}")
-    needed = [REGISTRY[d] for d in cfg["datasets"] if REGISTRY[d].folder is not None]
-    root = cfg.get("data_root")
     if not data:
         return
+    needed = [REGISTRY[d] for d in cfg["datasets"] if REGISTRY[d].folder is not None]
+    root = cfg.get("data_root")
     if root is None:
         if needed:
             built_in = ", ".join(n for n, d in REGISTRY.items() if d.folder is None)

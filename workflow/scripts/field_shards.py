@@ -308,8 +308,8 @@ def check_rows() -> list[dict]:
     for tier in CHECKS:
         cfg = load_config(tier) if (ROOT / CONFIGS[tier]).exists() else {"algorithms": {}}
         when = _when(tier)
-        for f in sorted(committed(tier).glob("results/runs/**/metrics.json")):
-            m = bpreport.load_runs([f])[0]
+        for m in bpreport.load_runs(sorted(committed(tier).glob("results/runs/**/metrics.json"))):
+            f = Path(m["_path"])
             d, a, alg, seed = m["dataset"], m["architecture"], m["algorithm"], m["seed"]
             epochs = pd.read_csv(f.with_name("epochs.csv"))
             best_test = epochs["test_acc"].max() if "test_acc" in epochs else float("nan")
